@@ -1,0 +1,107 @@
+"""The one place that decides the array backend (NumPy or CuPy) and the float dtype.
+
+Every other module is written once against an array module `xp` that it gets from
+`array_module(x)` (CuPy's own idiom) and never imports CuPy itself. Weights are drawn on
+the host with NumPy and moved to the backend with `to_device`, so a seed gives the same
+network on CPU and GPU.
+"""
+import numpy
+import scipy.linalg
+
+_state = {"xp": numpy, "dtype": numpy.float64, "device": None}
+DTYPES = ("float64", "float32")
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used on this machine."""
+
+
+def _import_cupy():
+    """CuPy if it imports and sees at least one GPU, else None."""
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+    except Exception:
+        pass
+    return None
+
+
+def select(name="auto", device=0, dtype="float64"):
+    """Choose the backend ('auto', 'numpy' or 'cupy'), the GPU id and the dtype.
+
+    'auto' means CuPy when it imports and a GPU is usable, NumPy otherwise. Returns a
+    one-line description of the choice, for the run to print.
+    """
+    if dtype not in DTYPES:
+        raise BackendError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    cupy = _import_cupy() if name in ("auto", "cupy") else None
+    if name == "cupy" and cupy is None:
+        raise BackendError("CuPy was asked for, but it does not import or sees no GPU: "
+                           "install CuPy for your CUDA version, or use the NumPy backend.")
+    if cupy is not None:
+        count = cupy.cuda.runtime.getDeviceCount()
+        if not 0 <= device < count:
+            raise BackendError(f"--device={device} does not exist: this machine has {count} "
+                               f"GPU(s), numbered 0 to {count - 1}.")
+        cupy.cuda.Device(device).use()
+        _state.update(xp=cupy, device=device)
+    else:
+        _state.update(xp=numpy, device=None)
+    _state["dtype"] = numpy.dtype(dtype).type
+    return describe()
+
+
+def describe():
+    """A line such as 'backend numpy, dtype float64, device cpu'."""
+    device = "cpu" if _state["device"] is None else f"gpu {_state['device']}"
+    return (f"backend {_state['xp'].__name__}, dtype {numpy.dtype(_state['dtype']).name}, "
+            f"device {device}")
+
+
+def xp():
+    """The array module of the selected backend."""
+    return _state["xp"]
+
+
+def dtype():
+    """The float type of the selected backend."""
+    return _state["dtype"]
+
+
+def name():
+    """'numpy' or 'cupy'."""
+    return _state["xp"].__name__
+
+
+def array_module(array):
+    """NumPy or CuPy, whichever module `array` belongs to."""
+    return numpy if isinstance(array, (numpy.ndarray, numpy.generic)) else _state["xp"]
+
+
+def to_device(array):
+    """A host array as an array of the selected backend and dtype."""
+    return _state["xp"].asarray(numpy.asarray(array), dtype=_state["dtype"])
+
+
+def to_host(array):
+    """Any backend array as a NumPy array."""
+    if isinstance(array, numpy.ndarray):
+        return array
+    return array.get()
+
+
+def lu_factor(matrix):
+    """LU factors of a square matrix, for `solve_transposed`."""
+    if array_module(matrix) is numpy:
+        return scipy.linalg.lu_factor(matrix, check_finite=False)
+    import cupyx.scipy.linalg
+    return cupyx.scipy.linalg.lu_factor(matrix, check_finite=False)
+
+
+def solve_right(factors, rhs):
+    """`rhs @ inv(A)` for the matrix A whose LU `factors` are given: solves A.T z = rhs.T."""
+    if array_module(rhs) is numpy:
+        return scipy.linalg.lu_solve(factors, rhs.T, trans=1, check_finite=False).T
+    import cupyx.scipy.linalg
+    return cupyx.scipy.linalg.lu_solve(factors, rhs.T, trans=1, check_finite=False).T

@@ -1,0 +1,109 @@
+"""One invertible layer: h = f(x @ W + b) with a square weight matrix W."""
+import numpy
+import scipy.stats
+
+import backend
+import utils
+
+
+def initial_weights(nb_units, seed=None, orthogonal_init=False):
+    """The host (NumPy, float64) initial weights of a layer drawn from integer `seed`.
+
+    Gaussian: RandomState(seed).randn(units, units) * sqrt(2 / (units + units));
+    orthogonal: scipy.stats.ortho_group.rvs(units, random_state=RandomState(seed)).
+    """
+    generator = numpy.random.RandomState(seed)
+    if orthogonal_init:
+        return scipy.stats.ortho_group.rvs(nb_units, random_state=generator)
+    return generator.randn(nb_units, nb_units) * numpy.sqrt(2.0 / (nb_units + nb_units))
+
+
+class InvLayer:
+    """An invertible square layer with leaky-ReLU (or linear) transfer.
+
+    Forward: h = f(x @ W + b). Inverse: x = (f^-1(h) - b) @ inv(W), through an LU
+    factorisation of W that is recomputed whenever W changes, so it is always exact.
+    """
+
+    def __init__(self, nb_units, seed=None, orthogonal_init=False, linear=False):
+        self.nb_units = nb_units
+        self.seed = seed
+        self.linear = linear
+        self.weight_matrix = backend.to_device(initial_weights(nb_units, seed, orthogonal_init))
+        self.biases = backend.to_device(numpy.zeros(nb_units))
+
+    @property
+    def weight_matrix(self):
+        """W, (units, units): W[i, j] is the weight from input unit i to output unit j."""
+        return self._weight_matrix
+
+    @weight_matrix.setter
+    def weight_matrix(self, value):
+        self._weight_matrix = value
+        self.weights_changed()
+
+    def weights_changed(self):
+        """Forget the factorisation of W after W was changed in place."""
+        self._factors = None
+
+    def update_inverse(self):
+        """Factorise the current W, so that `inverse` is exact for it."""
+        self._factors = backend.lu_factor(self._weight_matrix)
+
+    def pre_activation(self, x):
+        """a = x @ W + b."""
+        return x @ self._weight_matrix + self.biases
+
+    def forward(self, x):
+        """h = f(x @ W + b)."""
+        return utils.transfer(self.pre_activation(x), self.linear)
+
+    def apply_inverse_weights(self, y):
+        """y @ inv(W), by solving with the LU factors of W (never forming inv(W))."""
+        if self._factors is None:
+            self.update_inverse()
+        return backend.solve_right(self._factors, y)
+
+    def inverse(self, h):
+        """x = (f^-1(h) - b) @ inv(W), so that inverse(forward(x)) == x."""
+        return self.apply_inverse_weights(utils.inverse_transfer(h, self.linear) - self.biases)
+
+    def derivative(self, h):
+        """g(h), the transfer derivative evaluated from this layer's output h."""
+        return utils.transfer_derivative(h, self.linear)
+
+    def scaled_inverse_difference(self, h, local_errors, scale):
+        """(f^-1(h) - f^-1(h - scale * g(h) * local_errors)) / scale, see utils."""
+        return utils.scaled_inverse_difference(h, local_errors, scale, self.linear)
+
+    def orthogonality_gradient(self):
+        """dR/dW = 4 * O @ W for R(W) = sum_{i != j} ((W @ W.T)[i, j])**2, O = W @ W.T off-diagonal."""
+        xp = backend.array_module(self._weight_matrix)
+        gram = self._weight_matrix @ self._weight_matrix.T
+        xp.fill_diagonal(gram, 0.0)
+        return 4.0 * (gram @ self._weight_matrix)
+
+    def directions(self, inputs, local_errors, ortho_weighting=0.0):
+        """Update directions (-grad_W, -grad_b) from this layer's inputs x and d = g * e.
+
+        grad_W = x.T @ d / n + lambda * dR/dW, grad_b = mean(d, axis=0).
+        """
+        gradient = inputs.T @ local_errors / len(inputs)
+        if ortho_weighting:
+            gradient += ortho_weighting * self.orthogonality_gradient()
+        return -gradient, -local_errors.mean(axis=0)
+
+    def save_params(self, prefix):
+        """Write `prefix + "weights.npy"` and `prefix + "biases.npy"` (host NumPy arrays)."""
+        numpy.save(prefix + "weights.npy", backend.to_host(self._weight_matrix))
+        numpy.save(prefix + "biases.npy", backend.to_host(self.biases))
+
+    def load_params(self, prefix):
+        """Read the files of `save_params` (no pickles) and refactorise W."""
+        weights = numpy.load(prefix + "weights.npy", allow_pickle=False)
+        biases = numpy.load(prefix + "biases.npy", allow_pickle=False)
+        if weights.shape != (self.nb_units, self.nb_units) or biases.shape != (self.nb_units,):
+            raise ValueError(f"{prefix}weights.npy / biases.npy hold shapes {weights.shape} / "
+                             f"{biases.shape}, not those of a {self.nb_units}-unit layer")
+        self.weight_matrix = backend.to_device(weights)
+        self.biases = backend.to_device(biases)

@@ -1,0 +1,187 @@
+"""Invertible multilayer networks, their three learning rules and their optimiser.
+
+A network is a stack of square `InvLayer`s; layer l reads the first `width_l` units of
+the activity h_l below it (all of them in a square network; the rest are "auxiliary").
+BP, GAIT and TP differ only in how an error is passed from a layer's output down to its
+input; the per-layer update they share is `_directions`.
+"""
+import os
+
+import backend
+from inv_layer import InvLayer
+from utils import NB_CLASSES, transfer
+
+
+class MomentOptimizer:
+    """Adam-like steps without bias correction, one pair of moments per parameter array.
+
+    m = 0.9 m + 0.1 u;  v = 0.99 v + 0.01 u**2;  p = p + lr * m / (1e-8 + sqrt(v)).
+    """
+
+    def __init__(self, parameters):
+        xp = backend.array_module(parameters[0])
+        self.first_moments = [xp.zeros_like(p) for p in parameters]
+        self.second_moments = [xp.zeros_like(p) for p in parameters]
+
+    def step(self, parameters, directions, learning_rate):
+        """Apply one step to every parameter array, in place."""
+        xp = backend.array_module(parameters[0])
+        for p, u, m, v in zip(parameters, directions, self.first_moments, self.second_moments):
+            m *= 0.9
+            m += 0.1 * u
+            v *= 0.99
+            v += 0.01 * (u * u)
+            p += learning_rate * m / (1e-8 + xp.sqrt(v))
+
+
+def output_targets(output, one_hot_labels):
+    """The full-width output target: one-hot labels in the first 10 units, the output elsewhere."""
+    targets = output.copy()
+    targets[:, :one_hot_labels.shape[1]] = one_hot_labels
+    return targets
+
+
+class InvNet:
+    """Layers of widths `widths[1:]` on an input of width `widths[0]`, seeds given per layer."""
+
+    def __init__(self, widths, seeds, orthogonal_init=False, linear=False):
+        for below, width in zip(widths, widths[1:]):
+            if width > below:
+                raise ValueError(f"a layer of {width} units cannot read an activity of "
+                                 f"{below} units: widths {widths} must not increase")
+        self.widths = list(widths)
+        self.linear = linear
+        self.layers = [InvLayer(width, seed=seed, orthogonal_init=orthogonal_init, linear=linear)
+                       for width, seed in zip(widths[1:], seeds)]
+        self.optimizer = None
+
+    def _inputs(self, index, activity):
+        """x_l: the first width_l units of h_l, the part that layer `index` reads."""
+        return activity[:, :self.layers[index].nb_units]
+
+    def forward_pass(self, x):
+        """[h_0, h_1, ..., h_L] with h_0 = x and h_{l+1} = layer_l.forward(x_l)."""
+        activities = [x]
+        for index, layer in enumerate(self.layers):
+            activities.append(layer.forward(self._inputs(index, activities[-1])))
+        return activities
+
+    def class_outputs(self, x, nb_classes=NB_CLASSES):
+        """The first `nb_classes` units of h_L, computing only those columns of the top layer."""
+        activity = x
+        for index, layer in enumerate(self.layers[:-1]):
+            activity = layer.forward(self._inputs(index, activity))
+        top = self.layers[-1]
+        pre_activation = (self._inputs(len(self.layers) - 1, activity)
+                          @ top.weight_matrix[:, :nb_classes] + top.biases[:nb_classes])
+        return transfer(pre_activation, top.linear)
+
+    @staticmethod
+    def _widen(part, activity):
+        """`part` on the units a layer reads, padded with zeros to the width of `activity`."""
+        if part.shape[1] == activity.shape[1]:
+            return part
+        xp = backend.array_module(activity)
+        full = xp.zeros_like(activity)
+        full[:, :part.shape[1]] = part
+        return full
+
+    def _directions(self, forward, targets, ortho_weighting, error_below):
+        """Per-layer update directions shared by the three rules, from the top down.
+
+        e_L = h_L - t. For layer l: d = g(h_{l+1}) * e_{l+1}; grad_W = x_l.T @ d / n
+        (+ lambda dR/dW); grad_b = mean(d); e_l = error_below(l, x_l, h_{l+1}, e_{l+1}, d)
+        on the units layer l reads, zero on the auxiliary units.
+        """
+        nb_layers = len(self.layers)
+        weight_directions, bias_directions = [None] * nb_layers, [None] * nb_layers
+        errors = forward[-1] - targets
+        for index in reversed(range(nb_layers)):
+            layer = self.layers[index]
+            inputs, outputs = self._inputs(index, forward[index]), forward[index + 1]
+            local_errors = layer.derivative(outputs) * errors
+            weight_directions[index], bias_directions[index] = layer.directions(
+                inputs, local_errors, ortho_weighting)
+            if index:
+                errors = self._widen(error_below(index, inputs, outputs, errors, local_errors),
+                                     forward[index])
+        return weight_directions, bias_directions
+
+    def get_backprop_updates(self, forward, targets, ortho_weighting=0.0):
+        """BP: e_l = d @ W_l.T, the gradient of 0.5 * sum((h_L - t)**2) / n."""
+        def error_below(index, inputs, outputs, errors, local_errors):
+            return local_errors @ self.layers[index].weight_matrix.T
+        return self._directions(forward, targets, ortho_weighting, error_below)
+
+    def get_gait_updates(self, forward, targets, ortho_weighting=0.0, gamma=0.001):
+        """GAIT, computed exactly: e_l = E_l = (phi(h_{l+1}, delta) / gamma**(k+1)) @ inv(W_l).
+
+        E_{l+1} = (h_{l+1} - t_{l+1}) / gamma**k with k = L - 1 - l layers above layer l,
+        delta = gamma**(k+1) * g(h_{l+1})**2 * E_{l+1}; without zero crossings this is
+        E_l = (g * E_{l+1}) @ inv(W_l). The target is t_l = x_l - gamma**(k+1) * E_l.
+        """
+        nb_layers = len(self.layers)
+
+        def error_below(index, inputs, outputs, errors, local_errors):
+            layer = self.layers[index]
+            step = layer.scaled_inverse_difference(outputs, local_errors,
+                                                   gamma ** (nb_layers - index))
+            return layer.apply_inverse_weights(step)
+        return self._directions(forward, targets, ortho_weighting, error_below)
+
+    def get_tp_updates(self, forward, targets, ortho_weighting=0.0):
+        """TP: t_l = inverse_l(t_{l+1}), so e_l = x_l - inverse_l(h_{l+1} - e_{l+1})."""
+        def error_below(index, inputs, outputs, errors, local_errors):
+            return inputs - self.layers[index].inverse(outputs - errors)
+        return self._directions(forward, targets, ortho_weighting, error_below)
+
+    def parameters(self):
+        """[W_0, b_0, W_1, b_1, ...], the arrays the optimiser updates in place."""
+        return [array for layer in self.layers for array in (layer.weight_matrix, layer.biases)]
+
+    def update_parameters(self, weight_directions, bias_directions, learning_rate):
+        """One optimiser step (MomentOptimizer) along the given directions."""
+        if self.optimizer is None:
+            self.optimizer = MomentOptimizer(self.parameters())
+        directions = [d for pair in zip(weight_directions, bias_directions) for d in pair]
+        self.optimizer.step(self.parameters(), directions, learning_rate)
+        for layer in self.layers:
+            layer.weights_changed()
+
+    def update_inverse_model(self):
+        """Refactorise every layer, so that every inverse is exact for the current weights."""
+        for layer in self.layers:
+            layer.update_inverse()
+
+    def save_params(self, folder):
+        """Write `{i}Lweights.npy` and `{i}Lbiases.npy` for each layer i into `folder`."""
+        for index, layer in enumerate(self.layers):
+            layer.save_params(os.path.join(folder, f"{index}L"))
+
+    def load_params(self, folder):
+        """Read the files of `save_params` from `folder`."""
+        for index, layer in enumerate(self.layers):
+            layer.load_params(os.path.join(folder, f"{index}L"))
+
+
+class TowerInvNet(InvNet):
+    """Layers of widths net_structure[1:] on inputs of width net_structure[0], seeds start_seed + k."""
+
+    def __init__(self, net_structure, start_seed=None, orthogonal_init=False, linear=False):
+        nb_layers = len(net_structure) - 1
+        seeds = [None if start_seed is None else start_seed + k for k in range(nb_layers)]
+        super().__init__(net_structure, seeds, orthogonal_init, linear)
+
+
+class SquareInvNet(InvNet):
+    """`nb_hidden_layers` hidden layers and an output layer, all `nb_units` wide.
+
+    Hidden layer k has seed start_seed + k; the output layer reuses the seed of the last
+    hidden layer (start_seed when there is none), as published.
+    """
+
+    def __init__(self, nb_units, nb_hidden_layers, start_seed=None, orthogonal_init=False,
+                 linear=False):
+        offsets = list(range(nb_hidden_layers)) + [max(nb_hidden_layers - 1, 0)]
+        seeds = [None if start_seed is None else start_seed + k for k in offsets]
+        super().__init__([nb_units] * (nb_hidden_layers + 2), seeds, orthogonal_init, linear)

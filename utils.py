@@ -1,0 +1,166 @@
+"""Transfer functions, data loading and the statistics of a network on a data set."""
+import gzip
+import os
+
+import numpy
+
+import backend
+
+SLOPE = 0.1  # slope of the leaky ReLU for negative inputs
+INVERSE_SLOPE = 10.0  # slope of its inverse, 1 / SLOPE
+NB_CLASSES = 10
+
+
+# ----------------------------------------------------------------------------- transfer
+
+def transfer(a, linear=False):
+    """Leaky ReLU f(a) = a for a >= 0, 0.1 a otherwise (the identity when linear)."""
+    if linear:
+        return a
+    xp = backend.array_module(a)
+    return xp.maximum(a, SLOPE * a)
+
+
+def inverse_transfer(h, linear=False):
+    """f^-1(h) = h for h >= 0, 10 h otherwise (the identity when linear)."""
+    if linear:
+        return h
+    xp = backend.array_module(h)
+    return xp.minimum(h, INVERSE_SLOPE * h)
+
+
+def transfer_derivative(h, linear=False):
+    """g(h) = 1 where the output h >= 0, 0.1 where h < 0 (1 everywhere when linear)."""
+    if linear:
+        return 1.0
+    xp = backend.array_module(h)
+    return xp.where(h >= 0, h.dtype.type(1.0), h.dtype.type(SLOPE))
+
+
+def scaled_inverse_difference(h, local_errors, scale, linear=False):
+    """phi(h, delta) / scale with delta = scale * g(h) * local_errors, without cancellation.
+
+    phi(h, delta) = f^-1(h) - f^-1(h - delta). Where h and h - delta lie on the same side of
+    zero, phi = delta / g(h), so the result is `local_errors` itself; where the step crosses
+    zero it is (s(h - delta) * delta + (s(h) - s(h - delta)) * h) / scale, with s = 1 / g the
+    slope of f^-1. Linear layers: always `local_errors`.
+    """
+    if linear:
+        return local_errors
+    xp = backend.array_module(h)
+    delta = scale * transfer_derivative(h) * local_errors
+    stepped = h - delta
+    slope_before = 1.0 / transfer_derivative(h)
+    slope_after = 1.0 / transfer_derivative(stepped)
+    crossing_value = (slope_after * delta + (slope_before - slope_after) * h) / scale
+    crossing = (h >= 0) != (stepped >= 0)
+    return xp.where(crossing, crossing_value, local_errors)
+
+
+# ----------------------------------------------------------------------------- data
+
+DATASETS = {"MNIST": "MNIST", "FMNIST": "FashionMNIST", "KMNIST": "KMNIST"}
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class DataError(RuntimeError):
+    """A data set could not be found, fetched or read; the message says what to do."""
+
+
+def raw_folder(data_dir, dataset):
+    """Where torchvision keeps a data set's IDX files: <data_dir>/<Name>/raw."""
+    return os.path.join(data_dir, DATASETS[dataset], "raw")
+
+
+def _unpack_gzipped(folder):
+    """Unpack every `<file>.gz` of RAW_FILES whose unpacked IDX file is missing.
+
+    torchvision only accepts .gz files whose md5 it knows; unpacking them here also lets
+    re-compressed copies (Debian's Fashion-MNIST) load with no network.
+    """
+    for stem in RAW_FILES:
+        target, packed = os.path.join(folder, stem), os.path.join(folder, stem + ".gz")
+        if os.path.exists(target) or not os.path.exists(packed):
+            continue
+        partial = target + ".partial"
+        try:
+            with gzip.open(packed, "rb") as source, open(partial, "wb") as sink:
+                while chunk := source.read(1 << 22):
+                    sink.write(chunk)
+            os.replace(partial, target)
+        except (OSError, EOFError, gzip.BadGzipFile) as error:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise DataError(f"The data file {packed} is corrupt or truncated ({error}). "
+                            f"Delete it and put a good copy in {folder}.") from None
+
+
+def _torchvision_split(dataset, data_dir, train):
+    """(images, labels) of one split as uint8 NumPy arrays, through torchvision."""
+    import torchvision.datasets
+    folder = raw_folder(data_dir, dataset)
+    present = all(os.path.exists(os.path.join(folder, stem)) for stem in RAW_FILES)
+    cls = getattr(torchvision.datasets, DATASETS[dataset])
+    try:
+        data = cls(data_dir, train=train, download=not present)
+    except Exception as error:
+        if not present:
+            missing = [stem for stem in RAW_FILES
+                       if not os.path.exists(os.path.join(folder, stem))]
+            raise DataError(
+                f"The {dataset} data set is not in {folder} and could not be downloaded "
+                f"({type(error).__name__}). Put these files there (gzipped .gz or unpacked): "
+                f"{', '.join(missing)}; or run once on a machine with internet access and "
+                f"copy the folder.") from None
+        raise DataError(f"The {dataset} files in {folder} could not be read ({error}): "
+                        f"a file is corrupt or truncated. Replace the damaged file(s) "
+                        f"with good copies.") from None
+    return data.data.numpy(), data.targets.numpy()
+
+
+def load_dataset(dataset, data_dir="./data"):
+    """Training and test sets as ((x_train, y_train), (x_test, y_test)), host float64.
+
+    Images are flattened to 784 values and divided by the largest absolute pixel value of
+    the training set (255); labels are integers 0..9 (see `one_hot`).
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown data set {dataset!r}: use one of {', '.join(DATASETS)}")
+    folder = raw_folder(data_dir, dataset)
+    if os.path.isdir(folder):
+        _unpack_gzipped(folder)
+    train_images, train_labels = _torchvision_split(dataset, data_dir, train=True)
+    test_images, test_labels = _torchvision_split(dataset, data_dir, train=False)
+    scale = float(numpy.max(numpy.abs(train_images)))
+    flat = [images.reshape(len(images), -1).astype(numpy.float64) / scale
+            for images in (train_images, test_images)]
+    return ((flat[0], train_labels.astype(numpy.int64)),
+            (flat[1], test_labels.astype(numpy.int64)))
+
+
+def one_hot(labels, nb_classes=NB_CLASSES):
+    """Rows of `nb_classes` with a 1 at each label: (n,) int -> (n, nb_classes) float64."""
+    rows = numpy.zeros((len(labels), nb_classes))
+    rows[numpy.arange(len(labels)), labels] = 1.0
+    return rows
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def evaluate(net, images, labels, chunk_size=10000):
+    """(accuracy, loss) of `net` on a whole data set, evaluated in chunks of rows.
+
+    accuracy = mean(argmax of the 10 class outputs == label);
+    loss = mean over samples of sum over the 10 class outputs of (output - one_hot)**2.
+    `images` and `labels` are backend arrays (float, int).
+    """
+    xp = backend.array_module(images)
+    correct, squared_error = 0, 0.0
+    for start in range(0, len(images), chunk_size):
+        scores = net.class_outputs(images[start:start + chunk_size])
+        chunk_labels = labels[start:start + chunk_size]
+        correct += int(xp.count_nonzero(xp.argmax(scores, axis=1) == chunk_labels))
+        scores[xp.arange(len(scores)), chunk_labels] -= 1.0
+        squared_error += float(xp.sum(scores * scores))
+    return correct / len(images), squared_error / len(images)
