@@ -1,0 +1,184 @@
+"""What a run keeps on disk: atomic files, the checkpoint, the run record and the folder lock.
+
+Every file is written atomically (a temporary file in the same folder, flushed and
+fsynced, then renamed over the old one), so a crash at any instant leaves either the old
+or the new file. Only NumPy arrays (read with allow_pickle=False) and JSON are used, so
+opening a results folder someone else sent can never run code.
+"""
+import contextlib
+import datetime
+import errno
+import fcntl
+import io
+import json
+import os
+import tempfile
+
+import numpy
+
+import backend
+
+CHECKPOINT = "checkpoint.npz"
+RUN_RECORD = "run.json"
+LOCK = "run.lock"
+STATISTICS = ("training_acc", "training_loss", "test_acc", "test_loss")
+
+
+class RunFolderError(RuntimeError):
+    """The results folder cannot be used as asked; the message says what to do."""
+
+
+def now():
+    """The current local time, ISO 8601 with seconds."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def write_atomically(path, write):
+    """Call `write(file)` on a temporary binary file beside `path`, then rename it to `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path),
+                                         suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+    with contextlib.suppress(OSError):
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def save_array(path, array):
+    """numpy.save, atomically."""
+    write_atomically(path, lambda file: numpy.save(file, array, allow_pickle=False))
+
+
+def save_text(path, values):
+    """numpy.savetxt (one value a line), atomically."""
+    write_atomically(path, lambda file: numpy.savetxt(file, numpy.asarray(values, dtype=float)))
+
+
+def save_json(path, data):
+    """JSON, indented, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_atomically(path, lambda file: file.write(text.encode()))
+
+
+def load_json(path):
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def save_statistics(folder, statistics):
+    """training_acc.txt, training_loss.txt, test_acc.txt, test_loss.txt: one value a line."""
+    for name in STATISTICS:
+        save_text(os.path.join(folder, name + ".txt"), statistics[name])
+
+
+def save_results(folder, net, statistics):
+    """The published results files: the four statistics and {i}Lweights/{i}Lbiases.npy."""
+    save_statistics(folder, statistics)
+    for index, layer in enumerate(net.layers):
+        save_array(os.path.join(folder, f"{index}Lweights.npy"), backend.to_host(layer.weight_matrix))
+        save_array(os.path.join(folder, f"{index}Lbiases.npy"), backend.to_host(layer.biases))
+
+
+def save_checkpoint(folder, net, statistics, epoch, settings):
+    """Everything needed to continue, in one atomic `checkpoint.npz`.
+
+    Arrays: W{i}, b{i} and the optimiser moments m{j}, v{j} (j over [W0, b0, W1, ...]),
+    the four statistics; `meta` holds JSON text: epoch reached, settings, backend, dtype.
+    """
+    arrays = {}
+    for index, layer in enumerate(net.layers):
+        arrays[f"W{index}"] = backend.to_host(layer.weight_matrix)
+        arrays[f"b{index}"] = backend.to_host(layer.biases)
+    if net.optimizer is not None:
+        for index, (m, v) in enumerate(zip(net.optimizer.first_moments,
+                                           net.optimizer.second_moments)):
+            arrays[f"m{index}"], arrays[f"v{index}"] = backend.to_host(m), backend.to_host(v)
+    for name in STATISTICS:
+        arrays[name] = numpy.asarray(statistics[name], dtype=numpy.float64)
+    meta = {"epoch": epoch, "settings": settings, "backend": backend.name(),
+            "dtype": numpy.dtype(backend.dtype()).name}
+    arrays["meta"] = numpy.array(json.dumps(meta, sort_keys=True))
+
+    def write(file):
+        buffer = io.BytesIO()
+        numpy.savez(buffer, **arrays)
+        file.write(buffer.getvalue())
+    write_atomically(os.path.join(folder, CHECKPOINT), write)
+
+
+def read_checkpoint(folder):
+    """(meta, arrays) of a folder's checkpoint, or None if it has none. Never unpickles."""
+    path = os.path.join(folder, CHECKPOINT)
+    if not os.path.exists(path):
+        return None
+    try:
+        with numpy.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        return json.loads(str(arrays.pop("meta"))), arrays
+    except Exception as error:
+        raise RunFolderError(f"The checkpoint {path} cannot be read ({error}). It is not a "
+                             f"checkpoint this package wrote, or it was damaged; start a fresh "
+                             f"run with --overwrite.") from None
+
+
+def restore_checkpoint(net, arrays):
+    """Put a checkpoint's weights, biases and optimiser moments into `net`; return statistics."""
+    from inv_net import MomentOptimizer
+    for index, layer in enumerate(net.layers):
+        layer.weight_matrix = backend.to_device(arrays[f"W{index}"])
+        layer.biases = backend.to_device(arrays[f"b{index}"])
+    if "m0" in arrays:
+        net.optimizer = MomentOptimizer(net.parameters())
+        for index in range(len(net.optimizer.first_moments)):
+            net.optimizer.first_moments[index] = backend.to_device(arrays[f"m{index}"])
+            net.optimizer.second_moments[index] = backend.to_device(arrays[f"v{index}"])
+    return {name: [float(value) for value in arrays[name]] for name in STATISTICS}
+
+
+class FolderLock:
+    """An exclusive lock on a results folder (flock on `run.lock`).
+
+    The kernel drops it when the process ends in any way, SIGKILL included, so a crashed
+    run never leaves it stuck. (flock may not work across machines on some network file
+    systems.)
+    """
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, LOCK)
+        self.file = None
+
+    def acquire(self):
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            self.file.close()
+            self.file = None
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunFolderError(
+                    f"Another process is running in {os.path.dirname(self.path)} (it holds "
+                    f"{LOCK}). Wait for it to finish or stop it; two runs cannot share a "
+                    f"results folder.") from None
+            raise
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self):
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None

@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Train an invertible multilayer perceptron with BP, GAIT-prop or TP: the command line.
+
+Example: ./run.py --algorithm=GAIT --dataset=MNIST --nb_layers=4 --orthogonal_reg=0.1
+Exit statuses: 0 finished, 1 failed (I/O, data, another process), 2 bad input,
+3 diverged, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+"""
+import argparse
+import contextlib
+import math
+import os
+import shlex
+import signal
+import sys
+import traceback
+import warnings
+
+import backend
+import checkpoint
+import training
+import utils
+from checkpoint import RunFolderError, now
+
+EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 1, 2, 3
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# The settings that change what a run computes: a checkpoint resumes only under equal ones.
+COMPUTATION = ("algorithm", "dataset", "seed", "nb_layers", "tower", "linear", "orthogonal_init",
+               "orthogonal_reg", "learning_rate", "eval_interval", "dtype")
+RESULT_FILES = ([name + ".txt" for name in checkpoint.STATISTICS]
+                + [checkpoint.CHECKPOINT, checkpoint.RUN_RECORD, "error.log"])
+
+
+class UsageError(Exception):
+    """Bad input found after parsing; the message says what to do. Exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"run.py: {message}. Run ./run.py --help for every flag and its "
+                              f"allowed values; nothing was written.\n")
+
+
+def number(kind, minimum, strict=False):
+    """An argparse type: a finite `kind` (int or float) >= minimum (> minimum if strict)."""
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'greater than' if strict else 'at least'} {minimum}")
+        return value
+    return convert
+
+
+def build_parser():
+    parser = Parser(description="Train an invertible MLP with BP, GAIT-prop or TP and dump "
+                                "accuracies, losses and weights (see README.md).")
+    add = parser.add_argument
+    add("--algorithm", choices=sorted(training.RULES), default="BP", help="learning rule")
+    add("--seed", type=number(int, -2**31), default=1, help="base seed of the weights")
+    add("--orthogonal_reg", "--orthogona_reg", type=number(float, 0.0), default=0.0,
+        help="lambda of the orthogonal regulariser (0 also means orthogonal initialisation)")
+    add("--device", type=number(int, 0), default=0, help="GPU id when CuPy is used")
+    add("--nb_epochs", type=number(int, 1), default=100, help="epochs to train (in total)")
+    add("--nb_layers", type=number(int, 0), default=1, help="hidden layers of a square network")
+    add("--learning_rate", type=number(float, 0.0, strict=True), default=0.0001)
+    add("--dataset", choices=list(utils.DATASETS), default="MNIST")
+    add("--linear", action="store_true", help="linear layers instead of leaky ReLU")
+    add("--tower", action="store_true", help="the 784-784-500-200-10 tower network")
+    add("--orthogonal_init", action="store_true",
+        help="orthogonal initialisation even when --orthogonal_reg > 0")
+    add("--load", action="store_true", help="continue the run stored in the results folder")
+    ours = parser.add_argument_group("added by this package")
+    ours.add_argument("--eval_interval", type=number(int, 0), default=10,
+                      help="batches between evaluations (10, as published); 0 = only at the "
+                           "end of each epoch")
+    ours.add_argument("--dtype", choices=backend.DTYPES, default="float64")
+    ours.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+                      help="auto = CuPy when it imports and sees a GPU, else NumPy")
+    ours.add_argument("--data_dir", default="./data", help="torchvision data root")
+    ours.add_argument("--results_dir", default="results", help="where results folders go")
+    ours.add_argument("--overwrite", action="store_true",
+                      help="replace a finished or interrupted run in the results folder")
+    return parser
+
+
+def results_folder(args):
+    """results/{dataset}_{algorithm}_[Linear_][OrthoInit_]{reg}OrthoReg_{seed}Seed_{lr}LR_{n}L|TOWER."""
+    name = (f"{args.dataset}_{args.algorithm}_" + ("Linear_" if args.linear else "")
+            + ("OrthoInit_" if args.orthogonal_init else "")
+            + f"{args.orthogonal_reg}OrthoReg_{args.seed}Seed_{args.learning_rate}LR_"
+            + f"{args.nb_layers}{'TOWER' if args.tower else 'L'}")
+    return os.path.join(args.results_dir, name)
+
+
+def settings_of(args):
+    """The settings that determine what the run computes."""
+    return {name: getattr(args, name) for name in COMPUTATION}
+
+
+def build_net(args):
+    """The network of the settings; orthogonal init also whenever lambda == 0 (as published)."""
+    from inv_net import SquareInvNet, TowerInvNet
+    orthogonal = args.orthogonal_init or args.orthogonal_reg == 0
+    if args.tower:
+        return TowerInvNet([784, 784, 500, 200, 10], args.seed, orthogonal, args.linear)
+    return SquareInvNet(784, args.nb_layers, args.seed, orthogonal, args.linear)
+
+
+def resume_command(argv):
+    """The command line that resumes this run."""
+    kept = [arg for arg in argv if arg not in ("--load", "--overwrite")]
+    return shlex.join([sys.argv[0]] + kept + ["--load"])
+
+
+def prepare_folder(folder, args):
+    """Check what the folder holds against --load/--overwrite; return the checkpoint or None."""
+    record_path = os.path.join(folder, checkpoint.RUN_RECORD)
+    record = checkpoint.load_json(record_path) if os.path.exists(record_path) else None
+    stored = checkpoint.read_checkpoint(folder)
+    if args.load:
+        if record is None and stored is None:
+            raise UsageError(f"--load was given, but {folder} holds no run to continue. Drop "
+                             f"--load to start this run.")
+        if stored is None:
+            print(f"{folder} holds a run stopped before its first checkpoint: starting over.")
+            return None
+        meta = stored[0]
+        differences = [f"{name}: stored {meta['settings'].get(name)!r}, asked {value!r}"
+                       for name, value in settings_of(args).items()
+                       if meta["settings"].get(name) != value]
+        if differences:
+            raise UsageError(f"The checkpoint in {folder} was made with other settings ("
+                             f"{'; '.join(differences)}). Resume with the stored settings, or "
+                             f"start a fresh run with --overwrite.")
+        return stored
+    if (record is not None or stored is not None) and not args.overwrite:
+        status = record["status"] if record else "unknown"
+        raise UsageError(f"{folder} already holds a run (status: {status}). Continue it with "
+                         f"--load, or replace it with --overwrite; nothing was changed.")
+    for name in os.listdir(folder):
+        if name in RESULT_FILES or name.endswith(("Lweights.npy", "Lbiases.npy")):
+            os.remove(os.path.join(folder, name))
+    return None
+
+
+def package_versions():
+    """Versions of the packages a run depends on."""
+    import importlib.metadata
+    versions = {"python": sys.version.split()[0]}
+    for package in ("numpy", "scipy", "torch", "torchvision", "tqdm", "cupy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class StopSignal:
+    """Turns the first SIGINT/SIGTERM into a request to stop at the next batch boundary."""
+
+    def __init__(self):
+        self.received = None
+        for number_ in EXIT_SIGNAL:
+            signal.signal(number_, self.handle)
+
+    def handle(self, signum, frame):
+        if self.received is not None:
+            raise SystemExit(EXIT_SIGNAL[signum])
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping at the next batch boundary.",
+              file=sys.stderr, flush=True)
+
+    def __call__(self):
+        return self.received is not None
+
+
+def train_run(args, argv, folder, stored):
+    """Load data, build or restore the network, train to --nb_epochs, keep the folder current."""
+    (train, test) = utils.load_dataset(args.dataset, args.data_dir)
+    train, test, train_targets = training.to_device_sets(train, test)
+    net = build_net(args)
+    record_path = os.path.join(folder, checkpoint.RUN_RECORD)
+    record = {"settings": vars(args), "command": shlex.join([sys.argv[0]] + argv),
+              "versions": package_versions(), "backend": backend.describe(),
+              "dtype": args.dtype, "started": now(), "ended": None, "epochs_done": 0,
+              "nb_epochs": args.nb_epochs, "status": "running", "folder": folder}
+    if stored is not None:
+        meta, arrays = stored
+        old = checkpoint.load_json(record_path) if os.path.exists(record_path) else {}
+        record["started"] = old.get("started", record["started"])
+        record["resumed"] = old.get("resumed", []) + [now()]
+        statistics = training.Statistics(checkpoint.restore_checkpoint(net, arrays))
+        epoch = meta["epoch"]
+        print(f"Resuming {folder} from the checkpoint after epoch {epoch}.")
+    stop = StopSignal()
+    checkpoint.save_json(record_path, record)
+    if stored is None:
+        statistics, epoch = training.Statistics(), 0
+        statistics.record(net, train, test)
+        checkpoint.save_checkpoint(folder, net, statistics.values, 0, settings_of(args))
+        checkpoint.save_results(folder, net, statistics.values)
+    record["epochs_done"] = epoch
+    progress = training.Progress(args.nb_epochs, training.batch_layout(len(train[0]))[1])
+    while epoch < args.nb_epochs:
+        progress.start_epoch(epoch)
+        try:
+            completed = training.train_epoch(net, args.algorithm, train, train_targets, test,
+                                             statistics, vars(args), progress, stop, epoch)
+        except training.Diverged as diverged:
+            checkpoint.save_statistics(folder, statistics.values)
+            record.update(status="diverged", ended=now(), message=str(diverged))
+            checkpoint.save_json(record_path, record)
+            print(f"run.py: {diverged} The checkpoint after epoch {epoch} and the statistics so "
+                  f"far are in {folder}.", file=sys.stderr)
+            return EXIT_DIVERGED
+        if not completed:
+            record.update(status="interrupted", ended=now())
+            checkpoint.save_json(record_path, record)
+            print(f"Stopped during epoch {epoch + 1}; {folder} holds the checkpoint after epoch "
+                  f"{epoch}. Resume with:\n  {resume_command(argv)}", file=sys.stderr)
+            return EXIT_SIGNAL[stop.received]
+        epoch += 1
+        progress.end_epoch(statistics)
+        checkpoint.save_checkpoint(folder, net, statistics.values, epoch, settings_of(args))
+        checkpoint.save_results(folder, net, statistics.values)
+        record["epochs_done"] = epoch
+        checkpoint.save_json(record_path, record)
+    record.update(status="finished", ended=now())
+    checkpoint.save_json(record_path, record)
+    print(f"Finished {epoch} epochs; results in {folder}")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("ignore")  # overflow and singular-matrix warnings: divergence is checked
+    folder, lock, created = results_folder(args), None, False
+    try:
+        print(f"Using {backend.select(args.backend, args.device, args.dtype)}")
+        if args.load and not os.path.isdir(folder):
+            raise UsageError(f"--load was given, but there is no results folder {folder}. Drop "
+                             f"--load to start this run (or check --results_dir).")
+        created = not os.path.isdir(folder)
+        os.makedirs(folder, exist_ok=True)
+        lock = checkpoint.FolderLock(folder)
+        lock.acquire()
+        stored = prepare_folder(folder, args)
+        return train_run(args, argv, folder, stored)
+    except UsageError as error:
+        print(f"run.py: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except backend.BackendError as error:
+        print(f"run.py: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (utils.DataError, RunFolderError) as error:
+        print(f"run.py: {error}", file=sys.stderr)
+        failed = EXIT_FAILED
+    except OSError as error:
+        where = error.filename or folder
+        print(f"run.py: cannot write {where}: {error.strerror}. Free disk space or fix the "
+              f"permissions (or choose another --results_dir), then resume with --load; the "
+              f"last checkpoint in {folder} is intact.", file=sys.stderr)
+        failed = EXIT_FAILED
+    except Exception:
+        log = os.path.join(folder, "error.log")
+        with contextlib.suppress(OSError):
+            checkpoint.write_atomically(log, lambda file: file.write(traceback.format_exc().encode()))
+        print(f"run.py: unexpected error ({sys.exc_info()[1]!r}). The last checkpoint in "
+              f"{folder} is intact; the traceback is in {log}. Please report it.", file=sys.stderr)
+        failed = EXIT_FAILED
+    finally:
+        if lock is not None:
+            lock.release()
+    mark_failed(folder, created)
+    return failed
+
+
+def mark_failed(folder, created):
+    """After a failure: mark an existing run record failed; remove a folder this run created empty."""
+    record_path = os.path.join(folder, checkpoint.RUN_RECORD)
+    with contextlib.suppress(OSError, ValueError):
+        if os.path.exists(record_path):
+            record = checkpoint.load_json(record_path)
+            if record.get("status") == "running":
+                record.update(status="failed", ended=now())
+                checkpoint.save_json(record_path, record)
+        elif created and set(os.listdir(folder)) <= {checkpoint.LOCK}:
+            os.remove(os.path.join(folder, checkpoint.LOCK))
+            os.rmdir(folder)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
