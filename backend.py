@@ -91,6 +91,14 @@ def to_host(array):
     return array.get()
 
 
+def block_rows(array, elements=1 << 15):
+    """Rows of `array` an elementwise block should take: about `elements` values on the host
+    (so that several passes over a block run in cache), the whole array on a GPU."""
+    if array_module(array) is not numpy or array.ndim < 2:
+        return max(1, len(array))
+    return max(1, elements // max(1, array[0].size))
+
+
 def lu_factor(matrix):
     """LU factors of a square matrix, for `solve_transposed`."""
     if array_module(matrix) is numpy:

@@ -50,13 +50,17 @@ class InvLayer:
         """Factorise the current W, so that `inverse` is exact for it."""
         self._factors = backend.lu_factor(self._weight_matrix)
 
-    def pre_activation(self, x):
-        """a = x @ W + b."""
-        return x @ self._weight_matrix + self.biases
+    def forward(self, x, columns=None):
+        """h = f(x @ W + b), computed in place in the product's own array.
 
-    def forward(self, x):
-        """h = f(x @ W + b)."""
-        return utils.transfer(self.pre_activation(x), self.linear)
+        `columns` (an int c) computes only the first c output units: f(x @ W[:, :c] + b[:c]).
+        """
+        weights, biases = self._weight_matrix, self.biases
+        if columns is not None:
+            weights, biases = weights[:, :columns], biases[:columns]
+        activity = x @ weights
+        activity += biases
+        return utils.transfer(activity, self.linear, out=activity)
 
     def apply_inverse_weights(self, y):
         """y @ inv(W), by solving with the LU factors of W (never forming inv(W))."""
@@ -76,22 +80,27 @@ class InvLayer:
         """(f^-1(h) - f^-1(h - scale * g(h) * local_errors)) / scale, see utils."""
         return utils.scaled_inverse_difference(h, local_errors, scale, self.linear)
 
-    def orthogonality_gradient(self):
-        """dR/dW = 4 * O @ W for R(W) = sum_{i != j} ((W @ W.T)[i, j])**2, O = W @ W.T off-diagonal."""
+    def orthogonality_gradient(self, scale=1.0):
+        """scale * dR/dW = (4 * scale * O) @ W for R(W) = sum_{i != j} ((W @ W.T)[i, j])**2.
+
+        O = W @ W.T with its diagonal set to zero; the scale is applied to O, not to the product.
+        """
         xp = backend.array_module(self._weight_matrix)
         gram = self._weight_matrix @ self._weight_matrix.T
         xp.fill_diagonal(gram, 0.0)
-        return 4.0 * (gram @ self._weight_matrix)
+        gram *= 4.0 * scale
+        return gram @ self._weight_matrix
 
     def directions(self, inputs, local_errors, ortho_weighting=0.0):
         """Update directions (-grad_W, -grad_b) from this layer's inputs x and d = g * e.
 
-        grad_W = x.T @ d / n + lambda * dR/dW, grad_b = mean(d, axis=0).
+        grad_W = x.T @ d / n + lambda * dR/dW, grad_b = mean(d, axis=0). The scalings are
+        applied to the small factors (d, O) rather than to the (units, units) products.
         """
-        gradient = inputs.T @ local_errors / len(inputs)
+        weight_direction = inputs.T @ (local_errors / -len(inputs))
         if ortho_weighting:
-            gradient += ortho_weighting * self.orthogonality_gradient()
-        return -gradient, -local_errors.mean(axis=0)
+            weight_direction += self.orthogonality_gradient(-ortho_weighting)
+        return weight_direction, -local_errors.mean(axis=0)
 
     def save_params(self, prefix):
         """Write `prefix + "weights.npy"` and `prefix + "biases.npy"` (host NumPy arrays)."""

@@ -13,12 +13,15 @@ NB_CLASSES = 10
 
 # ----------------------------------------------------------------------------- transfer
 
-def transfer(a, linear=False):
-    """Leaky ReLU f(a) = a for a >= 0, 0.1 a otherwise (the identity when linear)."""
+def transfer(a, linear=False, out=None):
+    """Leaky ReLU f(a) = a for a >= 0, 0.1 a otherwise (the identity when linear).
+
+    With out=a it overwrites its argument instead of allocating the result.
+    """
     if linear:
-        return a
+        return a if out is None else out
     xp = backend.array_module(a)
-    return xp.maximum(a, SLOPE * a)
+    return xp.maximum(a, SLOPE * a, out=out)
 
 
 def inverse_transfer(h, linear=False):
