@@ -1,0 +1,240 @@
+"""InvLayer (SPEC section 2) and the transfer functions of utils it uses."""
+import numpy as np
+import pytest
+import scipy.stats
+
+import inv_net
+import utils
+from inv_layer import InvLayer
+
+
+def gaussian_weights(units, seed):
+    np.random.seed(seed)
+    return np.random.randn(units, units) * np.sqrt(2.0 / (2 * units))
+
+
+def orthogonal_weights(units, seed):
+    return scipy.stats.ortho_group.rvs(units, random_state=np.random.RandomState(seed))
+
+
+def off_diagonal_gram_penalty(w):
+    """R(W) = sum_{i != j} ((W W^T)_{ij})^2."""
+    gram = w @ w.T
+    return np.sum(gram ** 2) - np.sum(np.diag(gram) ** 2)
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+@pytest.mark.parametrize("units, seed", [(5, 0), (17, 3), (784, 1)])
+def test_gaussian_initialisation_is_the_legacy_generator(units, seed):
+    layer = InvLayer(units, seed=seed)
+    np.testing.assert_array_equal(layer.weight_matrix, gaussian_weights(units, seed))
+    np.testing.assert_array_equal(layer.biases, np.zeros(units))
+    assert layer.weight_matrix.dtype == np.float64 and layer.biases.shape == (units,)
+    # the scale is sqrt(1/units): the sample variance is close to 1/units
+    assert abs(np.var(layer.weight_matrix) * units - 1.0) < 0.3
+
+
+@pytest.mark.parametrize("units, seed", [(6, 0), (40, 7)])
+def test_orthogonal_initialisation_is_scipy_ortho_group(units, seed):
+    layer = InvLayer(units, seed=seed, orthogonal_init=True)
+    np.testing.assert_array_equal(layer.weight_matrix, orthogonal_weights(units, seed))
+    np.testing.assert_array_equal(layer.biases, np.zeros(units))
+    np.testing.assert_allclose(layer.weight_matrix @ layer.weight_matrix.T, np.eye(units),
+                               rtol=0, atol=1e-12)
+
+
+def test_different_seeds_give_different_weights():
+    assert not np.array_equal(InvLayer(8, seed=1).weight_matrix, InvLayer(8, seed=2).weight_matrix)
+    np.testing.assert_array_equal(InvLayer(8, seed=4).weight_matrix, gaussian_weights(8, 4))
+
+
+# ----------------------------------------------------------------------------- forward / inverse
+
+@pytest.mark.parametrize("linear", [False, True])
+@pytest.mark.parametrize("orthogonal", [False, True])
+def test_inverse_of_forward_is_identity(linear, orthogonal):
+    rng = np.random.RandomState(5)
+    layer = InvLayer(30, seed=2, orthogonal_init=orthogonal, linear=linear)
+    layer.biases = rng.randn(30) * 0.3
+    x = rng.randn(11, 30)
+    a = x @ layer.weight_matrix + layer.biases
+    expected = a if linear else np.where(a >= 0, a, 0.1 * a)
+    h = layer.forward(x)
+    np.testing.assert_allclose(h, expected, rtol=1e-14, atol=1e-14)
+    if not linear:
+        assert (h < 0).any() and (h > 0).any()
+    np.testing.assert_allclose(layer.inverse(h), x, rtol=0, atol=1e-10)
+    # the inverse is the stated formula, with an explicit matrix inverse
+    finv = h if linear else np.where(h >= 0, h, 10.0 * h)
+    np.testing.assert_allclose(layer.inverse(h), (finv - layer.biases) @ np.linalg.inv(
+        layer.weight_matrix), rtol=0, atol=1e-10)
+
+
+def test_inverse_exact_after_optimizer_step_in_place():
+    net = inv_net.SquareInvNet(12, 1, start_seed=4)
+    rng = np.random.RandomState(0)
+    x = rng.randn(6, 12)
+    for layer in net.layers:  # factorise the initial weights first
+        np.testing.assert_allclose(layer.inverse(layer.forward(x)), x, rtol=0, atol=1e-10)
+    before = [layer.weight_matrix.copy() for layer in net.layers]
+    directions = [rng.randn(12, 12) for _ in net.layers]
+    net.update_parameters(directions, [rng.randn(12) for _ in net.layers], 0.2)
+    for layer, old in zip(net.layers, before):
+        assert np.max(np.abs(layer.weight_matrix - old)) > 0.1  # really changed, in place
+        np.testing.assert_allclose(layer.inverse(layer.forward(x)), x, rtol=0, atol=1e-10)
+
+
+def test_inverse_exact_after_assigning_weight_matrix():
+    rng = np.random.RandomState(1)
+    layer = InvLayer(10, seed=0)
+    x = rng.randn(4, 10)
+    np.testing.assert_allclose(layer.inverse(layer.forward(x)), x, rtol=0, atol=1e-10)
+    layer.weight_matrix = rng.randn(10, 10)
+    np.testing.assert_allclose(layer.inverse(layer.forward(x)), x, rtol=0, atol=1e-10)
+    layer.update_inverse()
+    np.testing.assert_allclose(layer.inverse(layer.forward(x)), x, rtol=0, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- regulariser
+
+def test_orthogonality_gradient_matches_finite_differences():
+    rng = np.random.RandomState(3)
+    layer = InvLayer(6, seed=1)
+    layer.weight_matrix = rng.randn(6, 6)
+    w = layer.weight_matrix.copy()
+    eps = 1e-6
+    numeric = np.zeros_like(w)
+    for i in range(6):
+        for j in range(6):
+            plus, minus = w.copy(), w.copy()
+            plus[i, j] += eps
+            minus[i, j] -= eps
+            numeric[i, j] = (off_diagonal_gram_penalty(plus)
+                             - off_diagonal_gram_penalty(minus)) / (2 * eps)
+    analytic = layer.orthogonality_gradient()
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7)
+    assert np.linalg.norm(analytic) > 1.0
+    np.testing.assert_array_equal(layer.weight_matrix, w)  # W itself is untouched
+
+
+def test_orthogonality_gradient_vanishes_on_orthogonal_weights():
+    layer = InvLayer(9, seed=2, orthogonal_init=True)
+    assert np.max(np.abs(layer.orthogonality_gradient())) < 1e-13
+
+
+def test_directions_with_and_without_regulariser():
+    rng = np.random.RandomState(4)
+    layer = InvLayer(5, seed=3)
+    x, d = rng.randn(7, 5), rng.randn(7, 5)
+    dir_w, dir_b = layer.directions(x, d)
+    np.testing.assert_allclose(dir_w, -(x.T @ d) / 7, rtol=1e-13)
+    np.testing.assert_allclose(dir_b, -d.mean(axis=0), rtol=1e-13)
+    w = layer.weight_matrix
+    gram = w @ w.T - np.diag(np.diag(w @ w.T))
+    reg_w, reg_b = layer.directions(x, d, ortho_weighting=0.3)
+    np.testing.assert_allclose(reg_w, dir_w - 0.3 * 4 * gram @ w, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(reg_b, dir_b, rtol=1e-13)
+    assert np.linalg.norm(reg_w - dir_w) > 1e-3
+
+
+# ----------------------------------------------------------------------------- save / load
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.RandomState(6)
+    source = InvLayer(7, seed=1)
+    source.weight_matrix = rng.randn(7, 7)
+    source.biases = rng.randn(7)
+    source.save_params(str(tmp_path / "0L"))
+    np.testing.assert_array_equal(np.load(tmp_path / "0Lweights.npy"), source.weight_matrix)
+    np.testing.assert_array_equal(np.load(tmp_path / "0Lbiases.npy"), source.biases)
+
+    target = InvLayer(7, seed=2)
+    x = rng.randn(3, 7)
+    target.inverse(target.forward(x))  # factorise the old weights first
+    target.load_params(str(tmp_path / "0L"))
+    np.testing.assert_array_equal(target.weight_matrix, source.weight_matrix)
+    np.testing.assert_array_equal(target.biases, source.biases)
+    np.testing.assert_allclose(target.inverse(target.forward(x)), x, rtol=0, atol=1e-10)
+
+
+def test_load_refuses_wrong_shape(tmp_path):
+    InvLayer(6, seed=1).save_params(str(tmp_path / "x"))
+    layer = InvLayer(5, seed=1)
+    original = layer.weight_matrix.copy()
+    with pytest.raises(ValueError):
+        layer.load_params(str(tmp_path / "x"))
+    np.testing.assert_array_equal(layer.weight_matrix, original)
+
+
+def test_load_refuses_wrong_bias_shape(tmp_path):
+    np.save(tmp_path / "yweights.npy", np.eye(4))
+    np.save(tmp_path / "ybiases.npy", np.zeros(5))
+    with pytest.raises(ValueError):
+        InvLayer(4, seed=1).load_params(str(tmp_path / "y"))
+
+
+# ----------------------------------------------------------------------------- transfer functions
+
+def test_transfer_values():
+    a = np.array([-2.0, -0.5, 0.0, 0.25, 3.0])
+    np.testing.assert_array_equal(utils.transfer(a), [-0.2, -0.05, 0.0, 0.25, 3.0])
+    np.testing.assert_array_equal(utils.transfer(a, linear=True), a)
+    h = np.array([-0.2, -0.05, 0.0, 0.25, 3.0])
+    np.testing.assert_allclose(utils.inverse_transfer(h), [-2.0, -0.5, 0.0, 0.25, 3.0],
+                               rtol=1e-15)
+    np.testing.assert_array_equal(utils.inverse_transfer(h, linear=True), h)
+    np.testing.assert_array_equal(utils.transfer_derivative(np.array([-1e-9, 0.0, 2.0, -4.0])),
+                                  [0.1, 1.0, 1.0, 0.1])
+    assert np.all(np.asarray(utils.transfer_derivative(h, linear=True)) == 1.0)
+    x = np.linspace(-3, 3, 61)
+    np.testing.assert_allclose(utils.inverse_transfer(utils.transfer(x)), x, rtol=1e-15,
+                               atol=1e-15)
+
+
+def direct_phi_over_scale(h, local_errors, scale):
+    """(f^-1(h) - f^-1(h - delta)) / scale by plain subtraction, delta = scale g(h) e."""
+    g = np.where(h >= 0, 1.0, 0.1)
+    delta = scale * g * local_errors
+    finv = lambda v: np.where(v >= 0, v, 10.0 * v)  # noqa: E731
+    return (finv(h) - finv(h - delta)) / scale, h - delta
+
+
+def test_scaled_inverse_difference_without_crossing_is_local_errors():
+    h = np.array([[0.5, -0.3, 2.0, -1.0]])
+    e = np.array([[0.7, -0.2, -1.5, 0.4]])
+    value = utils.scaled_inverse_difference(h, e, 1e-3)
+    np.testing.assert_array_equal(value, e)
+    direct, stepped = direct_phi_over_scale(h, e, 1e-3)
+    assert np.all((stepped >= 0) == (h >= 0))
+    np.testing.assert_allclose(value, direct, rtol=1e-9)
+    np.testing.assert_array_equal(utils.scaled_inverse_difference(h, e, 0.5, linear=True), e)
+
+
+def test_scaled_inverse_difference_on_zero_crossings():
+    scale = 1e-3
+    # unit 0: h = 2e-4 >= 0, delta = 1e-3, h - delta = -8e-4: phi = 2e-4 + 8e-3 = 8.2e-3.
+    # unit 1: h = -2e-4 < 0, delta = 1e-3 * 0.1 * (-5) = -5e-4, h - delta = 3e-4:
+    #         phi = -2e-3 - 3e-4 = -2.3e-3.
+    # unit 2: no crossing (h = 0.4), result = local error 1.
+    h = np.array([[2e-4, -2e-4, 0.4]])
+    e = np.array([[1.0, -5.0, 1.0]])
+    value = utils.scaled_inverse_difference(h, e, scale)
+    direct, stepped = direct_phi_over_scale(h, e, scale)
+    assert stepped[0, 0] < 0 <= h[0, 0] and h[0, 1] < 0 <= stepped[0, 1]
+    np.testing.assert_allclose(value, direct, rtol=1e-10)
+    np.testing.assert_allclose(value, [[8.2, -2.3, 1.0]], rtol=1e-10)
+    # the crossing values differ from the local errors: the piecewise value is really used
+    assert abs(value[0, 0] - e[0, 0]) > 1 and abs(value[0, 1] - 0.1 * e[0, 1]) > 1
+
+
+def test_scaled_inverse_difference_random_crossings():
+    rng = np.random.RandomState(8)
+    h = rng.randn(50, 40) * 1e-2
+    e = rng.randn(50, 40)
+    value = utils.scaled_inverse_difference(h, e, 1e-2)
+    direct, stepped = direct_phi_over_scale(h, e, 1e-2)
+    crossing = (h >= 0) != (stepped >= 0)
+    assert 20 < crossing.sum() < 2000
+    np.testing.assert_allclose(value, direct, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(value[~crossing], e[~crossing])
