@@ -69,9 +69,20 @@ def dtype():
     return _state["dtype"]
 
 
+def device():
+    """The selected GPU id, or None on the CPU."""
+    return _state["device"]
+
+
 def name():
     """'numpy' or 'cupy'."""
     return _state["xp"].__name__
+
+
+def synchronize():
+    """Wait until the GPU has finished its queued work (for timing); nothing on the CPU."""
+    if _state["xp"] is not numpy:
+        _state["xp"].cuda.Device().synchronize()
 
 
 def array_module(array):

@@ -17,11 +17,12 @@ import tempfile
 import numpy
 
 import backend
+from training import Statistics
 
 CHECKPOINT = "checkpoint.npz"
 RUN_RECORD = "run.json"
 LOCK = "run.lock"
-STATISTICS = ("training_acc", "training_loss", "test_acc", "test_loss")
+ALIGNMENT = "alignment.txt"
 
 
 class RunFolderError(RuntimeError):
@@ -78,9 +79,17 @@ def load_json(path):
 
 
 def save_statistics(folder, statistics):
-    """training_acc.txt, training_loss.txt, test_acc.txt, test_loss.txt: one value a line."""
-    for name in STATISTICS:
-        save_text(os.path.join(folder, name + ".txt"), statistics[name])
+    """training_acc.txt, training_loss.txt, test_acc.txt, test_loss.txt: one value a line;
+    alignment.txt (epoch, batch, angle per layer in degrees, a row each) if it has rows."""
+    for name, values in statistics.values.items():
+        save_text(os.path.join(folder, name + ".txt"), values)
+    if statistics.alignment:
+        nb_layers = len(statistics.alignment[0]) - 2
+        header = ("epoch (0-based) batch (0-based) then, per layer, the angle in degrees "
+                  "between the rule's weight directions and BP's on that batch: "
+                  + " ".join(f"angle_layer{i}" for i in range(nb_layers)))
+        write_atomically(os.path.join(folder, ALIGNMENT), lambda file: numpy.savetxt(
+            file, numpy.asarray(statistics.alignment, dtype=float), header=header))
 
 
 def save_results(folder, net, statistics):
@@ -105,8 +114,9 @@ def save_checkpoint(folder, net, statistics, epoch, settings):
         for index, (m, v) in enumerate(zip(net.optimizer.first_moments,
                                            net.optimizer.second_moments)):
             arrays[f"m{index}"], arrays[f"v{index}"] = backend.to_host(m), backend.to_host(v)
-    for name in STATISTICS:
-        arrays[name] = numpy.asarray(statistics[name], dtype=numpy.float64)
+    for name, values in statistics.values.items():
+        arrays[name] = numpy.asarray(values, dtype=numpy.float64)
+    arrays["alignment"] = numpy.asarray(statistics.alignment, dtype=numpy.float64)
     meta = {"epoch": epoch, "settings": settings, "backend": backend.name(),
             "dtype": numpy.dtype(backend.dtype()).name}
     arrays["meta"] = numpy.array(json.dumps(meta, sort_keys=True))
@@ -134,7 +144,7 @@ def read_checkpoint(folder):
 
 
 def restore_checkpoint(net, arrays):
-    """Put a checkpoint's weights, biases and optimiser moments into `net`; return statistics."""
+    """Put a checkpoint's weights, biases and optimiser moments into `net`; return its Statistics."""
     from inv_net import MomentOptimizer
     for index, layer in enumerate(net.layers):
         layer.weight_matrix = backend.to_device(arrays[f"W{index}"])
@@ -144,7 +154,8 @@ def restore_checkpoint(net, arrays):
         for index in range(len(net.optimizer.first_moments)):
             net.optimizer.first_moments[index] = backend.to_device(arrays[f"m{index}"])
             net.optimizer.second_moments[index] = backend.to_device(arrays[f"v{index}"])
-    return {name: [float(value) for value in arrays[name]] for name in STATISTICS}
+    values = {name: [float(value) for value in arrays[name]] for name in Statistics.NAMES}
+    return Statistics(values, [list(map(float, row)) for row in arrays.get("alignment", [])])
 
 
 class FolderLock:

@@ -15,19 +15,32 @@ import sys
 import traceback
 import warnings
 
-import backend
-import checkpoint
-import training
-import utils
-from checkpoint import RunFolderError, now
+
+def _stop_before_training(signum, frame):
+    """Ctrl-C / SIGTERM before StopSignal takes over: quit at once, status 130 / 143, no traceback."""
+    print(f"\nrun.py: {signal.Signals(signum).name} received before training started: stopped. "
+          f"Nothing was trained since the last checkpoint; run the command again (with --load "
+          f"if the results folder holds a run) to go on.", file=sys.stderr, flush=True)
+    sys.exit(130 if signum == signal.SIGINT else 143)
+
+
+if __name__ == "__main__":  # installed before the slow imports below
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _stop_before_training)
+
+import backend  # noqa: E402
+import checkpoint  # noqa: E402
+import training  # noqa: E402
+import utils  # noqa: E402
+from checkpoint import RunFolderError, now  # noqa: E402
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 1, 2, 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # The settings that change what a run computes: a checkpoint resumes only under equal ones.
 COMPUTATION = ("algorithm", "dataset", "seed", "nb_layers", "tower", "linear", "orthogonal_init",
                "orthogonal_reg", "learning_rate", "eval_interval", "dtype")
-RESULT_FILES = ([name + ".txt" for name in checkpoint.STATISTICS]
-                + [checkpoint.CHECKPOINT, checkpoint.RUN_RECORD, "error.log"])
+RESULT_FILES = ([name + ".txt" for name in training.Statistics.NAMES]
+                + [checkpoint.ALIGNMENT, checkpoint.CHECKPOINT, checkpoint.RUN_RECORD, "error.log"])
 
 
 class UsageError(Exception):
@@ -76,6 +89,9 @@ def build_parser():
     ours.add_argument("--eval_interval", type=number(int, 0), default=10,
                       help="batches between evaluations (10, as published); 0 = only at the "
                            "end of each epoch")
+    ours.add_argument("--log_alignment", type=number(int, 0), default=0, metavar="N",
+                      help="every N batches, log per layer the angle between the rule's and "
+                           "BP's weight directions to alignment.txt (0 = off)")
     ours.add_argument("--dtype", choices=backend.DTYPES, default="float64")
     ours.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                       help="auto = CuPy when it imports and sees a GPU, else NumPy")
@@ -118,8 +134,15 @@ def resume_command(argv):
 def prepare_folder(folder, args):
     """Check what the folder holds against --load/--overwrite; return the checkpoint or None."""
     record_path = os.path.join(folder, checkpoint.RUN_RECORD)
-    record = checkpoint.load_json(record_path) if os.path.exists(record_path) else None
-    stored = checkpoint.read_checkpoint(folder)
+    if args.overwrite and not args.load:  # replace whatever it holds, readable or not
+        record = stored = None
+    else:
+        try:
+            record = checkpoint.load_json(record_path) if os.path.exists(record_path) else None
+        except ValueError as error:
+            raise RunFolderError(f"The run record {record_path} cannot be read ({error}). "
+                                 f"Replace the run with --overwrite.") from None
+        stored = checkpoint.read_checkpoint(folder)
     if args.load:
         if record is None and stored is None:
             raise UsageError(f"--load was given, but {folder} holds no run to continue. Drop "
@@ -192,7 +215,7 @@ def train_run(args, argv, folder, stored):
         old = checkpoint.load_json(record_path) if os.path.exists(record_path) else {}
         record["started"] = old.get("started", record["started"])
         record["resumed"] = old.get("resumed", []) + [now()]
-        statistics = training.Statistics(checkpoint.restore_checkpoint(net, arrays))
+        statistics = checkpoint.restore_checkpoint(net, arrays)
         epoch = meta["epoch"]
         print(f"Resuming {folder} from the checkpoint after epoch {epoch}.")
     stop = StopSignal()
@@ -200,8 +223,8 @@ def train_run(args, argv, folder, stored):
     if stored is None:
         statistics, epoch = training.Statistics(), 0
         statistics.record(net, train, test)
-        checkpoint.save_checkpoint(folder, net, statistics.values, 0, settings_of(args))
-        checkpoint.save_results(folder, net, statistics.values)
+        checkpoint.save_checkpoint(folder, net, statistics, 0, settings_of(args))
+        checkpoint.save_results(folder, net, statistics)
     record["epochs_done"] = epoch
     progress = training.Progress(args.nb_epochs, training.batch_layout(len(train[0]))[1])
     while epoch < args.nb_epochs:
@@ -210,7 +233,7 @@ def train_run(args, argv, folder, stored):
             completed = training.train_epoch(net, args.algorithm, train, train_targets, test,
                                              statistics, vars(args), progress, stop, epoch)
         except training.Diverged as diverged:
-            checkpoint.save_statistics(folder, statistics.values)
+            checkpoint.save_statistics(folder, statistics)
             record.update(status="diverged", ended=now(), message=str(diverged))
             checkpoint.save_json(record_path, record)
             print(f"run.py: {diverged} The checkpoint after epoch {epoch} and the statistics so "
@@ -224,8 +247,8 @@ def train_run(args, argv, folder, stored):
             return EXIT_SIGNAL[stop.received]
         epoch += 1
         progress.end_epoch(statistics)
-        checkpoint.save_checkpoint(folder, net, statistics.values, epoch, settings_of(args))
-        checkpoint.save_results(folder, net, statistics.values)
+        checkpoint.save_checkpoint(folder, net, statistics, epoch, settings_of(args))
+        checkpoint.save_results(folder, net, statistics)
         record["epochs_done"] = epoch
         checkpoint.save_json(record_path, record)
     record.update(status="finished", ended=now())

@@ -5,7 +5,7 @@ import time
 
 import backend
 from inv_net import output_targets
-from utils import evaluate, one_hot
+from utils import angle_degrees, evaluate, one_hot
 
 RULES = {"BP": "get_backprop_updates", "GAIT": "get_gait_updates", "TP": "get_tp_updates"}
 
@@ -28,12 +28,14 @@ def evaluates_after(batch_index, eval_interval, nb_batches):
 
 
 class Statistics:
-    """Accuracy and loss on the training and test sets, one value per evaluation."""
+    """Accuracy and loss on the training and test sets, one value per evaluation, and the
+    alignment rows (epoch, batch, angle per layer) of --log_alignment."""
 
     NAMES = ("training_acc", "training_loss", "test_acc", "test_loss")
 
-    def __init__(self, values=None):
+    def __init__(self, values=None, alignment=None):
         self.values = values or {name: [] for name in self.NAMES}
+        self.alignment = alignment or []
 
     def record(self, net, train, test):
         """Evaluate `net` on both sets and append the four numbers."""
@@ -97,7 +99,10 @@ def check_finite(net, forward, bias_directions, statistics, where):
     if flags.all() and all(map(math.isfinite, latest)):
         return
     if not flags[0]:
-        problem = "the network's output is not finite (its weights overflowed)"
+        first = next(index for index, activity in enumerate(forward[1:])
+                     if not bool(xp.isfinite(activity).all()))
+        problem = (f"the output of layer {first} is not finite (its weights, or those below "
+                   f"it, overflowed)")
     elif not flags.all():
         top = max(index for index, ok in enumerate(flags[1:]) if not ok)
         problem = (f"the update directions of layer {top} are not finite (the error passed "
@@ -110,6 +115,24 @@ def check_finite(net, forward, bias_directions, statistics, where):
                    f"or a larger --orthogonal_reg, which keeps the weights well conditioned.")
 
 
+def train_step(net, algorithm, images, one_hot_labels, settings, statistics, epoch, batch_index):
+    """One training step on one batch: forward pass, the rule's directions, the update.
+
+    Logs the alignment with BP when due; raises Diverged, before anything reaches the
+    weights, if the output or a direction is not finite.
+    """
+    forward = net.forward_pass(images)
+    targets = output_targets(forward[-1], one_hot_labels)
+    weight_directions, bias_directions = getattr(net, RULES[algorithm])(
+        forward, targets, settings["orthogonal_reg"])
+    if settings["log_alignment"] and batch_index % settings["log_alignment"] == 0:
+        statistics.alignment.append([epoch, batch_index]
+                                    + alignment_with_bp(net, algorithm, forward, targets))
+    check_finite(net, forward, bias_directions, statistics,
+                 f"epoch {epoch + 1}, batch {batch_index}")
+    net.update_parameters(weight_directions, bias_directions, settings["learning_rate"])
+
+
 def train_epoch(net, algorithm, train, train_targets, test, statistics, settings, progress,
                 should_stop, epoch):
     """Train one epoch over the batches in stored order; evaluate on the cadence.
@@ -119,23 +142,27 @@ def train_epoch(net, algorithm, train, train_targets, test, statistics, settings
     """
     images, _ = train
     batch_size, nb_batches = batch_layout(len(images))
-    get_updates = getattr(net, RULES[algorithm])
     for batch_index in range(nb_batches):
         if should_stop():
             return False
         rows = slice(batch_index * batch_size, (batch_index + 1) * batch_size)
-        forward = net.forward_pass(images[rows])
-        targets = output_targets(forward[-1], train_targets[rows])
-        weight_directions, bias_directions = get_updates(forward, targets,
-                                                         settings["orthogonal_reg"])
-        check_finite(net, forward, bias_directions, statistics,
-                     f"epoch {epoch + 1}, batch {batch_index}")
-        net.update_parameters(weight_directions, bias_directions, settings["learning_rate"])
+        train_step(net, algorithm, images[rows], train_targets[rows], settings, statistics,
+                   epoch, batch_index)
         evaluated = evaluates_after(batch_index, settings["eval_interval"], nb_batches)
         if evaluated:
             statistics.record(net, train, test)
         progress.batch_done(batch_index, statistics, evaluated)
     return True
+
+
+def alignment_with_bp(net, algorithm, forward, targets):
+    """Angle (degrees) per layer between the rule's weight directions and BP's on one batch.
+
+    Both without the regulariser (lambda = 0), so that the angle compares the error signals.
+    """
+    rule_directions = getattr(net, RULES[algorithm])(forward, targets)[0]
+    bp_directions = net.get_backprop_updates(forward, targets)[0]
+    return [angle_degrees(a, b) for a, b in zip(rule_directions, bp_directions)]
 
 
 def to_device_sets(train, test):

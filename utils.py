@@ -86,7 +86,7 @@ def _unpack_gzipped(folder):
         target, packed = os.path.join(folder, stem), os.path.join(folder, stem + ".gz")
         if os.path.exists(target) or not os.path.exists(packed):
             continue
-        partial = target + ".partial"
+        partial = f"{target}.{os.getpid()}.partial"  # per process: runs may start together
         try:
             with gzip.open(packed, "rb") as source, open(partial, "wb") as sink:
                 while chunk := source.read(1 << 22):
@@ -97,6 +97,20 @@ def _unpack_gzipped(folder):
                 os.remove(partial)
             raise DataError(f"The data file {packed} is corrupt or truncated ({error}). "
                             f"Delete it and put a good copy in {folder}.") from None
+
+
+def _idx_file_intact(path):
+    """Whether an unsigned-byte IDX file's header is valid and its size matches its shape."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(4)
+            if len(header) != 4 or header[:3] != b"\x00\x00\x08" or not 1 <= header[3] <= 3:
+                return False
+            dims = numpy.frombuffer(file.read(4 * header[3]), dtype=">i4")
+        return (len(dims) == header[3]
+                and os.path.getsize(path) == 4 + 4 * header[3] + int(numpy.prod(dims)))
+    except OSError:
+        return False
 
 
 def _torchvision_split(dataset, data_dir, train):
@@ -116,9 +130,10 @@ def _torchvision_split(dataset, data_dir, train):
                 f"({type(error).__name__}). Put these files there (gzipped .gz or unpacked): "
                 f"{', '.join(missing)}; or run once on a machine with internet access and "
                 f"copy the folder.") from None
+        damaged = [stem for stem in RAW_FILES if not _idx_file_intact(os.path.join(folder, stem))]
         raise DataError(f"The {dataset} files in {folder} could not be read ({error}): "
-                        f"a file is corrupt or truncated. Replace the damaged file(s) "
-                        f"with good copies.") from None
+                        f"{', '.join(damaged) or 'a file'} is corrupt or truncated. Replace "
+                        f"the damaged file(s) with good copies.") from None
     return data.data.numpy(), data.targets.numpy()
 
 
@@ -136,8 +151,11 @@ def load_dataset(dataset, data_dir="./data"):
     train_images, train_labels = _torchvision_split(dataset, data_dir, train=True)
     test_images, test_labels = _torchvision_split(dataset, data_dir, train=False)
     scale = float(numpy.max(numpy.abs(train_images)))
-    flat = [images.reshape(len(images), -1).astype(numpy.float64) / scale
-            for images in (train_images, test_images)]
+    flat = []
+    for images in (train_images, test_images):
+        values = images.reshape(len(images), -1).astype(numpy.float64)
+        values /= scale
+        flat.append(values)
     return ((flat[0], train_labels.astype(numpy.int64)),
             (flat[1], test_labels.astype(numpy.int64)))
 
@@ -150,6 +168,14 @@ def one_hot(labels, nb_classes=NB_CLASSES):
 
 
 # ----------------------------------------------------------------------------- statistics
+
+def angle_degrees(a, b):
+    """The angle between two arrays as flat vectors: arccos(<a, b> / (|a| |b|)), in degrees."""
+    xp = backend.array_module(a)
+    a, b = a.ravel(), b.ravel()
+    cosine = float(xp.dot(a, b) / (xp.linalg.norm(a) * xp.linalg.norm(b)))
+    return float(numpy.degrees(numpy.arccos(numpy.clip(cosine, -1.0, 1.0))))
+
 
 def evaluate(net, images, labels, chunk_size=10000):
     """(accuracy, loss) of `net` on a whole data set, evaluated in chunks of rows.

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Measure how fast the package trains and evaluates, against the machine's own limit.
+
+Runs on synthetic inputs of the real shapes (60,000 + 10,000 samples of 784 values,
+batches of 60), so it needs no data set and no GPU. For each dtype it prints the
+matrix-product rate at the package's sizes, the milliseconds per training step of BP,
+GAIT and TP (square network of 4 hidden layers, and the tower), the seconds per
+evaluation of both sets, the implied seconds per epoch, and each phase's efficiency:
+its floating-point operations (matrix products and LU factorisations) divided by its
+time, as a fraction of the measured matrix-product rate. Then the peak resident memory.
+
+    ./benchmark.py [--backend numpy|cupy] [--dtype float64 float32] [--json FILE]
+"""
+import argparse
+import json
+import resource
+import statistics as stats
+import sys
+import time
+
+import numpy
+
+import backend
+import training
+from inv_net import SquareInvNet, TowerInvNet
+from utils import evaluate, one_hot
+
+BATCH, TRAIN, TEST, UNITS = 60, 60000, 10000, 784
+EVALS_PER_EPOCH = sum(training.evaluates_after(b, 10, 1000) for b in range(1000))
+
+
+def median_seconds(work, repeats, inner=1):
+    """Median wall time of `work()` over `repeats` rounds of `inner` calls, per call."""
+    work()
+    backend.synchronize()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(inner):
+            work()
+        backend.synchronize()
+        times.append((time.perf_counter() - started) / inner)
+    return stats.median(times)
+
+
+def matmul_rate(rows, repeats):
+    """GFLOP/s of (rows, 784) @ (784, 784) in the selected backend and dtype."""
+    generator = numpy.random.RandomState(0)
+    a = backend.to_device(generator.rand(rows, UNITS))
+    b = backend.to_device(generator.rand(UNITS, UNITS))
+    inner = max(1, 20000 // rows)
+    return 2 * rows * UNITS * UNITS / median_seconds(lambda: a @ b, repeats, inner) / 1e9
+
+
+def step_flops(widths, rule, ortho_weighting=0.0):
+    """Matrix-product and LU flops of one training step on a batch of 60.
+
+    forward 2 n w^2 and grad_W 2 n w^2 per layer; BP's pass-down d @ W.T and GAIT/TP's
+    solves 2 n w^2 per layer above the first; GAIT/TP's LU 2/3 w^3 per layer above the
+    first; the regulariser W W.T and O @ W, 4 w^3 per layer when lambda > 0.
+    """
+    layers = widths[1:]
+    flops = sum(4 * BATCH * w * w for w in layers) + sum(2 * BATCH * w * w for w in layers[1:])
+    if rule != "BP":
+        flops += sum(2 * w ** 3 / 3 for w in layers[1:])
+    if ortho_weighting:
+        flops += sum(4 * w ** 3 for w in layers)
+    return flops
+
+
+def evaluation_flops(widths, nb_samples):
+    """Flops of the class outputs of `nb_samples`: 2 n w^2 a layer, 2 n w 10 on top."""
+    layers = widths[1:]
+    return 2 * nb_samples * (sum(w * w for w in layers[:-1]) + layers[-1] * 10)
+
+
+def time_step(net, rule, repeats, ortho_weighting=0.0):
+    """Seconds per training step of `rule` (forward, directions, checks, update)."""
+    generator = numpy.random.RandomState(1)
+    images = backend.to_device(generator.rand(BATCH, UNITS))
+    labels = backend.to_device(one_hot(generator.randint(0, 10, BATCH)))
+    settings = {"orthogonal_reg": ortho_weighting, "learning_rate": 1e-6, "log_alignment": 0}
+    record = training.Statistics()
+
+    def step():
+        training.train_step(net, rule, images, labels, settings, record, 0, 1)
+    return median_seconds(step, repeats, inner=10)
+
+
+def time_evaluation(net, repeats):
+    """Seconds to evaluate 60,000 + 10,000 samples (both sets, as a run does)."""
+    generator = numpy.random.RandomState(2)
+    images = backend.to_device(generator.rand(TRAIN + TEST, UNITS))
+    labels = backend.xp().asarray(generator.randint(0, 10, TRAIN + TEST))
+
+    def both_sets():
+        evaluate(net, images[:TRAIN], labels[:TRAIN])
+        evaluate(net, images[TRAIN:], labels[TRAIN:])
+    return median_seconds(both_sets, repeats)
+
+
+def measure(dtype, repeats):
+    """Every figure for one dtype, as a dict."""
+    backend.select(backend.name(), backend.device() or 0, dtype)
+    peak = matmul_rate(4096, repeats)
+    result = {"dtype": dtype, "matmul_gflops": {"60x784x784": matmul_rate(BATCH, repeats),
+                                                 "4096x784x784": peak}, "networks": {}}
+    for label, net, widths in (("square, 4 hidden", SquareInvNet(UNITS, 4, 1, True), [UNITS] * 6),
+                               ("tower", TowerInvNet([UNITS, 784, 500, 200, 10], 1, True),
+                                [UNITS, 784, 500, 200, 10])):
+        rows = {}
+        for rule, ortho_weighting in (("BP", 0.0), ("GAIT", 0.0), ("TP", 0.0), ("GAIT", 0.1)):
+            seconds = time_step(net, rule, repeats, ortho_weighting)
+            flops = step_flops(widths, rule, ortho_weighting)
+            name = rule + (f" lambda={ortho_weighting}" if ortho_weighting else "")
+            rows[name] = {"ms_per_step": seconds * 1e3, "gflop": flops / 1e9,
+                          "efficiency": flops / seconds / 1e9 / peak}
+        evaluation = time_evaluation(net, max(3, repeats // 2))
+        eval_flops = evaluation_flops(widths, TRAIN + TEST)
+        for row in rows.values():
+            step_s = row["ms_per_step"] / 1e3
+            row["s_per_epoch_published"] = 1000 * step_s + EVALS_PER_EPOCH * evaluation
+            row["s_per_epoch_interval0"] = 1000 * step_s + evaluation
+        result["networks"][label] = {
+            "steps": rows, "s_per_evaluation": evaluation,
+            "evaluation_efficiency": eval_flops / evaluation / 1e9 / peak,
+            "bp_step_vs_flop_limit": rows["BP"]["ms_per_step"] / 1e3
+            / (step_flops(widths, "BP") / peak / 1e9)}
+    return result
+
+
+def print_table(results):
+    """The figures as a plain-text table."""
+    for result in results:
+        rates = result["matmul_gflops"]
+        print(f"\n{result['dtype']}: matrix products {rates['60x784x784']:.1f} GFLOP/s at "
+              f"60x784x784, {rates['4096x784x784']:.1f} GFLOP/s at 4096x784x784 (the limit)")
+        for label, network in result["networks"].items():
+            print(f"  {label}: evaluation of 60,000 + 10,000 samples "
+                  f"{network['s_per_evaluation']:.3f} s "
+                  f"({network['evaluation_efficiency']:.0%} of the limit); BP step "
+                  f"{network['bp_step_vs_flop_limit']:.2f} x its flop limit")
+            print(f"    {'rule':<15}{'ms/step':>9}{'x BP':>7}{'GFLOP':>8}{'eff.':>7}"
+                  f"{'s/epoch (published cadence)':>30}{'s/epoch (interval 0)':>23}")
+            bp = network["steps"]["BP"]["ms_per_step"]
+            for rule, row in network["steps"].items():
+                print(f"    {rule:<15}{row['ms_per_step']:>9.2f}{row['ms_per_step'] / bp:>7.2f}"
+                      f"{row['gflop']:>8.3f}{row['efficiency']:>7.0%}"
+                      f"{row['s_per_epoch_published']:>30.1f}"
+                      f"{row['s_per_epoch_interval0']:>23.1f}")
+
+
+def peak_memory_mb():
+    """Peak resident memory of this process, in MB (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    parser.add_argument("--device", type=int, default=0)
+    parser.add_argument("--dtype", nargs="+", choices=backend.DTYPES,
+                        default=list(backend.DTYPES))
+    parser.add_argument("--repeats", type=int, default=7, help="rounds per median")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    try:
+        print(backend.select(args.backend, args.device, args.dtype[0]))
+    except backend.BackendError as error:
+        sys.exit(f"benchmark.py: {error}")
+    results = [measure(dtype, args.repeats) for dtype in args.dtype]
+    print_table(results)
+    memory = peak_memory_mb()
+    print(f"\npeak resident memory of this process: {memory:.0f} MB (synthetic data of both "
+          f"sets, networks, optimiser, chunked evaluation)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump({"backend": backend.describe(), "results": results,
+                       "peak_memory_mb": memory}, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()
