@@ -14,7 +14,10 @@ if REPO not in sys.path:
 
 import backend  # noqa: E402
 
-DATA_ROOT = os.path.normpath(os.path.join(REPO, os.pardir, "shared", "data"))
+# A data root laid out as torchvision expects (<root>/MNIST/raw/...): $GAITPROP_DATA if
+# set, else the offline copies in ../shared/data beside the repository.
+DATA_ROOT = os.environ.get("GAITPROP_DATA") or os.path.normpath(
+    os.path.join(REPO, os.pardir, "shared", "data"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,7 +39,7 @@ def _require_files(root, *relative_paths):
 
 @pytest.fixture(scope="session")
 def mnist_raw():
-    """The offline data root `<repo>/../shared/data` holding MNIST/raw/*.gz."""
+    """The offline data root holding MNIST/raw/*.gz ($GAITPROP_DATA or ../shared/data)."""
     _require_files(DATA_ROOT, *(os.path.join("MNIST", "raw", name + ".gz") for name in (
         "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")))

@@ -1,0 +1,121 @@
+"""The backend shim: dtype selection, float32 soundness, CuPy against NumPy (GPU only)."""
+import numpy
+import pytest
+
+import backend
+import training
+from inv_net import SquareInvNet, output_targets
+from utils import one_hot
+
+RULES = ("get_backprop_updates", "get_gait_updates", "get_tp_updates")
+
+
+@pytest.fixture
+def restore_backend():
+    """Put the session's NumPy float64 back after a test that switches backend or dtype."""
+    yield
+    backend.select("numpy", dtype="float64")
+
+
+def batch(seed=0):
+    """A batch of 60 inputs in [0, 1] and their one-hot labels (host float64)."""
+    generator = numpy.random.RandomState(seed)
+    return generator.rand(60, 784), one_hot(generator.randint(0, 10, 60))
+
+
+def directions(rule, dtype, orthogonal, backend_name="numpy"):
+    """Host float64 copies of `rule`'s weight directions of a 4-hidden-layer net on one batch."""
+    backend.select(backend_name, dtype=dtype)
+    net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=orthogonal)
+    images, labels = batch()
+    forward = net.forward_pass(backend.to_device(images))
+    targets = output_targets(forward[-1], backend.to_device(labels))
+    weight_directions, bias_directions = getattr(net, rule)(forward, targets, 0.1)
+    assert weight_directions[0].dtype == numpy.dtype(dtype)
+    return [backend.to_host(d).astype(numpy.float64) for d in weight_directions + bias_directions]
+
+
+def test_select_rejects_unknown_dtype_and_missing_gpu(restore_backend):
+    with pytest.raises(backend.BackendError, match="float16"):
+        backend.select("numpy", dtype="float16")
+    if backend._import_cupy() is None:
+        with pytest.raises(backend.BackendError, match="CuPy"):
+            backend.select("cupy")
+    assert "backend numpy, dtype float32" in backend.select("numpy", dtype="float32")
+
+
+def test_weights_are_drawn_on_the_host_in_float64_then_cast(restore_backend):
+    backend.select("numpy", dtype="float32")
+    net32 = SquareInvNet(784, 1, start_seed=3)
+    backend.select("numpy", dtype="float64")
+    net64 = SquareInvNet(784, 1, start_seed=3)
+    for layer32, layer64 in zip(net32.layers, net64.layers):
+        assert layer32.weight_matrix.dtype == numpy.float32
+        numpy.testing.assert_array_equal(layer32.weight_matrix,
+                                         layer64.weight_matrix.astype(numpy.float32))
+
+
+@pytest.mark.parametrize("orthogonal", [True, False], ids=["orthogonal", "gaussian"])
+@pytest.mark.parametrize("rule", RULES)
+def test_float32_directions_agree_with_float64(rule, orthogonal, restore_backend):
+    """Per layer, cosine similarity of the float32 and float64 directions >= 0.9999."""
+    single = directions(rule, "float32", orthogonal)
+    double = directions(rule, "float64", orthogonal)
+    for index, (a, b) in enumerate(zip(single, double)):
+        cosine = a.ravel() @ b.ravel() / (numpy.linalg.norm(a) * numpy.linalg.norm(b))
+        assert cosine >= 0.9999, f"array {index}: cosine {cosine}"
+
+
+def test_float32_training_matches_float64_accuracy_on_mnist(tmp_path, mnist_raw):
+    """One epoch of GAIT (2 hidden layers, orthogonal init, no regulariser, which only costs
+    time here) in float32 reaches float64's test accuracy within 0.5 points."""
+    import run
+    import shutil
+    data = tmp_path / "data" / "MNIST" / "raw"
+    shutil.copytree(f"{mnist_raw}/MNIST/raw", data)
+    accuracies = {}
+    for dtype in ("float64", "float32"):
+        status = run.main(["--algorithm=GAIT", "--nb_layers=2", "--nb_epochs=1",
+                           "--eval_interval=0", "--orthogonal_reg=0",
+                           f"--dtype={dtype}", "--backend=numpy",
+                           f"--data_dir={tmp_path / 'data'}",
+                           f"--results_dir={tmp_path / dtype}"])
+        assert status == 0
+        folder = next((tmp_path / dtype).iterdir())
+        accuracies[dtype] = numpy.loadtxt(folder / "test_acc.txt")[-1]
+    print("one-epoch test accuracy", accuracies)
+    assert accuracies["float64"] > 0.9
+    assert abs(accuracies["float32"] - accuracies["float64"]) <= 0.005
+    backend.select("numpy", dtype="float64")
+
+
+gpu = pytest.mark.skipif(backend._import_cupy() is None, reason="no GPU with CuPy here")
+
+
+@gpu
+@pytest.mark.parametrize("orthogonal", [True, False], ids=["orthogonal", "gaussian"])
+@pytest.mark.parametrize("rule", RULES)
+def test_cupy_directions_equal_numpy(rule, orthogonal, restore_backend):
+    gpu_directions = directions(rule, "float64", orthogonal, "cupy")
+    cpu_directions = directions(rule, "float64", orthogonal, "numpy")
+    for a, b in zip(gpu_directions, cpu_directions):
+        assert numpy.linalg.norm(a - b) <= 1e-10 * numpy.linalg.norm(b)
+
+
+@gpu
+@pytest.mark.parametrize("algorithm", ["BP", "GAIT", "TP"])
+def test_cupy_steps_equal_numpy(algorithm, restore_backend):
+    """Five training steps (regulariser on) on CuPy and on NumPy give the same weights."""
+    settings = {"orthogonal_reg": 0.1, "learning_rate": 1e-4, "log_alignment": 0}
+    weights = {}
+    for name in ("cupy", "numpy"):
+        backend.select(name, dtype="float64")
+        net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True)
+        statistics = training.Statistics()
+        for step in range(5):
+            images, labels = batch(step)
+            training.train_step(net, algorithm, backend.to_device(images),
+                                backend.to_device(labels), settings, statistics, 0, step)
+        weights[name] = [backend.to_host(array) for array in net.parameters()]
+    for a, b in zip(weights["cupy"], weights["numpy"]):
+        assert numpy.linalg.norm(a - b) <= 1e-10 * numpy.linalg.norm(b)
