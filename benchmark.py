@@ -13,7 +13,6 @@ time, as a fraction of the measured matrix-product rate. Then the peak resident 
 """
 import argparse
 import json
-import resource
 import statistics as stats
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy
 import backend
 import training
 from inv_net import SquareInvNet, TowerInvNet
-from utils import evaluate, one_hot
+from utils import evaluate, one_hot, peak_memory_mb
 
 BATCH, TRAIN, TEST, UNITS = 60, 60000, 10000, 784
 EVALS_PER_EPOCH = sum(training.evaluates_after(b, 10, 1000) for b in range(1000))
@@ -148,11 +147,6 @@ def print_table(results):
                       f"{row['gflop']:>8.3f}{row['efficiency']:>7.0%}"
                       f"{row['s_per_epoch_published']:>30.1f}"
                       f"{row['s_per_epoch_interval0']:>23.1f}")
-
-
-def peak_memory_mb():
-    """Peak resident memory of this process, in MB (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv=None):

@@ -216,6 +216,8 @@ def train_run(args, argv, folder, stored):
         record["started"] = old.get("started", record["started"])
         record["resumed"] = old.get("resumed", []) + [now()]
         statistics = checkpoint.restore_checkpoint(net, arrays)
+        # A kill between the checkpoint and the results files leaves them an epoch behind.
+        checkpoint.save_results(folder, net, statistics)
         epoch = meta["epoch"]
         print(f"Resuming {folder} from the checkpoint after epoch {epoch}.")
     stop = StopSignal()
@@ -249,7 +251,7 @@ def train_run(args, argv, folder, stored):
         progress.end_epoch(statistics)
         checkpoint.save_checkpoint(folder, net, statistics, epoch, settings_of(args))
         checkpoint.save_results(folder, net, statistics)
-        record["epochs_done"] = epoch
+        record.update(epochs_done=epoch, peak_memory_mb=utils.peak_memory_mb())
         checkpoint.save_json(record_path, record)
     record.update(status="finished", ended=now())
     checkpoint.save_json(record_path, record)

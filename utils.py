@@ -1,6 +1,7 @@
 """Transfer functions, data loading and the statistics of a network on a data set."""
 import gzip
 import os
+import resource
 
 import numpy
 
@@ -168,6 +169,11 @@ def one_hot(labels, nb_classes=NB_CLASSES):
 
 
 # ----------------------------------------------------------------------------- statistics
+
+def peak_memory_mb():
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
 
 def angle_degrees(a, b):
     """The angle between two arrays as flat vectors: arccos(<a, b> / (|a| |b|)), in degrees."""
