@@ -56,14 +56,14 @@ def step_flops(widths, rule, ortho_weighting=0.0):
 
     forward 2 n w^2 and grad_W 2 n w^2 per layer; BP's pass-down d @ W.T and GAIT/TP's
     solves 2 n w^2 per layer above the first; GAIT/TP's LU 2/3 w^3 per layer above the
-    first; the regulariser W W.T and O @ W, 4 w^3 per layer when lambda > 0.
+    first; the regulariser W W.T (symmetric: w^3) and O @ W (2 w^3) when lambda > 0.
     """
     layers = widths[1:]
     flops = sum(4 * BATCH * w * w for w in layers) + sum(2 * BATCH * w * w for w in layers[1:])
     if rule != "BP":
         flops += sum(2 * w ** 3 / 3 for w in layers[1:])
     if ortho_weighting:
-        flops += sum(4 * w ** 3 for w in layers)
+        flops += sum(3 * w ** 3 for w in layers)
     return flops
 
 

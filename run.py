@@ -134,6 +134,9 @@ def resume_command(argv):
 def prepare_folder(folder, args):
     """Check what the folder holds against --load/--overwrite; return the checkpoint or None."""
     record_path = os.path.join(folder, checkpoint.RUN_RECORD)
+    for name in os.listdir(folder):  # temporary files of writes a killed run left unfinished
+        if name.startswith(".") and name.endswith(".partial"):
+            os.remove(os.path.join(folder, name))
     if args.overwrite and not args.load:  # replace whatever it holds, readable or not
         record = stored = None
     else:
