@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Summarise results folders: one row per group of runs that differ only in their seed.
+
+Example: ./summarize.py results/ --format markdown --plot curves.png
+Arguments are results folders, or folders searched recursively for them (a folder with a
+run.json or a training_acc.txt). Per group: the number of seeds, then over the seeds
+(mean ± sample standard deviation) the final test accuracy, the peak test accuracy and
+the final training accuracy, and the mean epoch of the peak. Accuracies are in percent
+(CSV: fractions, full precision). A '*' marks a group with runs not finished (running,
+interrupted or failed; their latest values are used), a '!' one with diverged runs.
+Folders without run.json (from the published scripts) are read from their text files,
+with the settings parsed from the folder name and the published evaluation cadence
+(--eval_interval 10) assumed.
+"""
+import argparse
+import csv
+import sys
+
+import numpy
+
+import summary_data
+from summary_data import SummaryError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"summarize.py: {message}. Run ./summarize.py --help for the options.\n")
+
+
+def build_parser():
+    parser = Parser(description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog=__doc__.split("\n", 1)[1])
+    parser.add_argument("paths", nargs="*", default=["results"],
+                        help="results folders or folders holding them (default: results)")
+    parser.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw the learning curves (and alignment, if logged)")
+    return parser
+
+
+def percent(values):
+    """'86.83 ± 0.12' (mean ± sample sd, in percent), or '86.83' for a single run."""
+    mean, sd = summary_data.mean_sd(values)
+    return f"{100 * mean:.2f}" if numpy.isnan(sd) else f"{100 * mean:.2f} ± {100 * sd:.2f}"
+
+
+def epochs_text(values):
+    """'3' or '2-3': the epochs the runs of a group reached."""
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+
+
+def marks(group):
+    """'*' if some run is not finished, '!' if some run diverged."""
+    statuses = [run_.status for run_ in group.runs]
+    return ("*" if any(s in summary_data.IN_PROGRESS for s in statuses) else "") + \
+        ("!" if "diverged" in statuses else "")
+
+
+def display_rows(groups):
+    """Header and rows of the table (strings), and the footnotes."""
+    columns = summary_data.label_columns(groups)
+    header = [summary_data.LABELS[name] for name in columns] + ["seeds", "epochs", "final test %", "peak test %", "peak epoch",
+                        "final train %"]
+    rows, notes = [], []
+    for group in groups:
+        label = summary_data.label_values(group, columns)
+        row = [label[name] for name in columns] + [
+            f"{len(group.runs)}{marks(group)}", epochs_text(group.epochs()),
+            percent(group.final("test_acc")), percent(group.peak("test_acc")),
+            f"{numpy.mean(group.peak_epoch('test_acc')):.2f}",
+            percent(group.final("training_acc"))]
+        rows.append(row)
+        if marks(group):
+            counts = group.status_counts()
+            notes.append(f"{marks(group)} {' '.join(label.values())}: "
+                         + ", ".join(f"{count} {status}" for status, count in counts.items()))
+    legend = [text for mark, text in (
+        ("*", "* runs not finished (running, interrupted or failed): their latest values are "
+              "used."), ("!", "! runs diverged: their last finite values are used."))
+              if any(mark in marks(group) for group in groups)]
+    notes = legend + notes
+    return header, rows, notes
+
+
+def print_table(header, rows, notes, markdown=False):
+    """An aligned plain-text table, or a Markdown one."""
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    numeric = [i >= len(header) - 6 for i in range(len(header))]
+
+    def line(cells):
+        text = [cell.rjust(width) if right else cell.ljust(width)
+                for cell, width, right in zip(cells, widths, numeric)]
+        return "| " + " | ".join(text) + " |" if markdown else "  ".join(text).rstrip()
+    print(line(header))
+    if markdown:
+        print("|" + "|".join(("-" * (w + 1)) + (":" if right else "-")
+                             for w, right in zip(widths, numeric)) + "|")
+    else:
+        print("  ".join("-" * width for width in widths))
+    for row in rows:
+        print(line(row))
+    if notes:
+        print()
+        for note in notes:
+            print(note)
+
+
+def write_csv(groups, stream):
+    """All settings, the statistics as fractions (mean and sd columns) and the statuses."""
+    keys = summary_data.GROUP_KEYS
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(list(keys) + [
+        "seeds", "epochs_min", "epochs_max", "final_test_acc_mean", "final_test_acc_sd",
+        "peak_test_acc_mean", "peak_test_acc_sd", "peak_epoch_mean", "final_training_acc_mean",
+        "final_training_acc_sd", "not_finished", "diverged", "statuses", "folders"])
+    for group in groups:
+        statistics = []
+        for values in (group.final("test_acc"), group.peak("test_acc")):
+            statistics += list(summary_data.mean_sd(values))
+        statistics.append(numpy.mean(group.peak_epoch("test_acc")))
+        statistics += list(summary_data.mean_sd(group.final("training_acc")))
+        mark = marks(group)
+        writer.writerow(
+            [group.key[name] for name in keys]
+            + [len(group.runs), min(group.epochs()), max(group.epochs())]
+            + ["" if numpy.isnan(value) else repr(float(value)) for value in statistics]
+            + [int("*" in mark), int("!" in mark),
+               ";".join(f"{status}:{count}" for status, count in group.status_counts().items()),
+               ";".join(run_.folder for run_ in group.runs)])
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        runs, warnings = summary_data.read_runs(args.paths)
+        for warning in warnings:
+            print(f"summarize.py: {warning}", file=sys.stderr)
+        groups = summary_data.group_runs(runs)
+        if args.format == "csv":
+            write_csv(groups, sys.stdout)
+        else:
+            print_table(*display_rows(groups), markdown=args.format == "markdown")
+        if args.plot:
+            import summary_plot
+            summary_plot.plot(groups, args.plot)
+            print(f"Learning curves written to {args.plot}", file=sys.stderr)
+    except SummaryError as error:
+        print(f"summarize.py: {error}.", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

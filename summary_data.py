@@ -1,0 +1,218 @@
+"""Reading results folders for summarize.py: runs, their settings, curves and groups.
+
+A run is read from its statistics files (`training_acc.txt`, `test_acc.txt`: one value per
+evaluation) and its `run.json` (settings and status). Without run.json (the published
+scripts wrote none) the settings come from the folder name (SPEC section 8), with the
+published cadence --eval_interval 10 and status 'unknown'.
+
+Epochs: a run evaluates once before training, then `evaluations_per_epoch` times an
+epoch; evaluation i is placed at epoch i / evaluations_per_epoch (the evaluations are
+spread evenly over the epoch, and the last one of epoch e lands on e).
+"""
+import collections
+import dataclasses
+import os
+import re
+
+import numpy
+
+import run
+
+NB_BATCHES = 1000  # batches an epoch: every data set has 60,000 training images (SPEC 1)
+GROUP_KEYS = tuple(name for name in run.COMPUTATION if name != "seed")
+IN_PROGRESS = ("running", "interrupted", "failed")
+ORDER = {"dataset": ("MNIST", "FMNIST", "KMNIST"), "algorithm": ("BP", "GAIT", "TP")}
+FOLDER_NAME = re.compile(
+    r"(?P<dataset>[A-Z]+)_(?P<algorithm>[A-Z]+)_(?P<linear>Linear_)?(?P<orthogonal_init>OrthoInit_)?"
+    r"(?P<orthogonal_reg>[^_]+)OrthoReg_(?P<seed>-?\d+)Seed_(?P<learning_rate>[^_]+)LR_"
+    r"(?P<nb_layers>\d+)(?P<tower>L|TOWER)")
+
+
+class SummaryError(Exception):
+    """Nothing to summarise, or a path that does not exist; the message says what to do."""
+
+
+def evaluations_per_epoch(eval_interval):
+    """Evaluations within an epoch: 1 if eval_interval is 0, else #{b in 1..999: b % N == 0}."""
+    return 1 if eval_interval == 0 else (NB_BATCHES - 1) // eval_interval
+
+
+def mean_sd(values):
+    """(mean, sample standard deviation); the sd is nan for a single value."""
+    values = numpy.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+@dataclasses.dataclass
+class Run:
+    """One results folder: settings, status, the accuracy curves and the logged alignment."""
+    folder: str
+    settings: dict
+    status: str
+    curves: dict
+    alignment: numpy.ndarray = None  # rows: epoch position, then one angle per layer
+
+    @property
+    def per_epoch(self):
+        return evaluations_per_epoch(self.settings.get("eval_interval", 10))
+
+    def epochs(self, length=None):
+        """The epoch of each evaluation (of the first `length` ones)."""
+        length = len(self.curves["test_acc"]) if length is None else length
+        return numpy.arange(length) / max(self.per_epoch, 1)
+
+
+def settings_from_name(name):
+    """The settings encoded in a published results folder name, or None if it is not one."""
+    match = FOLDER_NAME.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return {"dataset": match["dataset"], "algorithm": match["algorithm"],
+                "linear": bool(match["linear"]), "orthogonal_init": bool(match["orthogonal_init"]),
+                "orthogonal_reg": float(match["orthogonal_reg"]), "seed": int(match["seed"]),
+                "learning_rate": float(match["learning_rate"]),
+                "nb_layers": int(match["nb_layers"]), "tower": match["tower"] == "TOWER",
+                "eval_interval": 10, "dtype": None}
+    except ValueError:
+        return None
+
+
+def read_alignment(path):
+    """alignment.txt as rows (epoch position, angle per layer), or None if absent or empty.
+
+    Columns `epoch batch angle_layer0 ...` (0-based epoch and batch) with a '#' header; the
+    position of a row is epoch + (batch + 1) / NB_BATCHES.
+    """
+    if not os.path.exists(path):
+        return None
+    table = numpy.loadtxt(path, comments="#", ndmin=2)
+    if table.size == 0 or table.shape[1] < 3:
+        return None
+    position = table[:, 0] + (table[:, 1] + 1) / NB_BATCHES
+    return numpy.column_stack([position, table[:, 2:]])
+
+
+def read_run(folder):
+    """The Run of a results folder; raises ValueError if its files cannot be used."""
+    record_path = os.path.join(folder, "run.json")
+    if os.path.exists(record_path):
+        import checkpoint
+        record = checkpoint.load_json(record_path)
+        settings, status = record["settings"], record.get("status", "unknown")
+    else:
+        settings = settings_from_name(os.path.basename(os.path.normpath(folder)))
+        if settings is None:
+            raise ValueError("no run.json, and its name is not a results folder name")
+        status = "unknown"
+    curves = {}
+    for name in ("training_acc", "test_acc"):
+        path = os.path.join(folder, name + ".txt")
+        if os.path.exists(path) and os.path.getsize(path) == 0:
+            raise ValueError(f"{name}.txt is empty")
+        values = numpy.loadtxt(path, ndmin=1)
+        curves[name] = values
+    return Run(os.path.normpath(folder), settings, status, curves,
+               read_alignment(os.path.join(folder, "alignment.txt")))
+
+
+def find_folders(path):
+    """Results folders at or below `path`: those holding run.json or training_acc.txt."""
+    found = []
+    for root, directories, files in os.walk(path):
+        directories.sort()
+        if "run.json" in files or "training_acc.txt" in files:
+            found.append(root)
+            directories.clear()
+    return found
+
+
+def read_runs(paths):
+    """(runs, warnings): every readable results folder under the paths, each once."""
+    runs, warnings, seen = [], [], set()
+    for path in paths:
+        if not os.path.isdir(path):
+            raise SummaryError(f"{path} is not a folder: give results folders or folders that "
+                               f"hold them")
+        for folder in find_folders(path):
+            if os.path.realpath(folder) in seen:
+                continue
+            seen.add(os.path.realpath(folder))
+            try:
+                runs.append(read_run(folder))
+            except (OSError, ValueError, KeyError) as error:
+                warnings.append(f"skipping {folder}: {error}")
+    if not runs:
+        raise SummaryError(f"no results folders (with run.json or training_acc.txt) under "
+                           f"{', '.join(paths)}")
+    return runs, warnings
+
+
+class Group:
+    """Runs whose settings differ only in the seed."""
+
+    def __init__(self, key, runs):
+        self.key, self.runs = key, sorted(runs, key=lambda run_: run_.settings["seed"])
+
+    def final(self, name):
+        return [run_.curves[name][-1] for run_ in self.runs]
+
+    def peak(self, name):
+        return [run_.curves[name].max() for run_ in self.runs]
+
+    def peak_epoch(self, name):
+        """Per run, the epoch of the first evaluation reaching its peak."""
+        return [run_.epochs()[numpy.argmax(run_.curves[name])] for run_ in self.runs]
+
+    def epochs(self):
+        """Per run, the epochs its statistics cover."""
+        return [float(run_.epochs()[-1]) for run_ in self.runs]
+
+    def status_counts(self):
+        return dict(collections.Counter(run_.status for run_ in self.runs))
+
+
+def sort_key(key):
+    """Groups in the order data set, network, algorithm (BP, GAIT, TP), then the rest."""
+    def rank(name):
+        value = key[name]
+        order = ORDER.get(name, ())
+        position = order.index(value) if value in order else len(order)
+        if isinstance(value, (int, float)):
+            return (position, 0, value, "")
+        return (position, 1, 0, str(value))
+    return [rank(name) for name in ("dataset", "tower", "nb_layers", "algorithm")
+            ] + [rank(name) for name in GROUP_KEYS]
+
+
+def group_runs(runs):
+    """The runs grouped by every computation setting except the seed, in a readable order."""
+    grouped = collections.defaultdict(list)
+    for run_ in runs:
+        key = tuple((name, run_.settings.get(name)) for name in GROUP_KEYS)
+        grouped[key].append(run_)
+    groups = [Group(dict(key), members) for key, members in grouped.items()]
+    return sorted(groups, key=lambda group: sort_key(group.key))
+
+
+LABELS = {"dataset": "dataset", "algorithm": "algorithm", "nb_layers": "net",
+          "learning_rate": "lr", "orthogonal_reg": "ortho reg", "orthogonal_init": "ortho init",
+          "linear": "linear", "eval_interval": "eval every", "dtype": "dtype"}
+ALWAYS = ("dataset", "algorithm", "nb_layers", "learning_rate", "orthogonal_reg")
+
+
+def label_columns(groups):
+    """The settings shown for each group: the main ones, plus any other that varies."""
+    return [name for name in LABELS if name in ALWAYS
+            or len({str(group.key[name]) for group in groups}) > 1]
+
+
+def label_values(group, columns):
+    """Display text of each shown setting of a group."""
+    key = group.key
+    text = {"nb_layers": f"{key['nb_layers']}{'TOWER' if key['tower'] else 'L'}",
+            "orthogonal_init": "yes" if key["orthogonal_init"] else "no",
+            "linear": "yes" if key["linear"] else "no",
+            "learning_rate": f"{key['learning_rate']:g}", "orthogonal_reg": f"{key['orthogonal_reg']:g}",
+            "dtype": key["dtype"] or "?"}
+    return {name: text.get(name, str(key[name])) for name in columns}

@@ -1,0 +1,107 @@
+"""Learning curves of summarize.py's groups, drawn with matplotlib's Agg backend (no display).
+
+Panels: test accuracy and training accuracy against epochs, and, when some runs logged it
+(`alignment.txt`), the angle between each layer's weight directions and BP's. Per group:
+the mean over seeds as a line and the min-max over seeds as a band; one colour per
+algorithm, and line styles telling apart the groups of one algorithm.
+"""
+import numpy
+
+import summary_data
+from summary_data import SummaryError
+
+COLOURS = {"BP": "tab:blue", "GAIT": "tab:orange", "TP": "tab:green"}
+SPARE_COLOURS = ("tab:red", "tab:purple", "tab:brown")
+LINE_STYLES = ("-", "--", ":", "-.")
+PLAIN = ("dataset", "algorithm", "nb_layers")  # shown in legends without their name
+
+
+def stacked(rows):
+    """Rows of different lengths as one (len(rows), longest) array, padded with nan."""
+    table = numpy.full((len(rows), max(len(row) for row in rows)), numpy.nan)
+    for index, row in enumerate(rows):
+        table[index, :len(row)] = row
+    return table
+
+
+def accuracy_band(group, name):
+    """(epochs, mean, min, max) in percent over the group's seeds, evaluation by evaluation.
+
+    A run still in progress contributes to the evaluations it has reached.
+    """
+    table = 100 * stacked([run_.curves[name] for run_ in group.runs])
+    epochs = group.runs[0].epochs(table.shape[1])
+    return epochs, numpy.nanmean(table, 0), numpy.nanmin(table, 0), numpy.nanmax(table, 0)
+
+
+def alignment_means(group):
+    """(positions in epochs, mean angle per layer as columns), over the runs that logged it."""
+    logged = [run_.alignment for run_ in group.runs if run_.alignment is not None]
+    longest = max(logged, key=len)
+    layers = max(table.shape[1] for table in logged) - 1
+    angles = numpy.full((len(logged), len(longest), layers), numpy.nan)
+    for index, table in enumerate(logged):
+        angles[index, :len(table), :table.shape[1] - 1] = table[:, 1:]
+    return longest[:, 0], numpy.nanmean(angles, 0)
+
+
+def appearance(groups):
+    """Per group (colour, line style, legend label)."""
+    columns = summary_data.label_columns(groups)
+    labels = [summary_data.label_values(group, columns) for group in groups]
+    varying = [name for name in columns if len({label[name] for label in labels}) > 1]
+    varying = varying or ["algorithm"]
+    seen, styles = {}, []
+    for group, label in zip(groups, labels):
+        algorithm = group.key["algorithm"]
+        colour = COLOURS.get(algorithm) or SPARE_COLOURS[len(seen) % len(SPARE_COLOURS)]
+        count = seen.get(algorithm, 0)
+        seen[algorithm] = count + 1
+        words = [label[name] if name in PLAIN else f"{summary_data.LABELS[name]} {label[name]}"
+                 for name in varying]
+        styles.append((colour, LINE_STYLES[count % len(LINE_STYLES)], " ".join(words)))
+    return styles
+
+
+def plot(groups, path):
+    """Draw the panels for `groups` into the image file `path` (PNG, or any type matplotlib knows)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    aligned = [group for group in groups if any(run_.alignment is not None
+                                                 for run_ in group.runs)]
+    figure, axes = pyplot.subplots(1, 3 if aligned else 2, figsize=(15 if aligned else 10, 4.2),
+                                   squeeze=False)
+    styles = dict(zip(map(id, groups), appearance(groups)))
+    for axis, name, title in zip(axes[0], ("test_acc", "training_acc"),
+                                 ("Test accuracy", "Training accuracy")):
+        for group in groups:
+            colour, style, label = styles[id(group)]
+            epochs, mean, low, high = accuracy_band(group, name)
+            axis.plot(epochs, mean, color=colour, linestyle=style, label=label,
+                      marker="o" if len(epochs) < 3 else None, markersize=3)
+            axis.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
+        axis.set(title=title, xlabel="epoch", ylabel="accuracy (%)")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small", title="mean, min-max over seeds",
+                      title_fontsize="small")
+    if aligned:
+        axis = axes[0][2]
+        for group in aligned:
+            colour, _, label = styles[id(group)]
+            positions, angles = alignment_means(group)
+            for layer in range(angles.shape[1]):
+                axis.plot(positions, angles[:, layer], color=colour,
+                          linestyle=LINE_STYLES[layer % len(LINE_STYLES)],
+                          label=f"{label}, layer {layer}")
+        axis.set(title="Angle to the BP directions", xlabel="epoch", ylabel="degrees")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small")
+    figure.tight_layout()
+    try:
+        figure.savefig(path, dpi=100)
+    except (OSError, ValueError) as error:
+        raise SummaryError(f"cannot write the figure {path} ({error}); check the folder and "
+                           f"use an extension such as .png") from None
+    finally:
+        pyplot.close(figure)

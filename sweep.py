@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Expand a grid of settings into run.py runs and execute them (locally, on SLURM, or print).
+
+Example:
+  ./sweep.py --preset paper --dataset MNIST FMNIST --algorithm BP GAIT TP --seed 1-5 \\
+      --nb_layers 4 --jobs 2
+Every run.py flag takes one or more values (integer ranges such as 1-5; on/off for the
+switches --linear, --tower, --orthogonal_init, which alone mean on); the runs are the
+product of all values. --preset paper sets, per algorithm, the paper's learning rate,
+orthogonal regulariser and initialisation; flags given explicitly override it.
+Re-running a sweep skips finished runs and resumes interrupted or failed ones (--load).
+Exit statuses: 0 every run finished or was skipped, 1 a run failed or was not started,
+2 bad input, 130/143 the sweep was interrupted (SIGINT/SIGTERM).
+"""
+import argparse
+import itertools
+import os
+import re
+import sys
+
+import run
+import sweep_launch
+from sweep_launch import SweepError
+
+# Grid flags, outermost first: the seeds of one setting are adjacent.
+GRID = ("dataset", "algorithm", "nb_layers", "tower", "linear", "orthogonal_init",
+        "orthogonal_reg", "learning_rate", "dtype", "eval_interval", "log_alignment",
+        "nb_epochs", "seed")
+ALWAYS_WRITTEN = ("dataset", "algorithm", "seed", "nb_epochs")  # the others when not default
+SWITCHES = ("tower", "linear", "orthogonal_init")
+INTEGERS = ("seed", "nb_layers", "nb_epochs", "eval_interval", "log_alignment")
+ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+# The paper's settings per algorithm (Ahmad et al. 2020, section 4).
+PRESETS = {"paper": {
+    "BP": {"learning_rate": 1e-4, "orthogonal_reg": 0.0, "orthogonal_init": False},
+    "GAIT": {"learning_rate": 1e-4, "orthogonal_reg": 0.1, "orthogonal_init": True},
+    "TP": {"learning_rate": 1e-5, "orthogonal_reg": 1000.0, "orthogonal_init": True},
+}}
+RUN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"sweep.py: {message}. Run ./sweep.py --help for every option; nothing "
+                     f"was run.\n")
+
+
+def build_parser():
+    parser = Parser(description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog=__doc__.split("\n", 1)[1])
+    grid = parser.add_argument_group("the grid (run.py's flags, each with one or more values)")
+    for name in GRID:
+        aliases = ["--orthogona_reg"] if name == "orthogonal_reg" else []
+        if name in SWITCHES:
+            grid.add_argument(f"--{name}", nargs="*", metavar="on|off")
+        else:
+            grid.add_argument(f"--{name}", *aliases, nargs="+", metavar="VALUE")
+    grid.add_argument("--preset", choices=sorted(PRESETS),
+                      help="per-algorithm settings of the paper (explicit flags win)")
+    shared = parser.add_argument_group("passed unchanged to every run")
+    shared.add_argument("--results_dir", default="results")
+    shared.add_argument("--data_dir", default="./data")
+    shared.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    control = parser.add_argument_group("execution")
+    control.add_argument("--jobs", type=int, help="runs at a time (default: one per --devices "
+                                                  "entry, else 1)")
+    control.add_argument("--devices", type=int, nargs="+", metavar="ID",
+                         help="GPU ids, given round-robin to the runs as --device")
+    control.add_argument("--dry-run", action="store_true",
+                         help="print one command per line instead (with --slurm: write the "
+                              "job files and print the sbatch command)")
+    control.add_argument("--retry-diverged", action="store_true",
+                         help="start diverged runs again from scratch (--overwrite)")
+    control.add_argument("--log-dir", help="local runs' logs (default RESULTS_DIR/logs)")
+    slurm = parser.add_argument_group("SLURM (one job array, one run per array task)")
+    slurm.add_argument("--slurm", action="store_true", help="submit with sbatch --array")
+    slurm.add_argument("--slurm-dir", help="job script, commands and logs (default "
+                                           "RESULTS_DIR/slurm)")
+    slurm.add_argument("--job-name", default="gait-sweep")
+    for option in ("partition", "time", "gpus-per-task", "mem", "cpus-per-task"):
+        slurm.add_argument(f"--{option}", help=f"sbatch --{option}")
+    slurm.add_argument("--max-parallel", type=int, help="array tasks running at a time (%%M)")
+    return parser
+
+
+def run_parser():
+    """run.py's own parser, raising SweepError instead of exiting."""
+    parser = run.build_parser()
+
+    def error(message):
+        raise SweepError(message)
+    parser.error = error
+    return parser
+
+
+def grid_values(name, texts, parser):
+    """The distinct values of one grid flag, converted and checked as run.py would."""
+    if name in SWITCHES:
+        if texts and any(text.lower() not in ON + OFF for text in texts):
+            raise SweepError(f"--{name} takes on or off (or nothing, meaning on), not "
+                             f"{' '.join(texts)}")
+        return list(dict.fromkeys(text.lower() in ON for text in texts or ["on"]))
+    expanded = []
+    for text in texts:
+        match = re.fullmatch(r"(-?\d+)-(-?\d+)", text) if name in INTEGERS else None
+        if match is None:
+            expanded.append(text)
+            continue
+        first, last = int(match[1]), int(match[2])
+        if last < first:
+            raise SweepError(f"the range --{name} {text} is empty: write FIRST-LAST with "
+                             f"FIRST <= LAST")
+        expanded += [str(value) for value in range(first, last + 1)]
+    values = []
+    for text in expanded:
+        try:
+            values.append(getattr(parser.parse_args([f"--{name}={text}"]), name))
+        except SweepError as error:
+            raise SweepError(f"{error} (in --{name} {' '.join(texts)})") from None
+    return list(dict.fromkeys(values))
+
+
+def expand(args):
+    """The runs of the grid: a list of run.py Namespaces, in grid order.
+
+    Each run starts from run.py's defaults, then the preset of its algorithm, then the values
+    given explicitly.
+    """
+    parser = run_parser()
+    defaults = vars(parser.parse_args([]))
+    given = {name: grid_values(name, getattr(args, name), parser)
+             for name in GRID if getattr(args, name) is not None}
+    shared = {"results_dir": os.path.abspath(args.results_dir),
+              "data_dir": os.path.abspath(args.data_dir), "backend": args.backend}
+    runs = []
+    for combination in itertools.product(*given.values()):
+        explicit = dict(zip(given, combination))
+        algorithm = explicit.get("algorithm", defaults["algorithm"])
+        preset = PRESETS[args.preset][algorithm] if args.preset else {}
+        runs.append(argparse.Namespace(**{**defaults, **preset, **explicit, **shared}))
+    folders = {}
+    for settings in runs:
+        other = folders.setdefault(run.results_folder(settings), settings)
+        if other is not settings:
+            raise SweepError(
+                f"two runs of the grid would share the results folder "
+                f"{run.results_folder(settings)}: the folder name does not hold eval_interval, "
+                f"dtype or nb_epochs, so give those a single value (or run one sweep per value "
+                f"with its own --results_dir)")
+    return runs
+
+
+def command(settings, mode=None):
+    """The run.py command line of a run (mode None, 'load' or 'overwrite').
+
+    It names the data set, algorithm, seed, epochs and folders, and every other setting
+    that differs from run.py's default.
+    """
+    defaults = vars(run.build_parser().parse_args([]))
+    flags = []
+    for name in GRID + ("device", "backend", "data_dir", "results_dir"):
+        value = getattr(settings, name, None)
+        if value is None or (value == defaults.get(name) and name not in ALWAYS_WRITTEN
+                             and name not in ("data_dir", "results_dir")):
+            continue
+        flags.append(f"--{name}" if name in SWITCHES else f"--{name}={value}")
+    if mode is not None:
+        flags.append(f"--{mode}")
+    return [sys.executable, RUN_PY] + flags
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.jobs is not None and args.jobs < 1:
+            raise SweepError("--jobs must be at least 1")
+        if args.max_parallel is not None and args.max_parallel < 1:
+            raise SweepError("--max-parallel must be at least 1")
+        if args.devices and min(args.devices) < 0:
+            raise SweepError("--devices takes GPU ids, which start at 0")
+        if args.slurm and (args.jobs or args.devices):
+            raise SweepError("--jobs and --devices are for local runs: under --slurm, ask for "
+                             "GPUs with --gpus-per-task and limit the array with "
+                             "--max-parallel")
+        runs = expand(args)
+        jobs = args.jobs or (len(args.devices) if args.devices else 1)
+        planned = [sweep_launch.plan(settings, args.retry_diverged) for settings in runs]
+        to_run = [job for job in planned if job.mode != "skip"]
+        for index, job in enumerate(to_run):
+            if args.devices:
+                job.settings.device = args.devices[index % len(args.devices)]
+            job.command = command(job.settings, job.mode)
+        report = sys.stderr if args.dry_run and not args.slurm else sys.stdout
+        sweep_launch.report_plan(planned, report)
+        if args.slurm:
+            status = sweep_launch.submit_slurm(to_run, args)
+        elif args.dry_run:
+            sweep_launch.print_commands(to_run)
+            status = 0
+        else:
+            log_dir = args.log_dir or os.path.join(os.path.abspath(args.results_dir), "logs")
+            status = sweep_launch.run_locally(to_run, jobs, log_dir)
+        return sweep_launch.summarize(planned, status)
+    except SweepError as error:
+        print(f"sweep.py: {error}. Nothing was run.", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

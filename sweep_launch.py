@@ -1,0 +1,293 @@
+"""What sweep.py does with each run: decide (new, resume, skip), execute locally or on SLURM, report.
+
+A run's results folder decides its fate: no folder, a new run; run.json 'finished' with
+enough epochs, skipped; 'interrupted', 'failed' or a stale 'running' with a checkpoint,
+resumed with --load (without one, started again with --overwrite); 'diverged', skipped
+unless --retry-diverged (then started again with --overwrite, since resuming the same
+numbers would diverge the same way); a folder another process holds the lock of, skipped.
+"""
+import dataclasses
+import fcntl
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import checkpoint
+import run
+
+MODES = {"new": None, "resume": "load", "restart": "overwrite"}  # the others are skipped
+EXIT_MEANING = {0: "finished", 1: "failed", 2: "bad input", 3: "diverged", 130: "interrupted",
+                143: "terminated"}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+SLURM_SCRIPT = """#!/bin/bash
+# Written by sweep.py: array task i runs line i + 1 of {commands}.
+#SBATCH --job-name={job_name}
+#SBATCH --output={log_pattern}
+#SBATCH --ntasks=1
+{directives}
+set -eu
+export {thread_exports}
+line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {commands})
+echo "array task $SLURM_ARRAY_TASK_ID of job $SLURM_ARRAY_JOB_ID on $(hostname): $line"
+eval "exec $line"
+"""
+
+
+class SweepError(Exception):
+    """Bad input or an unusable environment; the message says what to do. Exit status 2."""
+
+
+@dataclasses.dataclass
+class Job:
+    """One run of the sweep: its settings, its folder, what to do and what came of it."""
+    settings: object
+    folder: str
+    action: str = "new"  # new, resume, restart, finished, diverged, busy, conflict
+    note: str = ""
+    command: list = None
+    outcome: str = "planned"  # planned, done, failed, interrupted, not started, submitted, prepared
+    returncode: int = None
+    log: str = None
+
+    @property
+    def mode(self):
+        """run.py's extra flag ('load', 'overwrite' or None), or 'skip'."""
+        return MODES.get(self.action, "skip")
+
+
+def is_locked(folder):
+    """Whether a process holds the run.lock of `folder` (a run is training there now)."""
+    path = os.path.join(folder, checkpoint.LOCK)
+    if not os.path.exists(path):
+        return False
+    with open(path, "a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return False
+
+
+def plan(settings, retry_diverged=False):
+    """The Job of a run's settings, its action decided from what its results folder holds."""
+    folder = run.results_folder(settings)
+    job = Job(settings, folder)
+    if not os.path.isdir(folder):
+        return job
+    if is_locked(folder):
+        job.action, job.note = "busy", "another process is training in it now"
+        return job
+    has_checkpoint = os.path.exists(os.path.join(folder, checkpoint.CHECKPOINT))
+    try:
+        record = checkpoint.load_json(os.path.join(folder, checkpoint.RUN_RECORD))
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError) as error:
+        job.action, job.note = "conflict", f"its run.json cannot be read ({error})"
+        return job
+    if record is None:
+        if has_checkpoint:
+            job.action, job.note = "resume", "a checkpoint without run.json"
+        elif os.path.exists(os.path.join(folder, "training_acc.txt")):
+            job.action, job.note = "conflict", ("it holds results without a run.json (from the "
+                                                "published scripts?); move them elsewhere")
+        return job
+    stored = record.get("settings", {})
+    differences = [f"{name} stored {stored.get(name)!r}, asked {getattr(settings, name)!r}"
+                   for name in run.COMPUTATION if stored.get(name) != getattr(settings, name)]
+    status, epochs = record.get("status"), record.get("epochs_done", 0)
+    if differences:
+        job.action, job.note = "conflict", (f"it holds a run with other settings ("
+                                            f"{'; '.join(differences)}); use another "
+                                            f"--results_dir")
+    elif status == "finished" and epochs >= settings.nb_epochs:
+        job.action, job.note = "finished", f"{epochs} epochs"
+    elif status == "diverged":
+        job.action = "restart" if retry_diverged else "diverged"
+        job.note = record.get("message", "diverged")
+    elif has_checkpoint:
+        job.action, job.note = "resume", f"{status} after epoch {epochs}"
+    else:
+        job.action, job.note = "restart", f"{status} before its first checkpoint"
+    return job
+
+
+def report_plan(jobs, stream):
+    """One line per run that is not simply new: why it is skipped, resumed or restarted."""
+    verbs = {"resume": "resume", "restart": "start again", "finished": "skip (finished)",
+             "diverged": "skip (diverged; --retry-diverged starts it again)",
+             "busy": "skip (running elsewhere)", "conflict": "cannot run"}
+    for job in jobs:
+        if job.action != "new":
+            print(f"{verbs[job.action]}: {job.folder}: {job.note}", file=stream)
+
+
+def print_commands(jobs):
+    """One shell command per line on stdout, for GNU parallel or any other runner."""
+    for job in jobs:
+        print(shlex.join(job.command))
+        job.outcome = "prepared"
+
+
+def thread_environment(parallel):
+    """os.environ with BLAS/OpenMP threads = cores // parallel, unless already set."""
+    environment = dict(os.environ)
+    threads = str(max(1, len(os.sched_getaffinity(0)) // parallel))
+    for name in THREAD_VARIABLES:
+        environment.setdefault(name, threads)
+    return environment
+
+
+def describe_exit(code):
+    """'exit 3 (diverged)' or 'killed by signal 9'."""
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit {code} ({EXIT_MEANING.get(code, 'error')})"
+
+
+def run_locally(jobs, parallel, log_dir):
+    """Run the jobs, `parallel` at a time, each logging to LOG_DIR/<folder name>.log.
+
+    A SIGINT or SIGTERM to the sweep is forwarded once to every run (which stops at the
+    next batch boundary, checkpoint intact) and no further run starts. Returns 0, or
+    130/143 when the sweep was interrupted.
+    """
+    os.makedirs(log_dir, exist_ok=True)
+    environment = thread_environment(parallel)
+    running, received = [], []
+
+    def forward(signum, frame):
+        received.append(signum)
+        for job in running:
+            job.process.send_signal(signum)
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT,
+                                                                      signal.SIGTERM)}
+    pending, count = list(jobs), 0
+    try:
+        while running or (pending and not received):
+            while pending and len(running) < parallel and not received:
+                job, count = pending.pop(0), count + 1
+                job.log = os.path.join(log_dir, os.path.basename(job.folder) + ".log")
+                with open(job.log, "a") as log:
+                    log.write(f"$ {shlex.join(job.command)}\n")
+                    log.flush()
+                    job.process = subprocess.Popen(job.command, stdout=log,
+                                                   stderr=subprocess.STDOUT, env=environment,
+                                                   start_new_session=True)
+                job.started, job.index = time.monotonic(), count
+                print(f"[{count}/{len(jobs)}] {job.action}: {job.folder}", flush=True)
+                running.append(job)
+            time.sleep(0.2)
+            for job in [job for job in running if job.process.poll() is not None]:
+                running.remove(job)
+                finish(job, len(jobs))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for job in pending:
+        job.outcome = "not started"
+    return {signal.SIGINT: 130, signal.SIGTERM: 143}[received[0]] if received else 0
+
+
+def finish(job, total):
+    """Record a finished local run's exit status and print it (with its log's last lines)."""
+    job.returncode = job.process.returncode
+    job.outcome = {0: "done", 130: "interrupted", 143: "interrupted"}.get(job.returncode,
+                                                                           "failed")
+    elapsed = time.monotonic() - job.started
+    print(f"[{job.index}/{total}] {describe_exit(job.returncode)} after {elapsed:.0f}s: "
+          f"{job.folder}", flush=True)
+    if job.returncode != 0:
+        with open(job.log, errors="replace") as log:
+            tail = log.read().splitlines()[-3:]
+        print("".join(f"    {line}\n" for line in tail) + f"    (log: {job.log})", flush=True)
+
+
+def submit_slurm(jobs, args):
+    """Write a job script and a commands file and submit them as one `sbatch --array`."""
+    if not jobs:
+        return 0
+    if not args.dry_run and shutil.which("sbatch") is None:
+        raise SweepError("--slurm needs sbatch, which is not on PATH: run the sweep on a SLURM "
+                         "login node, or drop --slurm to run locally")
+    folder = os.path.abspath(args.slurm_dir or os.path.join(args.results_dir, "slurm"))
+    os.makedirs(folder, exist_ok=True)
+    stem = time.strftime("sweep_%Y%m%d-%H%M%S")
+    while os.path.exists(os.path.join(folder, stem + ".sh")):
+        stem += "x"
+    commands, script = (os.path.join(folder, stem + suffix) for suffix in (".commands", ".sh"))
+    with open(commands, "w") as file:
+        file.writelines(shlex.join(job.command) + "\n" for job in jobs)
+    options = {name: getattr(args, name.replace("-", "_")) for name in
+               ("partition", "time", "gpus-per-task", "mem", "cpus-per-task")}
+    with open(script, "w") as file:
+        file.write(SLURM_SCRIPT.format(
+            commands=shlex.quote(commands), job_name=args.job_name,
+            log_pattern=os.path.join(folder, stem + "_%A_%a.log"),
+            directives="\n".join(f"#SBATCH --{name}={value}" for name, value in
+                                 options.items() if value is not None),
+            thread_exports=" ".join(f"{name}=${{SLURM_CPUS_PER_TASK:-1}}"
+                                    for name in THREAD_VARIABLES)))
+    os.chmod(script, 0o755)
+    array = f"0-{len(jobs) - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
+    sbatch = ["sbatch", "--parsable", f"--array={array}", script]
+    if args.dry_run:
+        print(shlex.join(sbatch))
+        for job in jobs:
+            job.outcome = "prepared"
+        return 0
+    result = subprocess.run(sbatch, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SweepError(f"sbatch refused the job array: {result.stderr.strip()} (script "
+                         f"{script}; check --partition, --time and the other resources)")
+    job_id = result.stdout.strip().split(";")[0]
+    for job in jobs:
+        job.outcome = "submitted"
+    print(f"Submitted job array {job_id}: {len(jobs)} runs (tasks {array}); script {script}, "
+          f"logs {os.path.join(folder, stem)}_{job_id}_<task>.log. Follow it with "
+          f"`squeue -j {job_id}`; once it ends, run this sweep again to resume any run the "
+          f"time limit stopped.")
+    return 0
+
+
+def summarize(jobs, status):
+    """Print what the sweep did; return its exit status (status if interrupted, 1 if a run failed)."""
+    def select(**fields):
+        return [job for job in jobs if all(getattr(job, k) == v for k, v in fields.items())]
+
+    def breakdown(chosen):
+        words = {"new": "new", "resume": "resumed", "restart": "restarted"}
+        return ", ".join(f"{len([j for j in chosen if j.action == action])} {word}"
+                         for action, word in words.items() if any(j.action == action
+                                                                   for j in chosen))
+    parts = [f"{verb} {len(select(outcome=outcome))} ({breakdown(select(outcome=outcome))})"
+             for outcome, verb in (("done", "completed"), ("submitted", "submitted"),
+                                   ("prepared", "prepared")) if select(outcome=outcome)]
+    for action, words in (("finished", "skipped as finished"), ("diverged", "skipped as diverged"),
+                          ("busy", "skipped as running elsewhere"), ("conflict", "could not run")):
+        if select(action=action):
+            parts.append(f"{words} {len(select(action=action))}")
+    failed = select(outcome="failed")
+    if failed:
+        codes = sorted({job.returncode for job in failed})
+        parts.append(f"failed {len(failed)} (" + ", ".join(
+            f"{describe_exit(code)}: {len(select(outcome='failed', returncode=code))}"
+            for code in codes) + ")")
+    if select(outcome="interrupted"):
+        parts.append(f"interrupted {len(select(outcome='interrupted'))} (run the sweep again "
+                     f"to resume)")
+    if select(outcome="not started"):
+        parts.append(f"not started {len(select(outcome='not started'))}")
+    stream = sys.stderr if select(outcome="prepared") else sys.stdout
+    print(f"Sweep of {len(jobs)} runs: {'; '.join(parts) or 'nothing to do'}.", file=stream)
+    for job in failed:
+        print(f"  {describe_exit(job.returncode)}: {job.folder} (log: {job.log})", file=stream)
+    if status:
+        return status
+    unfinished = select(outcome="not started") + select(outcome="interrupted")
+    return 1 if failed or unfinished or select(action="conflict") else 0

@@ -1,0 +1,196 @@
+"""summarize.py: grouping over seeds, the statistics, the three formats, marks and the plot."""
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy
+import pytest
+
+import run
+import summarize
+from sweep_helpers import REPO, real_sweep, run_folders
+
+
+def summarize_cli(*arguments):
+    """Run ./summarize.py; (exit status, stdout, stderr)."""
+    process = subprocess.run([sys.executable, os.path.join(REPO, "summarize.py")]
+                             + [str(a) for a in arguments], capture_output=True, text=True,
+                             timeout=120)
+    return process.returncode, process.stdout, process.stderr
+
+
+def summarize_main(capsys, *arguments):
+    """summarize.main in this process; (exit status, stdout, stderr)."""
+    status = summarize.main([str(a) for a in arguments])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def expected_statistics(folders, eval_interval):
+    """Mean and sample sd over the folders of final/peak test and final training accuracy."""
+    per_epoch = 1 if eval_interval == 0 else 999 // eval_interval
+    test = [numpy.loadtxt(os.path.join(f, "test_acc.txt"), ndmin=1) for f in folders]
+    train = [numpy.loadtxt(os.path.join(f, "training_acc.txt"), ndmin=1) for f in folders]
+    columns = {"final_test_acc": [t[-1] for t in test], "peak_test_acc": [t.max() for t in test],
+               "final_training_acc": [t[-1] for t in train]}
+    statistics = {name: (numpy.mean(v), numpy.std(v, ddof=1)) for name, v in columns.items()}
+    statistics["peak_epoch"] = numpy.mean([numpy.argmax(t) / per_epoch for t in test])
+    return statistics
+
+
+def fabricate_run(root, curve, status="finished", train_curve=None, alignment=None,
+                  **settings):
+    """A results folder with run.json, test_acc.txt and training_acc.txt (and alignment.txt)."""
+    values = {**vars(run.build_parser().parse_args([])), "eval_interval": 0, **settings,
+              "results_dir": str(root)}
+    folder = run.results_folder(argparse.Namespace(**values))
+    os.makedirs(folder)
+    with open(os.path.join(folder, "run.json"), "w") as file:
+        json.dump({"settings": values, "status": status, "epochs_done": 1, "nb_epochs": 1},
+                  file)
+    numpy.savetxt(os.path.join(folder, "test_acc.txt"), curve)
+    numpy.savetxt(os.path.join(folder, "training_acc.txt"),
+                  curve if train_curve is None else train_curve)
+    if alignment is not None:
+        numpy.savetxt(os.path.join(folder, "alignment.txt"), alignment,
+                      header="epoch (0-based) batch (0-based) angle_layer0 angle_layer1")
+    return folder
+
+
+def png_size(path):
+    """(width, height) of a PNG file, from its header."""
+    with open(path, "rb") as file:
+        header = file.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory):
+    results, process = real_sweep(tmp_path_factory)
+    assert process.returncode == 0, process.stdout + process.stderr
+    return results
+
+
+def test_table_of_a_real_sweep_equals_the_statistics_of_its_files(finished_sweep):
+    status, out, err = summarize_cli(finished_sweep)
+    assert status == 0, err
+    header, rule, row = out.splitlines()
+    assert header.split()[:3] == ["dataset", "algorithm", "net"] and set(rule) <= {"-", " "}
+    cells = re.split(r"\s{2,}", row.strip())
+    assert cells[:6] == ["MNIST", "BP", "0L", "0.0001", "0", "2"]
+    expected = expected_statistics(run_folders(finished_sweep), eval_interval=0)
+    numbers = [tuple(map(float, cell.split(" ± "))) for cell in (cells[7], cells[8], cells[10])]
+    for (mean, sd), name in zip(numbers, ("final_test_acc", "peak_test_acc",
+                                          "final_training_acc")):
+        assert mean == pytest.approx(100 * expected[name][0], abs=0.0051)
+        assert sd == pytest.approx(100 * expected[name][1], abs=0.0051)
+    assert float(cells[9]) == pytest.approx(expected["peak_epoch"], abs=0.0051)
+    assert cells[6] == "1"  # epochs
+
+
+def test_csv_and_markdown_of_a_real_sweep_parse(finished_sweep):
+    status, out, _ = summarize_cli(finished_sweep, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert status == 0 and len(rows) == 1
+    row = rows[0]
+    expected = expected_statistics(run_folders(finished_sweep), eval_interval=0)
+    for name in ("final_test_acc", "peak_test_acc", "final_training_acc"):
+        assert float(row[name + "_mean"]) == pytest.approx(expected[name][0], rel=1e-12)
+        assert float(row[name + "_sd"]) == pytest.approx(expected[name][1], rel=1e-12)
+    assert (row["seeds"], row["statuses"], row["not_finished"]) == ("2", "finished:2", "0")
+    status, out, _ = summarize_cli(finished_sweep, "--format", "markdown")
+    lines = out.splitlines()
+    assert status == 0 and len(lines) == 3
+    assert all(line.startswith("|") and line.endswith("|") for line in lines)
+    assert re.fullmatch(r"\|(-+:?\|)+", lines[1])
+    assert len({line.count("|") for line in lines}) == 1
+
+
+def test_plot_of_a_real_sweep_is_a_png(finished_sweep, tmp_path):
+    status, _, err = summarize_cli(finished_sweep, "--plot", tmp_path / "curves.png")
+    assert status == 0, err
+    assert os.path.getsize(tmp_path / "curves.png") > 10_000
+    assert png_size(tmp_path / "curves.png") == (1000, 420)
+
+
+def test_groups_mark_runs_in_progress_and_diverged(capsys, tmp_path):
+    for seed in (1, 2):
+        fabricate_run(tmp_path, [0.1, 0.5 + seed / 10, 0.6], seed=seed)
+    fabricate_run(tmp_path, [0.1, 0.4], status="interrupted", seed=3)
+    fabricate_run(tmp_path, [0.1, 0.3], status="diverged", algorithm="GAIT",
+                  orthogonal_reg=0.1, orthogonal_init=True)
+    status, out, _ = summarize_main(capsys, tmp_path)
+    lines = out.splitlines()
+    assert status == 0
+    bp, gait = lines[2], lines[3]
+    assert re.search(r"BP .* 3\* ", bp) and re.search(r"GAIT .* 1! ", gait)
+    assert "ortho init" in lines[0]  # shown because it differs between the groups
+    assert any(line.startswith("* MNIST BP") and "2 finished, 1 interrupted" in line
+               for line in lines)
+    assert any(line.startswith("! MNIST GAIT") and "1 diverged" in line for line in lines)
+    status, out, _ = summarize_main(capsys, tmp_path, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["algorithm"], r["seeds"], r["not_finished"], r["diverged"]) for r in rows] == [
+        ("BP", "3", "1", "0"), ("GAIT", "1", "0", "1")]
+    assert float(rows[0]["final_test_acc_mean"]) == pytest.approx(numpy.mean([0.6, 0.6, 0.4]))
+    assert float(rows[0]["peak_test_acc_mean"]) == pytest.approx(numpy.mean([0.6, 0.7, 0.4]))
+    assert rows[1]["final_test_acc_sd"] == ""  # one seed: no standard deviation
+
+
+def test_epochs_follow_the_evaluation_cadence(capsys, tmp_path):
+    curve = numpy.linspace(0.1, 0.5, 1 + 99 * 3)
+    curve[99] = 0.9  # the last evaluation of epoch 1
+    fabricate_run(tmp_path, curve, eval_interval=10)
+    fabricate_run(tmp_path, [0.1, 0.2, 0.9, 0.3], eval_interval=0, seed=2)
+    status, out, _ = summarize_main(capsys, tmp_path, "--format", "csv")
+    rows = {int(r["eval_interval"]): r for r in csv.DictReader(io.StringIO(out))}
+    assert float(rows[10]["peak_epoch_mean"]) == 1.0 and float(rows[10]["epochs_max"]) == 3.0
+    assert float(rows[0]["peak_epoch_mean"]) == 2.0 and float(rows[0]["epochs_max"]) == 3.0
+
+
+def test_published_folders_are_read_from_their_names(capsys, tmp_path):
+    for seed in (1, 2):
+        folder = tmp_path / "old" / f"FMNIST_TP_OrthoInit_1000.0OrthoReg_{seed}Seed_1e-05LR_4L"
+        folder.mkdir(parents=True)
+        numpy.savetxt(folder / "test_acc.txt", numpy.linspace(0.1, 0.8, 1 + 99 * 2))
+        numpy.savetxt(folder / "training_acc.txt", numpy.linspace(0.1, 0.9, 1 + 99 * 2))
+    (tmp_path / "old" / "notes").mkdir()
+    status, out, _ = summarize_main(capsys, tmp_path, "--format", "csv")
+    row, = csv.DictReader(io.StringIO(out))
+    assert status == 0
+    assert (row["dataset"], row["algorithm"], row["nb_layers"], row["tower"],
+            row["orthogonal_init"], row["orthogonal_reg"], row["learning_rate"],
+            row["eval_interval"], row["seeds"], row["epochs_max"], row["not_finished"]) == (
+        "FMNIST", "TP", "4", "False", "True", "1000.0", "1e-05", "10", "2", "2.0", "0")
+
+
+def test_alignment_adds_a_third_panel(capsys, tmp_path):
+    rows = numpy.array([[epoch, batch, 5.0 + epoch, 30.0] for epoch in (0, 1)
+                        for batch in (0, 500, 999)])
+    for seed in (1, 2):
+        fabricate_run(tmp_path, [0.1, 0.5, 0.6], algorithm="GAIT", seed=seed, alignment=rows)
+    fabricate_run(tmp_path, [0.1, 0.5, 0.7])
+    status, _, err = summarize_main(capsys, tmp_path, "--plot", tmp_path / "curves.png")
+    assert status == 0, err
+    assert png_size(tmp_path / "curves.png") == (1500, 420)
+
+
+def test_bad_paths_and_unreadable_folders(capsys, tmp_path):
+    status, _, err = summarize_main(capsys, tmp_path / "missing")
+    assert status == 2 and "is not a folder" in err
+    status, _, err = summarize_main(capsys, tmp_path)
+    assert status == 2 and "no results folders" in err
+    fabricate_run(tmp_path, [0.1, 0.5])
+    broken = fabricate_run(tmp_path, [0.1, 0.5], seed=2)
+    open(os.path.join(broken, "test_acc.txt"), "w").close()
+    status, out, err = summarize_main(capsys, tmp_path)
+    assert status == 0 and f"skipping {broken}: test_acc.txt is empty" in err
+    assert re.search(r"BP .* 1 ", out.splitlines()[2])
+    status, _, err = summarize_main(capsys, tmp_path, "--plot", tmp_path / "no" / "x.png")
+    assert status == 2 and "cannot write the figure" in err

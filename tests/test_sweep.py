@@ -1,0 +1,237 @@
+"""sweep.py: the grid, the preset, the commands, the skip/resume rules, local and SLURM runs."""
+import fcntl
+import json
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+import run
+import sweep
+from sweep_helpers import (TINY_RUN, mnist_root, real_sweep, record, run_folders, start_slurm,
+                           sweep_command, wait_for)
+
+
+def expand(*arguments):
+    """The runs sweep.py would make of `arguments`."""
+    return sweep.expand(sweep.build_parser().parse_args([str(a) for a in arguments]))
+
+
+def dry_run(capsys, *arguments):
+    """(exit status, run.py Namespaces of the printed commands, stderr) of a --dry-run."""
+    status = sweep.main([str(a) for a in arguments] + ["--dry-run"])
+    out, err = capsys.readouterr()
+    parsed = []
+    for line in out.splitlines():
+        tokens = shlex.split(line)
+        start = next(i for i, token in enumerate(tokens) if token.endswith("run.py")) + 1
+        parsed.append(run.build_parser().parse_args(tokens[start:]))
+    return status, parsed, err
+
+
+def test_grid_is_the_product_of_the_values_with_seeds_innermost():
+    runs = expand("--dataset", "MNIST", "FMNIST", "--algorithm", "BP", "GAIT", "--seed", "1-3",
+                  "--nb_layers", "2", "4")
+    combos = [(r.dataset, r.algorithm, r.nb_layers, r.seed) for r in runs]
+    assert len(combos) == len(set(combos)) == 24
+    assert set(combos) == {(d, a, n, s) for d in ("MNIST", "FMNIST") for a in ("BP", "GAIT")
+                           for n in (2, 4) for s in (1, 2, 3)}
+    assert [r.seed for r in runs[:3]] == [1, 2, 3]
+    assert all(r.learning_rate == 1e-4 and r.orthogonal_reg == 0.0 for r in runs)
+
+
+def test_switches_take_on_off_or_nothing_and_values_are_deduplicated():
+    runs = expand("--linear", "on", "off", "--tower", "--seed", "3", "3", "--learning_rate",
+                  "1e-4", "0.0001")
+    assert [(r.linear, r.tower, r.orthogonal_init) for r in runs] == [(True, True, False),
+                                                                      (False, True, False)]
+    assert all(r.seed == 3 and r.learning_rate == 1e-4 for r in runs)
+    assert [r.orthogonal_init for r in expand("--orthogonal_init", "no")] == [False]
+
+
+def test_paper_preset_per_algorithm_and_explicit_flags_override_it():
+    runs = {r.algorithm: r for r in expand("--preset", "paper", "--algorithm", "BP", "GAIT",
+                                           "TP")}
+    assert (runs["BP"].learning_rate, runs["BP"].orthogonal_reg,
+            runs["BP"].orthogonal_init) == (1e-4, 0.0, False)
+    assert (runs["GAIT"].learning_rate, runs["GAIT"].orthogonal_reg,
+            runs["GAIT"].orthogonal_init) == (1e-4, 0.1, True)
+    assert (runs["TP"].learning_rate, runs["TP"].orthogonal_reg,
+            runs["TP"].orthogonal_init) == (1e-5, 1000.0, True)
+    overridden = expand("--preset", "paper", "--algorithm", "GAIT", "TP", "--learning_rate",
+                        "1e-3", "--orthogonal_init", "off")
+    assert [(r.learning_rate, r.orthogonal_reg, r.orthogonal_init) for r in overridden] == [
+        (1e-3, 0.1, False), (1e-3, 1000.0, False)]
+
+
+def test_dry_run_prints_commands_run_py_accepts(capsys, tmp_path):
+    status, parsed, err = dry_run(
+        capsys, "--preset", "paper", "--dataset", "MNIST", "KMNIST", "--algorithm", "BP", "TP",
+        "--seed", "1-2", "--nb_layers", "4", "--tower", "on", "off", "--nb_epochs", "3",
+        "--eval_interval", "0", "--dtype", "float32", "--results_dir", tmp_path / "r",
+        "--data_dir", tmp_path / "d", "--devices", "0", "1")
+    assert status == 0 and "prepared 16 (16 new)" in err
+    expected = expand("--preset", "paper", "--dataset", "MNIST", "KMNIST", "--algorithm", "BP",
+                      "TP", "--seed", "1-2", "--nb_layers", "4", "--tower", "on", "off",
+                      "--nb_epochs", "3", "--eval_interval", "0", "--dtype", "float32",
+                      "--results_dir", tmp_path / "r", "--data_dir", tmp_path / "d")
+    for index, (printed, wanted) in enumerate(zip(parsed, expected, strict=True)):
+        assert run.settings_of(printed) == run.settings_of(wanted)
+        assert run.results_folder(printed) == run.results_folder(wanted)
+        assert (printed.nb_epochs, printed.device) == (3, index % 2)
+        assert printed.results_dir == str(tmp_path / "r")
+        assert not printed.load and not printed.overwrite
+    assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--seed", "5-1"], ["--dataset", "CIFAR"], ["--learning_rate", "-1"], ["--linear", "maybe"],
+    ["--nb_layers", "two"], ["--eval_interval", "0", "10"], ["--jobs", "0"], ["--nosuch"],
+    ["--algorithm"], ["--devices", "-1"], ["--slurm", "--jobs", "2"]])
+def test_bad_input_exits_2_with_one_message(capsys, tmp_path, arguments):
+    try:
+        status = sweep.main(arguments + ["--results_dir", str(tmp_path), "--dry-run"])
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert err.startswith("sweep.py: ") and err.count("\n") == 1
+
+
+def fabricate(settings, status, epochs_done=1, with_checkpoint=False, **stored_changes):
+    """A results folder whose run.json (and checkpoint.npz marker) say `status`."""
+    folder = run.results_folder(settings)
+    os.makedirs(folder)
+    stored = {**vars(settings), **stored_changes}
+    with open(os.path.join(folder, "run.json"), "w") as file:
+        json.dump({"settings": stored, "status": status, "epochs_done": epochs_done,
+                   "nb_epochs": settings.nb_epochs, "message": "Training diverged"}, file)
+    if with_checkpoint:
+        with open(os.path.join(folder, "checkpoint.npz"), "wb") as file:
+            file.write(b"a marker, not a checkpoint")
+    return folder
+
+
+def test_rerun_skips_finished_resumes_interrupted_and_reports_the_rest(capsys, tmp_path):
+    arguments = ["--seed", "1-11", "--nb_epochs", "2", "--results_dir", tmp_path]
+    runs = {r.seed: r for r in expand(*arguments)}
+    fabricate(runs[1], "finished", epochs_done=2, with_checkpoint=True)
+    fabricate(runs[2], "interrupted", with_checkpoint=True)
+    fabricate(runs[3], "failed", epochs_done=0)
+    fabricate(runs[4], "diverged", with_checkpoint=True)
+    fabricate(runs[5], "running", with_checkpoint=True)  # stale: nobody holds its lock
+    busy = fabricate(runs[6], "running", with_checkpoint=True)
+    fabricate(runs[7], "finished", epochs_done=2, eval_interval=0)
+    fabricate(runs[8], "finished", epochs_done=1, with_checkpoint=True)  # asked for 2 now
+    published = run.results_folder(runs[9])
+    os.makedirs(published)
+    open(os.path.join(published, "training_acc.txt"), "w").write("0.1\n")
+    fabricate(runs[10], "interrupted")  # stopped before its first checkpoint
+    with open(os.path.join(busy, "run.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status, parsed, err = dry_run(capsys, *arguments)
+    modes = {r.seed: "load" if r.load else "overwrite" if r.overwrite else "new" for r in parsed}
+    assert modes == {2: "load", 3: "overwrite", 5: "load", 8: "load", 10: "overwrite",
+                     11: "new"}
+    assert "skip (finished)" in err and "skip (diverged" in err and "running elsewhere" in err
+    assert "eval_interval stored 0, asked 10" in err and "published scripts" in err
+    assert ("prepared 6 (1 new, 3 resumed, 2 restarted); skipped as finished 1; skipped as "
+            "diverged 1; skipped as running elsewhere 1; could not run 2") in err
+    assert status == 1  # two folders cannot be used as asked
+    status, parsed, err = dry_run(capsys, *arguments, "--retry-diverged")
+    assert {r.seed for r in parsed if r.overwrite} == {3, 4, 10}
+
+
+def test_a_failing_run_is_reported_with_its_exit_status(capsys, tmp_path):
+    settings = expand("--seed", "1", "--results_dir", tmp_path)[0]
+    folder = fabricate(settings, "interrupted", with_checkpoint=True)  # unreadable checkpoint
+    status = sweep.main(["--seed", "1", "--results_dir", str(tmp_path), "--backend", "numpy"])
+    out, _ = capsys.readouterr()
+    assert status == 1
+    assert "failed 1 (exit 1 (failed): 1)" in out and folder in out
+    log = os.path.join(tmp_path, "logs", os.path.basename(folder) + ".log")
+    assert "cannot be read" in open(log).read()
+    assert record(folder)["status"] == "interrupted"
+
+
+def test_slurm_files_map_array_tasks_to_commands(capsys, tmp_path):
+    arguments = ["--seed", "1-3", "--results_dir", tmp_path / "r", "--slurm", "--slurm-dir",
+                 tmp_path / "s", "--partition", "gpu", "--time", "1:00:00", "--gpus-per-task",
+                 "1", "--mem", "8G", "--cpus-per-task", "4", "--max-parallel", "2", "--dry-run"]
+    assert sweep.main([str(a) for a in arguments]) == 0
+    out, _ = capsys.readouterr()
+    sbatch = shlex.split(out.splitlines()[0])
+    assert sbatch[:3] == ["sbatch", "--parsable", "--array=0-2%2"]
+    script = open(sbatch[3]).read()
+    for directive in ("--partition=gpu", "--time=1:00:00", "--gpus-per-task=1", "--mem=8G",
+                      "--cpus-per-task=4"):
+        assert f"#SBATCH {directive}\n" in script
+    commands = sbatch[3][:-len(".sh")] + ".commands"
+    seeds = [run.build_parser().parse_args(shlex.split(line)[2:]).seed
+             for line in open(commands)]
+    assert seeds == [1, 2, 3]
+    with open(commands, "w") as file:  # stand-ins for the runs: what does task 1 execute?
+        file.write("echo first\necho 'second run'\necho third\n")
+    task = subprocess.run(["bash", sbatch[3]], capture_output=True, text=True,
+                          env={**os.environ, "SLURM_ARRAY_TASK_ID": "1",
+                               "SLURM_ARRAY_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "4"})
+    assert task.returncode == 0 and task.stdout.splitlines()[-1] == "second run"
+
+
+def test_slurm_without_sbatch_is_a_clean_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    status = sweep.main(["--results_dir", str(tmp_path), "--slurm"])
+    assert status == 2 and "needs sbatch" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory):
+    return real_sweep(tmp_path_factory)
+
+
+def test_local_sweep_runs_every_seed_then_skips_them(finished_sweep):
+    results, process = finished_sweep
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert "completed 2 (2 new)" in process.stdout
+    folders = run_folders(results)
+    assert [record(f)["settings"]["seed"] for f in folders] == [1, 2]
+    for folder in folders:
+        assert record(folder)["status"] == "finished" and record(folder)["epochs_done"] == 1
+        assert os.path.getsize(os.path.join(results, "logs", os.path.basename(folder) + ".log"))
+    again = subprocess.run(sweep_command("--seed", "1-2", "--results_dir", results, *TINY_RUN),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "skipped as finished 2" in again.stdout
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A one-node SLURM of the test's own; yields the environment that points at it."""
+    yield from start_slurm(tmp_path_factory.mktemp("slurm"))
+
+
+def test_slurm_job_array_runs_the_sweep(slurm_cluster, tmp_path, tmp_path_factory):
+    data = mnist_root(tmp_path_factory)
+    arguments = ["--seed", "1-2", "--data_dir", data, "--results_dir", tmp_path / "results",
+                 *TINY_RUN, "--slurm", "--slurm-dir", tmp_path / "slurm", "--partition",
+                 "debug", "--time", "10", "--cpus-per-task", "1", "--mem", "400",
+                 "--max-parallel", "2"]
+    submitted = subprocess.run(sweep_command(*arguments), capture_output=True, text=True,
+                               env=slurm_cluster, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job = re.search(r"Submitted job array (\d+)", submitted.stdout)[1]
+
+    def queue_empty():
+        return subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True,
+                              env=slurm_cluster).stdout.strip() == ""
+    wait_for(queue_empty, 300, f"job array {job}")
+    logs = sorted((tmp_path / "slurm").glob(f"*_{job}_*.log"))
+    text = "\n".join(log.read_text() for log in logs)
+    assert len(logs) == 2 and text.count("Finished 1 epochs") == 2, text
+    folders = run_folders(tmp_path / "results")
+    assert [record(f)["status"] for f in folders] == ["finished", "finished"], text
+    again = subprocess.run(sweep_command(*arguments), capture_output=True, text=True,
+                           env=slurm_cluster, timeout=120)
+    assert again.returncode == 0 and "Submitted" not in again.stdout
+    assert "skipped as finished 2" in again.stdout
