@@ -211,7 +211,8 @@ def label_values(group, columns):
     """Display text of each shown setting of a group."""
     key = group.key
     text = {"nb_layers": f"{key['nb_layers']}{'TOWER' if key['tower'] else 'L'}",
-            "orthogonal_init": "yes" if key["orthogonal_init"] else "no",
+            "orthogonal_init": ("yes" if key["orthogonal_init"]
+                                else "yes (reg 0)" if key["orthogonal_reg"] == 0 else "no"),
             "linear": "yes" if key["linear"] else "no",
             "learning_rate": f"{key['learning_rate']:g}", "orthogonal_reg": f"{key['orthogonal_reg']:g}",
             "dtype": key["dtype"] or "?"}
