@@ -12,7 +12,7 @@ from summary_data import SummaryError
 
 COLOURS = {"BP": "tab:blue", "GAIT": "tab:orange", "TP": "tab:green"}
 SPARE_COLOURS = ("tab:red", "tab:purple", "tab:brown")
-LINE_STYLES = ("-", "--", ":", "-.")
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 PLAIN = ("dataset", "algorithm", "nb_layers")  # shown in legends without their name
 
 
@@ -92,9 +92,13 @@ def plot(groups, path):
             positions, angles = alignment_means(group)
             for layer in range(angles.shape[1]):
                 axis.plot(positions, angles[:, layer], color=colour,
-                          linestyle=LINE_STYLES[layer % len(LINE_STYLES)],
-                          label=f"{label}, layer {layer}")
-        axis.set(title="Angle to the BP directions", xlabel="epoch", ylabel="degrees")
+                          linestyle=LINE_STYLES[layer % len(LINE_STYLES)])
+        nb_layers = max(alignment_means(group)[1].shape[1] for group in aligned)
+        for layer in range(nb_layers):  # colours are the groups' (first panel's legend)
+            axis.plot([], [], color="grey", linestyle=LINE_STYLES[layer % len(LINE_STYLES)],
+                      label=f"layer {layer}")
+        axis.set(title="Angle to the BP directions (colour: group)", xlabel="epoch",
+                 ylabel="degrees")
         axis.grid(alpha=0.3)
         axis.legend(fontsize="x-small")
     figure.tight_layout()
