@@ -17,11 +17,19 @@ import warnings
 
 
 def _stop_before_training(signum, frame):
-    """Ctrl-C / SIGTERM before StopSignal takes over: quit at once, status 130 / 143, no traceback."""
+    """Ctrl-C / SIGTERM before StopSignal takes over: quit at once, status 130 / 143, no traceback.
+
+    os._exit, not SystemExit, which code under way (imports, the data-reading child's pool)
+    may catch or wait on. The child reading the data is killed first, or it would block on
+    its result forever. Files are written atomically and the kernel drops the folder lock.
+    """
     print(f"\nrun.py: {signal.Signals(signum).name} received before training started: stopped. "
           f"Nothing was trained since the last checkpoint; run the command again (with --load "
           f"if the results folder holds a run) to go on.", file=sys.stderr, flush=True)
-    sys.exit(130 if signum == signal.SIGINT else 143)
+    if "multiprocessing" in sys.modules:
+        for child in sys.modules["multiprocessing"].active_children():
+            child.kill()
+    os._exit(130 if signum == signal.SIGINT else 143)
 
 
 if __name__ == "__main__":  # installed before the slow imports below

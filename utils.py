@@ -147,19 +147,35 @@ def _read_raw_splits(dataset, data_dir):
             + _torchvision_split(dataset, data_dir, train=False))
 
 
+def _die_with_parent(parent):
+    """In the child: be killed when the parent dies (Linux), even by SIGKILL; otherwise a
+    child left alone blocks forever on sending its result, holding the data in memory."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):  # not Linux: no such call
+        return
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+
+
 def _in_child_process(function, *arguments):
     """function(*arguments) computed in a fresh Python process, its result sent back.
 
     Importing torch costs a process about 650 MB of resident memory for the rest of its
     life; reading the data in a child keeps a training run's memory to what it uses.
     """
-    import concurrent.futures
     import multiprocessing
+    # imported by name: an interrupted lazy import of concurrent.futures.process would
+    # otherwise turn this except clause itself into an AttributeError
+    from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
     context = multiprocessing.get_context("spawn")
     try:
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             return pool.submit(function, *arguments).result()
-    except concurrent.futures.process.BrokenProcessPool:
+    except BrokenProcessPool:
         raise DataError("The process reading the data set stopped before it finished "
                         "(interrupted, or out of memory). Run again.") from None
 

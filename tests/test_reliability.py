@@ -1,0 +1,716 @@
+"""Never lose a run (issue 4): checkpoints, run.json, --load, kill-and-resume, Ctrl-C and
+SIGTERM, no silent overwrite, the folder lock, divergence and bad input.
+
+Every run here is a real `python run.py` subprocess on genuine MNIST with small settings:
+a 1-layer network (--nb_layers 0), 2 epochs, an evaluation every 50 batches.
+"""
+import concurrent.futures
+import datetime
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import numpy
+import pytest
+
+from test_run import (NO_NETWORK, RAW_STEMS, STATISTICS, assert_clean, cli, data_root,  # noqa: F401
+                      line_count, run, spawn)
+
+import checkpoint  # noqa: E402
+from inv_layer import InvLayer  # noqa: E402
+
+SMALL = ["--nb_layers", "0", "--eval_interval", "50"]
+NB_EPOCHS = 2
+LINES = 1 + 19 * NB_EPOCHS  # one evaluation before training, 19 an epoch
+NAME = "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_0L"
+RESULTS = [name + ".txt" for name in STATISTICS] + ["0Lweights.npy", "0Lbiases.npy"]
+
+
+def small_run(root, results, *extra, epochs=NB_EPOCHS):
+    """The command line of the small run: data root, results root, epochs, extra flags."""
+    return SMALL + ["--nb_epochs", str(epochs), "--data_dir", root, "--results_dir",
+                    str(results)] + list(extra)
+
+
+def read_bytes(folder, names=RESULTS):
+    return {name: open(os.path.join(folder, name), "rb").read() for name in names}
+
+
+def snapshot(folder):
+    """(bytes, mtime) of every file in a folder but the lock file."""
+    return {name: (open(os.path.join(folder, name), "rb").read(),
+                   os.stat(os.path.join(folder, name)).st_mtime_ns)
+            for name in sorted(os.listdir(folder)) if name != checkpoint.LOCK}
+
+
+def checkpoint_arrays(folder):
+    """(meta, arrays) of a folder's checkpoint.npz, read without pickles."""
+    with numpy.load(os.path.join(folder, checkpoint.CHECKPOINT), allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    return json.loads(str(arrays.pop("meta"))), arrays
+
+
+def record_of(folder):
+    with open(os.path.join(folder, checkpoint.RUN_RECORD)) as file:
+        return json.load(file)
+
+
+def assert_same_as_reference(folder, reference):
+    """Results files byte for byte, and every checkpoint array, equal to the reference's."""
+    ours, theirs = read_bytes(folder), read_bytes(reference)
+    different = [name for name in RESULTS if ours[name] != theirs[name]]
+    assert not different, f"files differ from the uninterrupted run: {different}"
+    (meta, arrays), (meta_ref, arrays_ref) = checkpoint_arrays(folder), checkpoint_arrays(reference)
+    assert meta == meta_ref
+    assert sorted(arrays) == sorted(arrays_ref)
+    for name in arrays:
+        assert arrays[name].dtype == arrays_ref[name].dtype, name
+        assert numpy.array_equal(arrays[name], arrays_ref[name]), name
+
+
+class Watched:
+    """A run.py process whose merged output is read line by line in a thread."""
+
+    def __init__(self, args):
+        self.process = spawn(args)
+        self.started = time.monotonic()
+        self.lines, self.ended = [], False
+        self.condition = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            with self.condition:
+                self.lines.append(line)
+                self.condition.notify_all()
+        with self.condition:
+            self.ended = True
+            self.condition.notify_all()
+
+    def wait_for_line(self, pattern, timeout=900):
+        """True once a line matches `pattern`; False if the output ended first."""
+        regex = re.compile(pattern)
+        with self.condition:
+            self.condition.wait_for(
+                lambda: self.ended or any(regex.search(line) for line in self.lines), timeout)
+            return any(regex.search(line) for line in self.lines)
+
+    def wait_for_file(self, path, timeout=900):
+        """True once `path` exists; False if the process ended first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(path):
+                return True
+            if self.process.poll() is not None:
+                return os.path.exists(path)
+            time.sleep(0.02)
+        raise TimeoutError(path)
+
+    def elapsed(self):
+        return time.monotonic() - self.started
+
+    def finish(self, timeout=900):
+        """Wait for the exit; returns the status."""
+        self.process.wait(timeout)
+        self.reader.join(timeout)
+        return self.process.returncode
+
+    @property
+    def output(self):
+        with self.condition:
+            return "".join(self.lines)
+
+
+# ----------------------------------------------------------------------------- reference
+
+class Reference:
+    """The uninterrupted 2-epoch run, started in the background when first needed."""
+
+    def __init__(self, root, results):
+        self.results = results
+        self.run = Watched(small_run(root, results))
+        self.folder = os.path.join(results, NAME)
+
+    def result(self):
+        status = self.run.finish()
+        assert status == 0 and "Traceback" not in self.run.output, self.run.output
+        return self.folder
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory):
+    reference = Reference(data_root.require("MNIST"), str(tmp_path_factory.mktemp("reference")))
+    yield reference
+    if reference.run.process.poll() is None:
+        reference.run.process.kill()
+        reference.run.finish()
+
+
+_BACKGROUND = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def start_background_runs(request, data_root, tmp_path_factory):
+    """With the first test of this file, start the reference run and the kill sequence (if
+    selected): they run alongside the other tests, which use few cores each."""
+    needed = set()
+    for item in request.session.items:
+        needed.update(getattr(item, "fixturenames", ()))
+    if not data_root.missing["MNIST"]:
+        if "reference" in needed:
+            request.getfixturevalue("reference")
+        if "kill_sequence" in needed:
+            kill_sequence_future(data_root.path, tmp_path_factory)
+    yield
+    if "kill" in _BACKGROUND:  # never leave its processes behind
+        _BACKGROUND["kill"].exception()
+
+
+@pytest.fixture
+def mnist(data_root):
+    return data_root.require("MNIST")
+
+
+def copy_of_reference(reference, tmp_path):
+    """A copy of the finished reference folder under a new results root."""
+    results = tmp_path / "results"
+    shutil.copytree(reference.result(), results / NAME)
+    return results, str(results / NAME)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_and_run_record_then_load_extends_to_identical_files(mnist, reference,
+                                                                       tmp_path):
+    """1 epoch, then --load --nb_epochs 2: the files equal a straight 2-epoch run's."""
+    results = tmp_path / "results"
+    folder = str(results / NAME)
+    done = cli(small_run(mnist, results, epochs=1))
+    assert_clean(done, 0)
+    meta, arrays = checkpoint_arrays(folder)
+    assert meta["epoch"] == 1 and meta["dtype"] == "float64" and meta["backend"] == "numpy"
+    assert meta["settings"]["eval_interval"] == 50 and meta["settings"]["nb_layers"] == 0
+    for name in ("W0", "b0", "m0", "v0", "m1", "v1"):  # weights, biases, optimiser moments
+        assert name in arrays and numpy.isfinite(arrays[name]).all(), name
+    assert arrays["W0"].shape == arrays["m0"].shape == (784, 784)
+    assert arrays["b0"].shape == arrays["m1"].shape == (784,)
+    for name in STATISTICS:
+        assert arrays[name].shape == (1 + 19,), name
+        assert line_count(os.path.join(folder, name + ".txt")) == 1 + 19
+
+    record = record_of(folder)
+    assert record["status"] == "finished" and record["epochs_done"] == 1
+    for name, value in {"algorithm": "BP", "dataset": "MNIST", "seed": 1, "nb_layers": 0,
+                        "eval_interval": 50, "nb_epochs": 1, "learning_rate": 0.0001,
+                        "orthogonal_reg": 0.0, "dtype": "float64"}.items():
+        assert record["settings"][name] == value, name
+    assert "run.py" in record["command"] and "--nb_epochs 1" in record["command"]
+    assert record["versions"]["numpy"] == numpy.__version__ and "python" in record["versions"]
+    assert "numpy" in record["backend"] and record["dtype"] == "float64"
+    started = datetime.datetime.fromisoformat(record["started"])
+    ended = datetime.datetime.fromisoformat(record["ended"])
+    assert started <= ended
+
+    done = cli(small_run(mnist, results, "--load", epochs=2))
+    assert_clean(done, 0)
+    assert "Resuming" in done.output
+    record = record_of(folder)
+    assert record["status"] == "finished" and record["epochs_done"] == 2
+    assert datetime.datetime.fromisoformat(record["started"]) == started
+    assert len(record["resumed"]) == 1
+    assert checkpoint_arrays(folder)[0]["epoch"] == 2
+    assert_same_as_reference(folder, reference.result())
+
+
+def test_load_rewrites_results_files_left_behind_by_a_kill(reference, mnist, tmp_path):
+    """Killed after the last checkpoint was renamed but before the results files were written:
+    --load of the finished checkpoint brings the results files up to date."""
+    results, folder = copy_of_reference(reference, tmp_path)
+    for name in STATISTICS:  # the epoch-1 state of the results files
+        path = os.path.join(folder, name + ".txt")
+        lines = open(path).read().splitlines(keepends=True)
+        open(path, "w").write("".join(lines[:1 + 19]))
+    numpy.save(os.path.join(folder, "0Lweights.npy"), numpy.zeros((784, 784)))
+    record = record_of(folder)
+    record.update(status="running", epochs_done=1, ended=None)
+    checkpoint.save_json(os.path.join(folder, checkpoint.RUN_RECORD), record)
+    torn = os.path.join(folder, ".checkpoint.npz_x1y2.partial")  # an unfinished write
+    with open(torn, "wb") as file:
+        file.write(b"PK\x03\x04 half a checkpoint")
+    done = cli(small_run(mnist, results, "--load"))
+    assert_clean(done, 0)
+    assert record_of(folder)["status"] == "finished"
+    assert not os.path.exists(torn), "the temporary file of a killed write was left behind"
+    assert_same_as_reference(folder, reference.result())
+
+
+# ----------------------------------------------------------------------------- overwrite, lock
+
+def test_no_silent_overwrite_then_overwrite_starts_afresh(reference, mnist, tmp_path):
+    results, folder = copy_of_reference(reference, tmp_path)
+    root = mnist
+    before = snapshot(folder)
+    done = cli(small_run(root, results))
+    assert_clean(done, 2)
+    assert "--load" in done.stderr and "--overwrite" in done.stderr
+    assert snapshot(folder) == before  # same bytes, same modification times
+
+    record = record_of(folder)
+    record["status"] = "interrupted"
+    checkpoint.save_json(os.path.join(folder, checkpoint.RUN_RECORD), record)
+    before = snapshot(folder)
+    done = cli(small_run(root, results))
+    assert_clean(done, 2)
+    assert "--load" in done.stderr and "--overwrite" in done.stderr
+    assert snapshot(folder) == before
+
+    done = cli(small_run(root, results, "--overwrite", epochs=1))
+    assert_clean(done, 0)
+    record = record_of(folder)
+    assert record["status"] == "finished" and record["epochs_done"] == 1
+    assert "resumed" not in record
+    assert checkpoint_arrays(folder)[0]["epoch"] == 1
+    reference_acc = open(os.path.join(reference.folder, "test_acc.txt")).read().splitlines()
+    ours = open(os.path.join(folder, "test_acc.txt")).read().splitlines()
+    assert ours == reference_acc[:1 + 19]  # a fresh first epoch, the old lines gone
+
+
+def test_second_process_on_a_folder_refuses_and_a_killed_one_frees_it(mnist, tmp_path):
+    results = tmp_path / "results"
+    folder = results / NAME
+    first = Watched(small_run(mnist, results))
+    lock = folder / checkpoint.LOCK
+    deadline = time.monotonic() + 600
+    while not (lock.exists() and lock.read_text().strip() == str(first.process.pid)):
+        assert first.process.poll() is None and time.monotonic() < deadline, first.output
+        time.sleep(0.02)
+    second = cli(small_run(mnist, results))
+    running = first.process.poll() is None
+    assert_clean(second, 1)
+    assert "Another process" in second.stderr and str(folder) in second.stderr
+    assert running, "the second run must refuse at once, not wait for the first"
+
+    assert first.wait_for_file(str(folder / checkpoint.CHECKPOINT))
+    first.process.kill()
+    assert first.finish() == -signal.SIGKILL
+    third = cli(small_run(mnist, results))  # past the lock: refuses to overwrite the run
+    assert_clean(third, 2)
+    assert "Another process" not in third.output and "--load" in third.stderr
+    fourth = cli(small_run(mnist, results, "--load", "--eval_interval", "10"))
+    assert_clean(fourth, 2)  # past the lock: the checkpoint's settings differ
+    assert "Another process" not in fourth.output and "eval_interval" in fourth.stderr
+
+
+# ----------------------------------------------------------------------------- pickles
+
+class Planted:
+    """Unpickling this runs a shell command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def plant(path, marker):
+    """A checkpoint-like .npz whose W0 is a pickled object that would create `marker`."""
+    numpy.savez(path, W0=numpy.array([Planted(f"touch {marker}")], dtype=object),
+                meta=numpy.array(json.dumps({"epoch": 0, "settings": {}})))
+
+
+def test_planted_pickle_in_a_checkpoint_is_refused_and_never_run(tmp_path):
+    results = tmp_path / "results"
+    folder = results / NAME
+    folder.mkdir(parents=True)
+    marker = tmp_path / "code_ran"
+    plant(str(folder / checkpoint.CHECKPOINT), marker)
+    for extra in (["--load"], []):
+        done = cli(SMALL + ["--results_dir", results, "--data_dir", tmp_path / "nodata"] + extra)
+        assert done.returncode == 1, done.output
+        assert "Traceback" not in done.output
+        assert "checkpoint.npz" in done.stderr, done.stderr
+        assert not marker.exists(), "the pickled object was loaded"
+    # --overwrite replaces the unreadable checkpoint without reading it
+    args = run.build_parser().parse_args(SMALL + ["--results_dir", str(results), "--overwrite"])
+    assert run.results_folder(args) == str(folder)
+    assert run.prepare_folder(str(folder), args) is None
+    assert not marker.exists() and not (folder / checkpoint.CHECKPOINT).exists()
+    # the planted file really was dangerous: loading it with pickles runs the command
+    plant(str(tmp_path / "check.npz"), marker)
+    with numpy.load(tmp_path / "check.npz", allow_pickle=True) as stored:
+        stored["W0"]
+    assert marker.exists()
+
+
+def test_planted_pickle_in_layer_files_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+    prefix = str(tmp_path / "0L")
+    numpy.save(prefix + "weights.npy", numpy.array([Planted(f"touch {marker}")], dtype=object),
+               allow_pickle=True)
+    numpy.save(prefix + "biases.npy", numpy.zeros(784))
+    layer = InvLayer(784, seed=1)
+    with pytest.raises(ValueError):
+        layer.load_params(prefix)
+    assert not marker.exists()
+
+
+def test_unreadable_run_record_is_refused_cleanly(tmp_path):
+    results = tmp_path / "results"
+    (results / NAME).mkdir(parents=True)
+    (results / NAME / checkpoint.RUN_RECORD).write_text('{"status": "runn')
+    done = cli(SMALL + ["--results_dir", results, "--load"])
+    assert done.returncode != 0 and "Traceback" not in done.output
+    assert "run.json" in done.stderr, done.stderr
+
+
+# ----------------------------------------------------------------------------- divergence
+
+def test_divergence_stops_with_status_3_and_keeps_checkpoint(mnist, tmp_path):
+    results = tmp_path / "results"
+    done = cli(["--algorithm", "GAIT", "--nb_layers", "1", "--orthogonal_reg", "0.1",
+                "--orthogonal_init", "--learning_rate", "1e200", "--eval_interval", "0",
+                "--nb_epochs", "1", "--data_dir", mnist, "--results_dir", results])
+    assert_clean(done, 3)
+    message = done.stderr
+    assert re.search(r"batch \d+", message) and re.search(r"layer \d+", message), message
+    assert "--learning_rate" in message
+    folder = str(results / "MNIST_GAIT_OrthoInit_0.1OrthoReg_1Seed_1e+200LR_1L")
+    record = record_of(folder)
+    assert record["status"] == "diverged" and "batch" in record["message"]
+    meta, arrays = checkpoint_arrays(folder)
+    assert meta["epoch"] == 0 and numpy.isfinite(arrays["W0"]).all()
+    for name in STATISTICS:  # the statistics so far: the evaluation before training
+        assert line_count(os.path.join(folder, name + ".txt")) == 1
+    for index in (0, 1):
+        assert numpy.isfinite(numpy.load(os.path.join(folder, f"{index}Lweights.npy"))).all()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_load_with_no_run_exits_2_and_writes_nothing(tmp_path):
+    results = tmp_path / "results"
+    done = cli(SMALL + ["--results_dir", results, "--data_dir", tmp_path, "--load"])
+    assert_clean(done, 2)
+    assert "--load" in done.stderr
+    assert not (results / NAME).exists()
+    (results / NAME).mkdir(parents=True)  # a folder that holds no run
+    done = cli(SMALL + ["--results_dir", results, "--data_dir", tmp_path, "--load"])
+    assert_clean(done, 2)
+    assert "--load" in done.stderr and "no run" in done.stderr
+
+
+@pytest.mark.parametrize("extra, word", [(["--eval_interval", "10"], "eval_interval"),
+                                         (["--dtype", "float32"], "dtype"),
+                                         (["--orthogonal_init"], None)])
+def test_load_with_other_settings_exits_2_and_changes_nothing(reference, mnist, tmp_path, extra,
+                                                             word):
+    results, folder = copy_of_reference(reference, tmp_path)
+    if word is None:  # another folder name: nothing to continue
+        word = "--load"
+    before = snapshot(folder)
+    done = cli(small_run(mnist, results, "--load", *extra))
+    assert_clean(done, 2)
+    assert word in done.stderr, done.stderr
+    assert snapshot(folder) == before
+
+
+def test_results_folder_that_cannot_be_created(mnist, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    done = cli(small_run(mnist, blocker / "results"))
+    assert done.returncode != 0 and "Traceback" not in done.output
+    assert str(blocker) in done.stderr, done.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("kept", [("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte")])
+def test_missing_data_files_are_named(mnist, tmp_path, kept):
+    root = tmp_path / "data"
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    source = os.path.join(mnist, "MNIST", "raw")
+    for stem in kept:
+        shutil.copyfile(os.path.join(source, stem + ".gz"), raw / (stem + ".gz"))
+    results = tmp_path / "results"
+    done = cli(small_run(str(root), results), env=NO_NETWORK)
+    assert done.returncode != 0 and "Traceback" not in done.output
+    assert str(raw) in done.stderr, done.stderr
+    for stem in RAW_STEMS:
+        assert (stem in done.stderr) == (stem not in kept), (stem, done.stderr)
+    assert not (results / NAME).exists()  # no empty results folder left behind
+
+
+@pytest.mark.parametrize("damaged", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte"])
+def test_truncated_data_file_is_named(mnist, tmp_path, damaged):
+    source = os.path.join(mnist, "MNIST", "raw")
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    packed = damaged.endswith(".gz")
+    for stem in RAW_STEMS:
+        name = stem + ".gz" if packed else stem
+        if name == damaged:
+            data = open(os.path.join(source, name), "rb").read()
+            (raw / name).write_bytes(data[:len(data) // 2])
+        else:
+            os.symlink(os.path.join(source, name), raw / name)
+    results = tmp_path / "results"
+    done = cli(small_run(str(tmp_path / "data"), results), env=NO_NETWORK)
+    assert done.returncode != 0 and "Traceback" not in done.output
+    assert damaged in done.stderr, done.stderr
+    assert not (results / NAME).exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A mount point for a tmpfs of a chosen size; skips where mounting is not allowed."""
+    mounted = []
+
+    def mount(size_bytes):
+        point = tmp_path / "disk"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
+                               str(point)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs to fill: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_full_disk_at_an_epoch_end_keeps_the_last_checkpoint(reference, mnist, small_disk):
+    """The disk fills while epoch 3 is saved: clean message, the epoch-2 files intact."""
+    source = reference.result()
+    size = sum(os.path.getsize(os.path.join(source, name)) for name in os.listdir(source))
+    disk = small_disk(size + 6 * 2**20)  # room for run.json updates, not a new checkpoint
+    folder = disk / "results" / NAME
+    shutil.copytree(source, folder)
+    before = read_bytes(str(folder), RESULTS + [checkpoint.CHECKPOINT])
+    done = cli(small_run(mnist, disk / "results", "--load", epochs=3))
+    assert done.returncode == 1 and "Traceback" not in done.output, done.output
+    assert "No space left on device" in done.stderr and "--load" in done.stderr, done.stderr
+    assert read_bytes(str(folder), RESULTS + [checkpoint.CHECKPOINT]) == before
+    assert record_of(str(folder))["status"] == "failed"
+    assert not [name for name in os.listdir(folder) if name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("signum, status, delay", [(signal.SIGINT, 130, 0.0),
+                                                   (signal.SIGTERM, 143, 0.0),
+                                                   (signal.SIGINT, 130, 1.0),
+                                                   (signal.SIGTERM, 143, 1.0)])
+def test_signal_before_training_exits_cleanly(mnist, tmp_path, signum, status, delay):
+    """Ctrl-C or SIGTERM while the libraries and the data load: 130 / 143, no traceback."""
+    watched = Watched(small_run(mnist, tmp_path / "results"))
+    assert watched.wait_for_line(r"^Using backend")
+    time.sleep(delay)
+    assert not (tmp_path / "results" / NAME / checkpoint.RUN_RECORD).exists(), "too late"
+    watched.process.send_signal(signum)
+    assert watched.finish() == status, watched.output
+    assert "Traceback" not in watched.output and "unexpected error" not in watched.output
+    assert "before training started" in watched.output, watched.output
+
+
+def process_children(pid):
+    """Pids of the live processes whose parent is `pid` (Linux /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                children.append(int(entry))
+    return children
+
+
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux /proc")
+def test_sigkill_while_reading_data_leaves_no_process_behind(mnist, tmp_path):
+    """The data is read in a child process: it must die with a SIGKILLed run, not block
+    forever on its result, holding the data in memory."""
+    watched = Watched(small_run(mnist, tmp_path / "results"))
+    deadline = time.monotonic() + 600
+    while not (children := process_children(watched.process.pid)):
+        assert watched.process.poll() is None and time.monotonic() < deadline, watched.output
+        time.sleep(0.05)
+    time.sleep(1.0)  # the child is importing torch or reading the files
+    children = process_children(watched.process.pid)
+    watched.process.kill()
+    assert watched.finish(timeout=120) == -signal.SIGKILL
+    deadline = time.monotonic() + 60
+    while any(map(alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in children if alive(pid)]
+    for pid in left:  # do not leave them running after the test
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left behind by the killed run: {left}"
+
+
+# ----------------------------------------------------------------------------- kill test
+
+SEED = 20240601
+PLAN = [  # (phase, signal, output line (regex) or file that starts the clock, delay range in s)
+    ("startup: imports and data loading", signal.SIGKILL, r"^Using backend", (0.0, 1.0)),
+    ("initial evaluation and first checkpoint", signal.SIGKILL, checkpoint.RUN_RECORD, (0.0, 1.5)),
+    ("mid-epoch training and evaluation", signal.SIGKILL, r"batch [3-6]00/1000", (0.0, 2.0)),
+    ("epoch end: checkpoint and results writes", signal.SIGKILL, r"batch 1000/1000", (0.0, 0.3)),
+    ("SIGTERM mid-epoch", signal.SIGTERM, r"batch 200/1000", (0.0, 1.0)),
+    ("just after restoring the checkpoint", signal.SIGKILL, r"^Resuming", (0.0, 0.5)),
+    ("SIGINT in epoch 2", signal.SIGINT, r"epoch 2/2 batch 100/1000", (0.0, 1.0)),
+    ("end of the last epoch: final writes", signal.SIGKILL, r"epoch 2/2 batch 1000/1000",
+     (0.0, 0.3)),
+]
+
+
+def folder_state(folder):
+    """Check that everything in the folder is readable; return the checkpoint's epoch or None."""
+    for name in STATISTICS:
+        path = os.path.join(folder, name + ".txt")
+        if os.path.exists(path):
+            numpy.loadtxt(path, ndmin=1)
+    for name in ("0Lweights.npy", "0Lbiases.npy"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            assert numpy.isfinite(numpy.load(path, allow_pickle=False)).all()
+    if os.path.exists(os.path.join(folder, checkpoint.RUN_RECORD)):
+        record_of(folder)
+    if not os.path.exists(os.path.join(folder, checkpoint.CHECKPOINT)):
+        return None
+    meta, arrays = checkpoint_arrays(folder)
+    for name in STATISTICS:
+        assert len(arrays[name]) == 1 + 19 * meta["epoch"]
+    return meta["epoch"]
+
+
+class KillSequence:
+    """Interrupts a 2-epoch run at the moments of PLAN, resuming with --load each time."""
+
+    def __init__(self, root, results):
+        self.results, self.folder = results, os.path.join(results, NAME)
+        self.args = small_run(root, results)
+        self.rng = random.Random(SEED)
+        self.attempts, self.log = [], []
+        self.load_refused = None
+
+    def has_run(self):
+        return any(os.path.exists(os.path.join(self.folder, name))
+                   for name in (checkpoint.RUN_RECORD, checkpoint.CHECKPOINT))
+
+    def start(self):
+        if self.has_run():
+            return Watched(self.args + ["--load"])
+        if os.path.isdir(self.folder) and self.load_refused is None:
+            # killed before it wrote anything: --load has nothing to continue
+            self.load_refused = cli(self.args + ["--load"])
+        return Watched(self.args)
+
+    def interrupt(self, phase, signum, trigger, delays):
+        before = folder_state(self.folder) if os.path.isdir(self.folder) else None
+        watched = self.start()
+        if not trigger.endswith(".json"):
+            reached = watched.wait_for_line(trigger)
+        else:
+            reached = watched.wait_for_file(os.path.join(self.folder, trigger))
+        delay = self.rng.uniform(*delays)
+        time.sleep(delay)
+        alive = watched.process.poll() is None
+        at = watched.elapsed()
+        if alive:
+            watched.process.send_signal(signum)
+        status = watched.finish()
+        attempt = dict(phase=phase, signal=signal.Signals(signum).name, delay=delay, at=at,
+                       reached=reached, sent=alive, status=status, output=watched.output,
+                       before=before, after=folder_state(self.folder),
+                       record=record_of(self.folder)["status"] if os.path.exists(
+                           os.path.join(self.folder, checkpoint.RUN_RECORD)) else None,
+                       loaded="--load" in watched.process.args)
+        self.log.append(f"kill point {len(self.attempts) + 1}: {attempt['signal']} {phase}, "
+              f"{delay:.3f} s after the trigger ({at:.2f} s into the process, "
+              f"{'sent' if alive else 'process had ended'}), status {status}, checkpoint "
+              f"epoch {before} -> {attempt['after']}")
+        self.attempts.append(attempt)
+
+    def run(self):
+        for phase, signum, trigger, delays in PLAN:
+            self.interrupt(phase, signum, trigger, delays)
+        watched = self.start()
+        self.final_status, self.final_output = watched.finish(), watched.output
+        self.final_loaded = "--load" in watched.process.args
+        return self
+
+
+def kill_sequence_future(root, tmp_path_factory):
+    """The kill sequence, run in a background thread (started once)."""
+    if "kill" not in _BACKGROUND:
+        sequence = KillSequence(root, str(tmp_path_factory.mktemp("killed")))
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        _BACKGROUND["kill"] = executor.submit(sequence.run)
+        executor.shutdown(wait=False)
+    return _BACKGROUND["kill"]
+
+
+@pytest.fixture(scope="module")
+def kill_sequence(data_root, tmp_path_factory):
+    sequence = kill_sequence_future(data_root.require("MNIST"), tmp_path_factory).result()
+    print("\n" + "\n".join(sequence.log))
+    return sequence
+
+
+def test_sigkill_at_random_moments_then_load_is_bit_identical(kill_sequence, reference):
+    sent = [a for a in kill_sequence.attempts if a["signal"] == "SIGKILL" and a["sent"]]
+    assert len(sent) >= 5, [(a["phase"], a["sent"]) for a in kill_sequence.attempts]
+    for attempt in sent:
+        assert attempt["status"] == -signal.SIGKILL, attempt["output"]
+    assert kill_sequence.final_status == 0, kill_sequence.final_output
+    assert kill_sequence.final_loaded
+    for output in [a["output"] for a in kill_sequence.attempts] + [kill_sequence.final_output]:
+        assert "Traceback" not in output
+        assert "Another process" not in output  # a killed run never leaves the lock stuck
+    record = record_of(kill_sequence.folder)
+    assert record["status"] == "finished" and record["epochs_done"] == NB_EPOCHS
+    assert_same_as_reference(kill_sequence.folder, reference.result())
+
+
+def test_every_kill_leaves_a_readable_checkpoint_that_never_goes_back(kill_sequence):
+    epochs = [a["after"] for a in kill_sequence.attempts]
+    known = [epoch for epoch in epochs if epoch is not None]
+    assert known == sorted(known), epochs
+    assert epochs[0] is None  # killed while loading data: nothing written yet
+    assert 0 in known and 1 in known, epochs  # resumed from the initial and the epoch-1 ones
+    refused = kill_sequence.load_refused
+    if refused is not None:  # --load on a folder with nothing in it: a clean refusal
+        assert_clean(refused, 2)
+        assert "--load" in refused.output
+    leftovers = [name for name in os.listdir(kill_sequence.folder) if name.endswith(".partial")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_stops_at_a_batch_boundary_and_says_how_to_resume(kill_sequence, name, status):
+    attempt = next(a for a in kill_sequence.attempts if a["signal"] == name)
+    assert attempt["sent"], attempt["output"]
+    assert attempt["status"] == status, attempt["output"]
+    assert "Traceback" not in attempt["output"]
+    assert "--load" in attempt["output"] and "Resume with" in attempt["output"]
+    assert attempt["record"] == "interrupted"
+    # the checkpoint is the one of the last completed epoch, as the message says
+    epoch = attempt["after"]
+    assert epoch is not None and epoch >= attempt["before"]
+    assert f"Stopped during epoch {epoch + 1}" in attempt["output"], attempt["output"]
+    assert f"checkpoint after epoch {epoch}" in attempt["output"]
