@@ -26,10 +26,14 @@ def _stop_before_training(signum, frame):
     print(f"\nrun.py: {signal.Signals(signum).name} received before training started: stopped. "
           f"Nothing was trained since the last checkpoint; run the command again (with --load "
           f"if the results folder holds a run) to go on.", file=sys.stderr, flush=True)
-    if "multiprocessing" in sys.modules:
-        for child in sys.modules["multiprocessing"].active_children():
+    # The signal may land inside `import multiprocessing`: a module only partly initialised
+    # has no active_children yet, and then no child has been started either.
+    active_children = getattr(sys.modules.get("multiprocessing.process"), "active_children", None)
+    try:
+        for child in active_children() if active_children else ():
             child.kill()
-    os._exit(130 if signum == signal.SIGINT else 143)
+    finally:
+        os._exit(130 if signum == signal.SIGINT else 143)
 
 
 if __name__ == "__main__":  # installed before the slow imports below

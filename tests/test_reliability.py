@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -517,6 +518,20 @@ def test_signal_before_training_exits_cleanly(mnist, tmp_path, signum, status, d
     assert watched.finish() == status, watched.output
     assert "Traceback" not in watched.output and "unexpected error" not in watched.output
     assert "before training started" in watched.output, watched.output
+
+
+def test_signal_inside_the_multiprocessing_import_exits_cleanly():
+    """The handler when the signal lands while `multiprocessing` is half imported (a module
+    in sys.modules without active_children yet): still status 143, no traceback."""
+    code = ("import signal, sys, types\n"
+            "import run\n"
+            "for name in ('multiprocessing', 'multiprocessing.process'):\n"
+            "    sys.modules[name] = types.ModuleType(name)\n"
+            "run._stop_before_training(signal.SIGTERM, None)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(checkpoint.__file__),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr and "before training started" in done.stderr
 
 
 def process_children(pid):
