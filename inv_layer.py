@@ -21,8 +21,8 @@ def initial_weights(nb_units, seed=None, orthogonal_init=False):
 class InvLayer:
     """An invertible square layer with leaky-ReLU (or linear) transfer.
 
-    Forward: h = f(x @ W + b). Inverse: x = (f^-1(h) - b) @ inv(W), through an LU
-    factorisation of W that is recomputed whenever W changes, so it is always exact.
+    Forward: h = f(x @ W + b). Inverse: x = (f^-1(h) - b) @ inv(W), by an LU solve against
+    the current W, so it is always exact.
     """
 
     def __init__(self, nb_units, seed=None, orthogonal_init=False, linear=False):
@@ -32,30 +32,21 @@ class InvLayer:
         self.weight_matrix = backend.to_device(initial_weights(nb_units, seed, orthogonal_init))
         self.biases = backend.to_device(numpy.zeros(nb_units))
 
-    @property
-    def weight_matrix(self):
-        """W, (units, units): W[i, j] is the weight from input unit i to output unit j."""
-        return self._weight_matrix
-
-    @weight_matrix.setter
-    def weight_matrix(self, value):
-        self._weight_matrix = value
-        self.weights_changed()
-
-    def weights_changed(self):
-        """Forget the factorisation of W after W was changed in place."""
-        self._factors = None
-
     def update_inverse(self):
-        """Factorise the current W, so that `inverse` is exact for it."""
-        self._factors = backend.lu_factor(self._weight_matrix)
+        """Check that the current W can be inverted, so that `inverse` is exact for it.
+
+        Raises numpy.linalg.LinAlgError (or CuPy's) for a singular W.
+        """
+        xp = backend.array_module(self.weight_matrix)
+        probe = xp.eye(1, self.nb_units, dtype=self.weight_matrix.dtype)
+        backend.solve_right(self.weight_matrix, probe)
 
     def forward(self, x, columns=None):
         """h = f(x @ W + b), computed in place in the product's own array.
 
         `columns` (an int c) computes only the first c output units: f(x @ W[:, :c] + b[:c]).
         """
-        weights, biases = self._weight_matrix, self.biases
+        weights, biases = self.weight_matrix, self.biases
         if columns is not None:
             weights, biases = weights[:, :columns], biases[:columns]
         activity = x @ weights
@@ -63,10 +54,8 @@ class InvLayer:
         return utils.transfer(activity, self.linear, out=activity)
 
     def apply_inverse_weights(self, y):
-        """y @ inv(W), by solving with the LU factors of W (never forming inv(W))."""
-        if self._factors is None:
-            self.update_inverse()
-        return backend.solve_right(self._factors, y)
+        """y @ inv(W), by an LU solve against the current W (never forming inv(W))."""
+        return backend.solve_right(self.weight_matrix, y)
 
     def inverse(self, h):
         """x = (f^-1(h) - b) @ inv(W), so that inverse(forward(x)) == x."""
@@ -85,11 +74,11 @@ class InvLayer:
 
         O = W @ W.T with its diagonal set to zero; the scale is applied to O, not to the product.
         """
-        xp = backend.array_module(self._weight_matrix)
-        gram = self._weight_matrix @ self._weight_matrix.T
+        xp = backend.array_module(self.weight_matrix)
+        gram = self.weight_matrix @ self.weight_matrix.T
         xp.fill_diagonal(gram, 0.0)
         gram *= 4.0 * scale
-        return gram @ self._weight_matrix
+        return gram @ self.weight_matrix
 
     def directions(self, inputs, local_errors, ortho_weighting=0.0):
         """Update directions (-grad_W, -grad_b) from this layer's inputs x and d = g * e.
@@ -104,7 +93,7 @@ class InvLayer:
 
     def save_params(self, prefix):
         """Write `prefix + "weights.npy"` and `prefix + "biases.npy"` (host NumPy arrays)."""
-        numpy.save(prefix + "weights.npy", backend.to_host(self._weight_matrix))
+        numpy.save(prefix + "weights.npy", backend.to_host(self.weight_matrix))
         numpy.save(prefix + "biases.npy", backend.to_host(self.biases))
 
     def load_params(self, prefix):

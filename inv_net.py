@@ -163,11 +163,9 @@ class InvNet:
             self.optimizer = MomentOptimizer(self.parameters())
         directions = [d for pair in zip(weight_directions, bias_directions) for d in pair]
         self.optimizer.step(self.parameters(), directions, learning_rate)
-        for layer in self.layers:
-            layer.weights_changed()
 
     def update_inverse_model(self):
-        """Refactorise every layer, so that every inverse is exact for the current weights."""
+        """Check every layer's W can be inverted (inverses always solve against the current W)."""
         for layer in self.layers:
             layer.update_inverse()
 

@@ -3,6 +3,8 @@ import math
 import sys
 import time
 
+import numpy
+
 import backend
 from inv_net import output_targets
 from utils import angle_degrees, evaluate, one_hot
@@ -123,8 +125,14 @@ def train_step(net, algorithm, images, one_hot_labels, settings, statistics, epo
     """
     forward = net.forward_pass(images)
     targets = output_targets(forward[-1], one_hot_labels)
-    weight_directions, bias_directions = getattr(net, RULES[algorithm])(
-        forward, targets, settings["orthogonal_reg"])
+    try:
+        weight_directions, bias_directions = getattr(net, RULES[algorithm])(
+            forward, targets, settings["orthogonal_reg"])
+    except numpy.linalg.LinAlgError as error:
+        raise Diverged(f"Training diverged at epoch {epoch + 1}, batch {batch_index}: a layer's "
+                       f"weights are singular and cannot be inverted ({error}). Try a smaller "
+                       f"--learning_rate, or a larger --orthogonal_reg, which keeps the weights "
+                       f"well conditioned.") from None
     if settings["log_alignment"] and batch_index % settings["log_alignment"] == 0:
         statistics.alignment.append([epoch, batch_index]
                                     + alignment_with_bp(net, algorithm, forward, targets))
