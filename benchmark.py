@@ -7,7 +7,9 @@ matrix-product rate at the package's sizes, the milliseconds per training step o
 GAIT and TP (square network of 4 hidden layers, and the tower), the seconds per
 evaluation of both sets, the implied seconds per epoch, and each phase's efficiency:
 its floating-point operations (matrix products and LU factorisations) divided by its
-time, as a fraction of the measured matrix-product rate. Then the peak resident memory.
+time, as a fraction of the matrix-product rate at the sizes that phase uses (a training
+step: products of a batch of 60 with a 784 x 784 matrix; an evaluation: a chunk of rows
+times a 784 x 784 matrix). Then the peak resident memory of the process.
 
     ./benchmark.py [--backend numpy|cupy] [--dtype float64 float32] [--json FILE]
 """
@@ -17,9 +19,8 @@ import statistics as stats
 import sys
 import time
 
+import backend  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS
 import numpy
-
-import backend
 import training
 from inv_net import SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot, peak_memory_mb
@@ -42,13 +43,25 @@ def median_seconds(work, repeats, inner=1):
     return stats.median(times)
 
 
-def matmul_rate(rows, repeats):
-    """GFLOP/s of (rows, 784) @ (784, 784) in the selected backend and dtype."""
+def matmul_rates(repeats):
+    """GFLOP/s of the products the package runs, by name, in the selected backend and dtype.
+
+    A training step's three shapes on a batch of 60 (forward x @ W, BP's pass-down
+    d @ W.T, the gradient x.T @ d) and an evaluation chunk's (rows, 784) @ (784, 784).
+    """
     generator = numpy.random.RandomState(0)
-    a = backend.to_device(generator.rand(rows, UNITS))
-    b = backend.to_device(generator.rand(UNITS, UNITS))
-    inner = max(1, 20000 // rows)
-    return 2 * rows * UNITS * UNITS / median_seconds(lambda: a @ b, repeats, inner) / 1e9
+    rows = backend.evaluation_rows()
+    batch = backend.to_device(generator.rand(BATCH, UNITS))
+    errors = backend.to_device(generator.rand(BATCH, UNITS))  # not batch: a.T @ a is half the work
+    chunk = backend.to_device(generator.rand(rows, UNITS))
+    weights = backend.to_device(generator.rand(UNITS, UNITS))
+    products = {"60x784 @ 784x784": (lambda: batch @ weights, BATCH),
+                "60x784 @ (784x784).T": (lambda: batch @ weights.T, BATCH),
+                "(60x784).T @ 60x784": (lambda: batch.T @ errors, BATCH),
+                f"{rows}x784 @ 784x784": (lambda: chunk @ weights, rows)}
+    return {name: 2 * size * UNITS * UNITS / 1e9
+            / median_seconds(product, repeats, max(1, 20000 // size))
+            for name, (product, size) in products.items()}
 
 
 def step_flops(widths, rule, ortho_weighting=0.0):
@@ -99,11 +112,18 @@ def time_evaluation(net, repeats):
 
 
 def measure(dtype, repeats):
-    """Every figure for one dtype, as a dict."""
+    """Every figure for one dtype, as a dict.
+
+    Two limits: `batch_gflops`, the median rate of the three batch-of-60 product shapes,
+    bounds a training step; `chunk_gflops`, the rate of an evaluation chunk's product
+    (the large-product rate), bounds an evaluation.
+    """
     backend.select(backend.name(), backend.device() or 0, dtype)
-    peak = matmul_rate(4096, repeats)
-    result = {"dtype": dtype, "matmul_gflops": {"60x784x784": matmul_rate(BATCH, repeats),
-                                                 "4096x784x784": peak}, "networks": {}}
+    rates = matmul_rates(repeats)
+    batch_rate = stats.median(list(rates.values())[:3])
+    chunk_rate = list(rates.values())[3]
+    result = {"dtype": dtype, "matmul_gflops": rates, "batch_gflops": batch_rate,
+              "chunk_gflops": chunk_rate, "networks": {}}
     for label, net, widths in (("square, 4 hidden", SquareInvNet(UNITS, 4, 1, True), [UNITS] * 6),
                                ("tower", TowerInvNet([UNITS, 784, 500, 200, 10], 1, True),
                                 [UNITS, 784, 500, 200, 10])):
@@ -113,32 +133,36 @@ def measure(dtype, repeats):
             flops = step_flops(widths, rule, ortho_weighting)
             name = rule + (f" lambda={ortho_weighting}" if ortho_weighting else "")
             rows[name] = {"ms_per_step": seconds * 1e3, "gflop": flops / 1e9,
-                          "efficiency": flops / seconds / 1e9 / peak}
+                          "efficiency": flops / seconds / 1e9 / batch_rate}
         evaluation = time_evaluation(net, max(3, repeats // 2))
         eval_flops = evaluation_flops(widths, TRAIN + TEST)
         for row in rows.values():
             step_s = row["ms_per_step"] / 1e3
             row["s_per_epoch_published"] = 1000 * step_s + EVALS_PER_EPOCH * evaluation
             row["s_per_epoch_interval0"] = 1000 * step_s + evaluation
+        bp_seconds = rows["BP"]["ms_per_step"] / 1e3
+        bp_gflop = step_flops(widths, "BP") / 1e9
         result["networks"][label] = {
             "steps": rows, "s_per_evaluation": evaluation,
-            "evaluation_efficiency": eval_flops / evaluation / 1e9 / peak,
-            "bp_step_vs_flop_limit": rows["BP"]["ms_per_step"] / 1e3
-            / (step_flops(widths, "BP") / peak / 1e9)}
+            "evaluation_efficiency": eval_flops / evaluation / 1e9 / chunk_rate,
+            "bp_step_vs_flop_limit": bp_seconds / (bp_gflop / batch_rate),
+            "bp_step_vs_chunk_rate": bp_seconds / (bp_gflop / chunk_rate)}
     return result
 
 
 def print_table(results):
     """The figures as a plain-text table."""
     for result in results:
-        rates = result["matmul_gflops"]
-        print(f"\n{result['dtype']}: matrix products {rates['60x784x784']:.1f} GFLOP/s at "
-              f"60x784x784, {rates['4096x784x784']:.1f} GFLOP/s at 4096x784x784 (the limit)")
+        print(f"\n{result['dtype']}: matrix products, GFLOP/s: "
+              + ", ".join(f"{name} {rate:.1f}" for name, rate in result["matmul_gflops"].items()))
+        print(f"  limits: a training step's products {result['batch_gflops']:.1f} GFLOP/s (median "
+              f"of the three batch shapes), an evaluation's {result['chunk_gflops']:.1f} GFLOP/s")
         for label, network in result["networks"].items():
             print(f"  {label}: evaluation of 60,000 + 10,000 samples "
                   f"{network['s_per_evaluation']:.3f} s "
-                  f"({network['evaluation_efficiency']:.0%} of the limit); BP step "
-                  f"{network['bp_step_vs_flop_limit']:.2f} x its flop limit")
+                  f"({network['evaluation_efficiency']:.0%} of its limit); BP step "
+                  f"{network['bp_step_vs_flop_limit']:.2f} x its flop limit "
+                  f"({network['bp_step_vs_chunk_rate']:.2f} x at the evaluation's rate)")
             print(f"    {'rule':<15}{'ms/step':>9}{'x BP':>7}{'GFLOP':>8}{'eff.':>7}"
                   f"{'s/epoch (published cadence)':>30}{'s/epoch (interval 0)':>23}")
             bp = network["steps"]["BP"]["ms_per_step"]

@@ -50,8 +50,13 @@ class InvLayer:
         if columns is not None:
             weights, biases = weights[:, :columns], biases[:columns]
         activity = x @ weights
-        activity += biases
-        return utils.transfer(activity, self.linear, out=activity)
+
+        def add_biases_and_transfer(blocks):
+            for block in blocks:
+                block += biases
+                utils.transfer(block, self.linear, out=block)
+        backend.in_shares(backend.row_blocks(activity), add_biases_and_transfer)
+        return activity
 
     def apply_inverse_weights(self, y):
         """y @ inv(W), by an LU solve against the current W (never forming inv(W))."""

@@ -26,15 +26,23 @@ class MomentOptimizer:
         self.second_moments = [xp.zeros_like(p) for p in parameters]
 
     def step(self, parameters, directions, learning_rate):
-        """Apply one step to every parameter array, in place."""
+        """Apply one step to every parameter array, in place; blocks shared among threads
+        (`backend.in_shares`), each block's passes in that thread's own scratch."""
         xp = backend.array_module(parameters[0])
+        blocks = []
         for p, u, m, v in zip(parameters, directions, self.first_moments, self.second_moments):
             rows = backend.block_rows(p)
-            scratch = xp.empty((2,) + p[:rows].shape, dtype=p.dtype)
-            for start in range(0, len(p), rows):
-                block = slice(start, start + rows)
-                self._step_block(xp, p[block], u[block], m[block], v[block], learning_rate,
-                                 scratch[:, :len(p[block])])
+            blocks += [(p[start:start + rows], u[start:start + rows], m[start:start + rows],
+                        v[start:start + rows]) for start in range(0, len(p), rows)]
+
+        def step_blocks(share):
+            largest = max(block[0].size for block in share)
+            scratch = xp.empty((2, largest), dtype=parameters[0].dtype)
+            for p, u, m, v in share:
+                self._step_block(xp, p, u, m, v, learning_rate,
+                                 scratch[:, :p.size].reshape((2,) + p.shape))
+
+        backend.in_shares(blocks, step_blocks)
 
     @staticmethod
     def _step_block(xp, p, u, m, v, learning_rate, scratch):

@@ -223,8 +223,9 @@ def angle_degrees(a, b):
     return float(numpy.degrees(numpy.arccos(numpy.clip(cosine, -1.0, 1.0))))
 
 
-def evaluate(net, images, labels, chunk_size=10000):
-    """(accuracy, loss) of `net` on a whole data set, evaluated in chunks of rows.
+def evaluate(net, images, labels, chunk_size=None):
+    """(accuracy, loss) of `net` on a whole data set, in chunks of `chunk_size` rows
+    (`backend.evaluation_rows()` by default).
 
     accuracy = mean(argmax of the 10 class outputs == label);
     loss = mean over samples of sum over the 10 class outputs of (output - one_hot)**2.
@@ -232,6 +233,7 @@ def evaluate(net, images, labels, chunk_size=10000):
     """
     xp = backend.array_module(images)
     correct, squared_error = 0, 0.0
+    chunk_size = chunk_size or backend.evaluation_rows()
     for start in range(0, len(images), chunk_size):
         scores = net.class_outputs(images[start:start + chunk_size])
         chunk_labels = labels[start:start + chunk_size]

@@ -1,4 +1,7 @@
 """The backend shim: dtype selection, float32 soundness, CuPy against NumPy (GPU only)."""
+import os
+import threading
+
 import numpy
 import pytest
 
@@ -33,6 +36,66 @@ def directions(rule, dtype, orthogonal, backend_name="numpy"):
     weight_directions, bias_directions = getattr(net, rule)(forward, targets, 0.1)
     assert weight_directions[0].dtype == numpy.dtype(dtype)
     return [backend.to_host(d).astype(numpy.float64) for d in weight_directions + bias_directions]
+
+
+def test_host_threads_follow_affinity_and_blas_limits(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert backend.host_threads() == 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "64")
+    assert backend.host_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert backend.host_threads() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_in_shares_deals_every_item_once(threads):
+    seen = []
+    lock = threading.Lock()
+    together = threading.Barrier(threads, timeout=30)  # broken unless the shares run at once
+
+    def work(share):
+        together.wait()
+        with lock:
+            seen.append((threading.get_ident(), list(share)))
+    backend.in_shares(list(range(20)), work, threads)
+    assert sorted(item for _, share in seen for item in share) == list(range(20))
+    assert len({ident for ident, _ in seen}) == len(seen) == threads
+
+
+def test_in_shares_passes_errors_on():
+    def work(share):
+        if 3 in share:
+            raise ValueError("share with 3")
+    with pytest.raises(ValueError, match="share with 3"):
+        backend.in_shares(list(range(8)), work, 2)
+
+
+def test_row_blocks_cover_the_rows_in_order():
+    big = numpy.arange(3000 * 784.0).reshape(3000, 784)
+    blocks = backend.row_blocks(big)
+    assert len(blocks) > 8 and all(numpy.shares_memory(b, big) for b in blocks)
+    numpy.testing.assert_array_equal(numpy.concatenate(blocks), big)
+    assert len(backend.row_blocks(big[:60])) == 1  # a training batch: one block
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_training_is_bit_identical_to_one_thread(monkeypatch, threads):
+    """Optimiser blocks and the forward pass's bias-and-transfer shared among threads:
+    the same numbers, bit for bit, as one thread (every element sees the same operations)."""
+    results = {}
+    for count in (1, threads):
+        monkeypatch.setattr(backend, "host_threads", lambda count=count: count)
+        net = SquareInvNet(784, 2, start_seed=3)
+        images, labels = batch(4)
+        settings = {"orthogonal_reg": 0.1, "learning_rate": 1e-3, "log_alignment": 0}
+        for step in range(3):
+            training.train_step(net, "GAIT", images, labels, settings, training.Statistics(), 0,
+                                step)
+        chunk = numpy.random.RandomState(5).rand(4096, 784)
+        results[count] = [p.copy() for p in net.parameters()] + [net.class_outputs(chunk)]
+    for single, shared in zip(results[1], results[threads]):
+        numpy.testing.assert_array_equal(single, shared)
 
 
 def test_select_rejects_unknown_dtype_and_missing_gpu(restore_backend):
