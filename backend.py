@@ -117,10 +117,10 @@ def block_rows(array, elements=1 << 15):
     return max(1, elements // max(1, array[0].size))
 
 
-def row_blocks(array, elements=1 << 15):
+def row_blocks(array, elements=1 << 15, fewest=1):
     """`array` cut into views of `block_rows(array, elements)` rows, in order; one view
-    when it holds fewer than 8 blocks' worth (too little work to share among threads)."""
-    rows = block_rows(array, elements) if array.size >= 8 * elements else len(array)
+    when it holds fewer than `fewest` blocks' worth (too little work to share)."""
+    rows = block_rows(array, elements) if array.size >= fewest * elements else len(array)
     return [array[start:start + rows] for start in range(0, len(array), rows)]
 
 
@@ -155,10 +155,13 @@ def in_shares(items, work, threads=None):
         for share in shares:
             work(share)
         return
-    if _state.get("pool_size") != count - 1:
-        _state["pool"] = ThreadPoolExecutor(count - 1, thread_name_prefix="elementwise")
-        _state["pool_size"] = count - 1
-    futures = [_state["pool"].submit(work, share) for share in shares[1:]]
+    workers, pool = _state.get("pool", (0, None))
+    if workers != count - 1:
+        if pool is not None:
+            pool.shutdown(wait=False)
+        pool = ThreadPoolExecutor(count - 1, thread_name_prefix="elementwise")
+        _state["pool"] = (count - 1, pool)
+    futures = [pool.submit(work, share) for share in shares[1:]]
     work(shares[0])
     for future in futures:
         future.result()

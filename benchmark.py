@@ -140,8 +140,7 @@ def measure(dtype, repeats):
             step_s = row["ms_per_step"] / 1e3
             row["s_per_epoch_published"] = 1000 * step_s + EVALS_PER_EPOCH * evaluation
             row["s_per_epoch_interval0"] = 1000 * step_s + evaluation
-        bp_seconds = rows["BP"]["ms_per_step"] / 1e3
-        bp_gflop = step_flops(widths, "BP") / 1e9
+        bp_seconds, bp_gflop = rows["BP"]["ms_per_step"] / 1e3, rows["BP"]["gflop"]
         result["networks"][label] = {
             "steps": rows, "s_per_evaluation": evaluation,
             "evaluation_efficiency": eval_flops / evaluation / 1e9 / chunk_rate,

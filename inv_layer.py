@@ -55,7 +55,7 @@ class InvLayer:
             for block in blocks:
                 block += biases
                 utils.transfer(block, self.linear, out=block)
-        backend.in_shares(backend.row_blocks(activity), add_biases_and_transfer)
+        backend.in_shares(backend.row_blocks(activity, fewest=8), add_biases_and_transfer)
         return activity
 
     def apply_inverse_weights(self, y):

@@ -29,11 +29,9 @@ class MomentOptimizer:
         """Apply one step to every parameter array, in place; blocks shared among threads
         (`backend.in_shares`), each block's passes in that thread's own scratch."""
         xp = backend.array_module(parameters[0])
-        blocks = []
-        for p, u, m, v in zip(parameters, directions, self.first_moments, self.second_moments):
-            rows = backend.block_rows(p)
-            blocks += [(p[start:start + rows], u[start:start + rows], m[start:start + rows],
-                        v[start:start + rows]) for start in range(0, len(p), rows)]
+        blocks = [block for arrays in zip(parameters, directions, self.first_moments,
+                                          self.second_moments)
+                  for block in zip(*map(backend.row_blocks, arrays))]
 
         def step_blocks(share):
             largest = max(block[0].size for block in share)

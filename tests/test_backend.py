@@ -76,7 +76,9 @@ def test_row_blocks_cover_the_rows_in_order():
     blocks = backend.row_blocks(big)
     assert len(blocks) > 8 and all(numpy.shares_memory(b, big) for b in blocks)
     numpy.testing.assert_array_equal(numpy.concatenate(blocks), big)
-    assert len(backend.row_blocks(big[:60])) == 1  # a training batch: one block
+    assert [len(b) for b in backend.row_blocks(big[:60])] == [41, 19]  # 2**15 values a block
+    assert len(backend.row_blocks(big[:60], fewest=8)) == 1  # too little work to share
+    assert len(backend.row_blocks(big, fewest=8)) == len(blocks)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
