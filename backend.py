@@ -5,7 +5,9 @@ Every other module is written once against an array module `xp` that it gets fro
 the host with NumPy and moved to the backend with `to_device`, so a seed gives the same
 network on CPU and GPU.
 """
+import ctypes
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 # After each product OpenBLAS's idle threads spin for about 2**28 cycles, holding the core
@@ -171,7 +173,223 @@ def solve_right(matrix, rhs):
     """`rhs @ inv(matrix)`, by an LU solve of matrix.T z = rhs.T (never forming the inverse).
 
     The array module's own solver is used, so that the LAPACK work runs in the same BLAS
-    library (and thread pool) as the matrix products: SciPy's bundled OpenBLAS, called
-    between NumPy's products, ran 3 to 4 times slower on 2 cores.
+    library (and thread pool) as the matrix products (SciPy's bundled OpenBLAS, called
+    between NumPy's products, was much slower). Raises numpy.linalg.LinAlgError for a
+    singular matrix on both backends (CuPy checks only when asked, at the cost of a wait).
     """
-    return array_module(rhs).linalg.solve(matrix.T, rhs.T).T
+    xp = array_module(rhs)
+    if xp is numpy:
+        return numpy.linalg.solve(matrix.T, rhs.T).T
+    import cupyx
+    with cupyx.errstate(linalg="raise"):
+        return xp.linalg.solve(matrix.T, rhs.T).T
+
+
+def _cublas():
+    """The cuBLAS library CuPy loaded, through ctypes, with a workspace of its own set on
+    CuPy's handle; None where that fails or a trial product disagrees with CuPy's.
+
+    CuPy refuses any cuBLAS call while a stream is captured into a CUDA graph (its
+    setStream raises); cuBLAS itself supports capture. Products called here directly are
+    captured, and cost the host less than CuPy's matmul.
+    """
+    if "cublas" in _state:
+        return _state["cublas"]
+    _state["cublas"] = None
+    cupy = _state["xp"]
+    try:
+        handle = cupy.cuda.device.get_cublas_handle()
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            path = next(line.split()[-1] for line in maps
+                        if "/libcublas.so" in line and "libcublasLt" not in line)
+        library = ctypes.CDLL(path)
+        for name, scalar in (("cublasDgemm_v2", ctypes.c_double),
+                             ("cublasSgemm_v2", ctypes.c_float)):
+            function = getattr(library, name)
+            function.restype = ctypes.c_int
+            function.argtypes = ([ctypes.c_void_p] + [ctypes.c_int] * 5
+                                 + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int,
+                                    ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(scalar),
+                                    ctypes.c_void_p, ctypes.c_int])
+        library.cublasSetStream_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        library.cublasSetPointerMode_v2.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        library.cublasSetWorkspace_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
+                                                  ctypes.c_size_t]
+        workspace = cupy.empty(32 << 20, dtype=numpy.uint8)
+        if library.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes):
+            return None
+        candidate = {"library": library, "handle": handle, "workspace": workspace}
+        _state["cublas"] = candidate
+        generator = numpy.random.RandomState(0)
+        for dtype in (numpy.float64, numpy.float32):
+            a = cupy.asarray(generator.randn(70, 50), dtype=dtype)
+            b = cupy.asarray(generator.randn(50, 40), dtype=dtype)
+            tolerance = 100 * numpy.finfo(dtype).eps
+            for left, right in ((a, b), (a.T.copy().T, b), (a, b.T.copy().T),
+                                (a[:, :30], b[:30]), (b.T, a.T)):
+                expected = left.__matmul__(right)
+                error = float(cupy.abs(matmul(left, right) - expected).max())
+                if not error <= tolerance * float(cupy.abs(expected).max()):
+                    raise RuntimeError(f"trial product off by {error}")
+    except Exception as error:  # no such library or function, or a wrong result: CuPy's matmul
+        print(f"note: direct cuBLAS products unavailable ({error!r}); using CuPy's matmul, "
+              f"without CUDA graphs.", file=sys.stderr)
+        _state["cublas"] = None
+    return _state["cublas"]
+
+
+def _stored(array):
+    """(operation, leading dimension, array) that present `array`'s transpose to a column-major
+    BLAS: row-major rows are column-major columns. A copy where the strides allow neither."""
+    size = array.itemsize
+    rows, columns = array.shape
+    if array.strides[1] == size and array.strides[0] >= max(1, columns) * size:
+        return 0, array.strides[0] // size, array  # as stored: the transpose, untransposed
+    if array.strides[0] == size and array.strides[1] >= max(1, rows) * size:
+        return 1, array.strides[1] // size, array  # stored as itself: transpose it
+    array = array_module(array).ascontiguousarray(array)
+    return 0, max(1, columns), array
+
+
+def gemm_plan(left, right):
+    """The column-major gemm that computes left @ right into a C-contiguous result C:
+    (transa, transb, m, n, k, a, lda, b, ldb, ldc) for C^T = right^T left^T (op 0 = as
+    stored, 1 = transposed; a and b the arrays whose memory the gemm reads)."""
+    rows, inner = left.shape
+    columns = right.shape[1]
+    left_operation, left_stride, left = _stored(left)
+    right_operation, right_stride, right = _stored(right)
+    return (right_operation, left_operation, columns, rows, inner, right, right_stride, left,
+            left_stride, columns)
+
+
+def matmul(left, right):
+    """left @ right for 2-d arrays. On a GPU by cuBLAS's gemm called directly (see `_cublas`):
+    C = A B is computed as the column-major C^T = B^T A^T, with no copies of transposed views."""
+    xp = array_module(left)
+    cublas = None if xp is numpy else _cublas()
+    if cublas is None or left.dtype != right.dtype or left.dtype.type not in _GEMM or not (
+            left.size and right.size):
+        return left @ right
+    transa, transb, m, n, k, a, lda, b, ldb, ldc = gemm_plan(left, right)
+    out = xp.empty((left.shape[0], right.shape[1]), dtype=left.dtype)
+    name, scalar = _GEMM[left.dtype.type]
+    library = cublas["library"]
+    library.cublasSetStream_v2(cublas["handle"], xp.cuda.get_current_stream().ptr)
+    library.cublasSetPointerMode_v2(cublas["handle"], 0)  # scalars from the host
+    status = getattr(library, name)(
+        cublas["handle"], transa, transb, m, n, k, ctypes.byref(scalar(1.0)), a.data.ptr, lda,
+        b.data.ptr, ldb, ctypes.byref(scalar(0.0)), out.data.ptr, ldc)
+    if status:
+        raise RuntimeError(f"cuBLAS gemm failed with status {status}")
+    return out
+
+
+_GEMM = {numpy.float64: ("cublasDgemm_v2", ctypes.c_double),
+         numpy.float32: ("cublasSgemm_v2", ctypes.c_float)}
+
+
+def zero_diagonal(matrix):
+    """Set the diagonal of a square C-contiguous matrix to 0, in place (a strided view)."""
+    matrix.reshape(-1)[::matrix.shape[0] + 1] = 0
+
+
+# ----------------------------------------------------------------------------- fused work
+
+class Fused:
+    """One elementwise computation, written for each backend side by side.
+
+    `host(*arguments)` runs on NumPy arrays (None: the caller handles the host). On CuPy arrays the CUDA statements `operation`
+    run as one kernel (`cupy.ElementwiseKernel(in_params, out_params, operation, name)`,
+    compiled on first use): outputs given as arguments are updated in place; inputs
+    broadcast. The kernel is compiled without FMA contraction (--fmad=false), so that each
+    operation rounds as the separate NumPy operations do: both backends give the same bits.
+    """
+
+    def __init__(self, host, in_params, out_params, operation, name):
+        self.host = host
+        self.specification = (in_params, out_params, operation, name)
+        self.kernel = None
+
+    def __call__(self, *arguments, **options):
+        if array_module(arguments[0]) is numpy:
+            return self.host(*arguments)
+        if self.kernel is None:
+            in_params, out_params, operation, name = self.specification
+            self.kernel = _state["xp"].ElementwiseKernel(in_params, out_params, operation,
+                                                         name, options=("--fmad=false",))
+        return self.kernel(*arguments, **options)
+
+
+def sum_of_squares(array):
+    """sum(array**2) as a 0-d array of the array's backend (no wait for the GPU). On a GPU in
+    two passes, row sums then their sum: one reduction kernel would use one block."""
+    xp = array_module(array)
+    if xp is numpy:
+        flat = array.reshape(-1)
+        return numpy.asarray(numpy.dot(flat, flat))
+    if "sum_of_squares" not in _state:
+        _state["sum_of_squares"] = xp.ReductionKernel(
+            "T x", "T y", "x * x", "a + b", "y = a", "0", "sum_of_squares")
+    rows = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(1, -1)
+    return _state["sum_of_squares"](rows, axis=1).sum()
+
+
+# ----------------------------------------------------------------------------- CUDA graphs
+
+def gpu_name():
+    """The selected GPU's name (e.g. 'NVIDIA H200'), or 'cpu'."""
+    if _state["device"] is None:
+        return "cpu"
+    cupy = _state["xp"]
+    name = cupy.cuda.runtime.getDeviceProperties(_state["device"])["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class Graph:
+    """Work captured once on the GPU as a CUDA graph and replayed by `launch()`.
+
+    `capture(work)` runs nothing: it records the kernels that `work()` queues (the array
+    operations, cuBLAS products) and returns a Graph, or None on the host. Its temporary
+    arrays come from a memory pool of its own, kept as long as the graph, so that no other
+    array ever shares their addresses. It is captured on a stream of its own (capture is
+    not possible on the default stream) and replayed on the current stream. Products must
+    go through `matmul` (CuPy's own cuBLAS calls refuse to be captured). Every address is fixed at capture: `work` must read
+    its inputs from arrays that exist before the capture (copy new data into them before
+    each launch) and update its outputs in place, and must not wait for the GPU.
+    """
+
+    def __init__(self, graph, pool, stream):
+        self.graph, self.pool, self.stream = graph, pool, stream
+
+    @staticmethod
+    def capture(work):
+        cupy = _state["xp"]
+        if cupy is numpy:
+            return None
+        _cublas()  # its trial products cannot run during a capture
+        pool, stream = cupy.cuda.MemoryPool(), cupy.cuda.Stream()
+        with cupy.cuda.using_allocator(pool.malloc), stream:
+            stream.begin_capture()
+            try:
+                work()
+            finally:
+                graph = stream.end_capture()
+        return Graph(graph, pool, stream)
+
+    def launch(self):
+        """Queue one replay of the captured work on the current stream, after what is queued."""
+        self.graph.launch()
+
+
+def replay_milliseconds(graph, replays):
+    """GPU milliseconds per replay of a Graph, between CUDA events around `replays` replays."""
+    cupy = _state["xp"]
+    graph.launch()
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(replays):
+        graph.launch()
+    stop.record()
+    stop.synchronize()
+    return cupy.cuda.get_elapsed_time(start, stop) / replays

@@ -7,17 +7,47 @@ input; the per-layer update they share is `_directions`.
 """
 import os
 
+import numpy
+
 import backend
 from inv_layer import InvLayer
 from utils import NB_CLASSES
+
+
+def _moment_step_on_host(u, learning_rate, p, m, v, scratch):
+    """The update of one block of rows, in place, with two scratch arrays of its shape."""
+    first, second = scratch[0], scratch[1]
+    m *= 0.9
+    numpy.multiply(u, 0.1, out=first)
+    m += first
+    v *= 0.99
+    numpy.multiply(u, u, out=first)
+    first *= 0.01
+    v += first
+    numpy.sqrt(v, out=first)
+    first += 1e-8
+    numpy.multiply(m, learning_rate, out=second)
+    second /= first
+    p += second
+
+
+_MOMENT_UPDATE = ("m = m * (T)0.9 + u * (T)0.1; v = v * (T)0.99 + u * u * (T)0.01; "
+                  "p = p + m * lr / (sqrt(v) + (T)1e-8)")
+# On a GPU: one kernel per parameter array. The guarded kernel updates nothing once a step
+# of the guard's window has failed its checks (guard[1] >= 0): see training.StepRunner.
+_MOMENT_STEP = backend.Fused(None, "T u, T lr", "T p, T m, T v", _MOMENT_UPDATE, "moment_step")
+_GUARDED_MOMENT_STEP = backend.Fused(None, "T u, T lr, raw int64 guard", "T p, T m, T v",
+                                     f"if (guard[1] < 0) {{ {_MOMENT_UPDATE}; }}",
+                                     "guarded_moment_step")
 
 
 class MomentOptimizer:
     """Adam-like steps without bias correction, one pair of moments per parameter array.
 
     m = 0.9 m + 0.1 u;  v = 0.99 v + 0.01 u**2;  p = p + lr * m / (1e-8 + sqrt(v)).
-    Computed in place, block by block of rows (`backend.block_rows`), so that the several
-    passes of each block run in cache: bit-identical to the formula written as one line.
+    In place: on the host block by block of rows (`backend.block_rows`), so that the
+    several passes of each block run in cache; on a GPU one kernel per array. Both are
+    bit-identical to the formula written as one line.
     """
 
     def __init__(self, parameters):
@@ -25,39 +55,49 @@ class MomentOptimizer:
         self.first_moments = [xp.zeros_like(p) for p in parameters]
         self.second_moments = [xp.zeros_like(p) for p in parameters]
 
-    def step(self, parameters, directions, learning_rate):
-        """Apply one step to every parameter array, in place; blocks shared among threads
-        (`backend.in_shares`), each block's passes in that thread's own scratch."""
+    def step(self, parameters, directions, learning_rate, guard=None):
+        """Apply one step to every parameter array, in place.
+
+        Host: blocks shared among threads (`backend.in_shares`), each block's passes in that
+        thread's own scratch. `guard` (see training.StepRunner): skip the step if the
+        guard's window has failed.
+        """
         xp = backend.array_module(parameters[0])
-        blocks = [block for arrays in zip(parameters, directions, self.first_moments,
-                                          self.second_moments)
-                  for block in zip(*map(backend.row_blocks, arrays))]
+        arrays = list(zip(parameters, directions, self.first_moments, self.second_moments))
+        if xp is not numpy:
+            dtype = parameters[0].dtype.type
+            for p, u, m, v in arrays:
+                if guard is None:
+                    _MOMENT_STEP(u, dtype(learning_rate), p, m, v)
+                else:
+                    _GUARDED_MOMENT_STEP(u, dtype(learning_rate), guard, p, m, v)
+            return
+        if guard is not None and guard[1] >= 0:
+            return
+        blocks = [block for quadruple in arrays for block in zip(*map(backend.row_blocks,
+                                                                      quadruple))]
 
         def step_blocks(share):
             largest = max(block[0].size for block in share)
-            scratch = xp.empty((2, largest), dtype=parameters[0].dtype)
+            scratch = numpy.empty((2, largest), dtype=parameters[0].dtype)
             for p, u, m, v in share:
-                self._step_block(xp, p, u, m, v, learning_rate,
-                                 scratch[:, :p.size].reshape((2,) + p.shape))
+                _moment_step_on_host(u, learning_rate, p, m, v,
+                                     scratch[:, :p.size].reshape((2,) + p.shape))
 
         backend.in_shares(blocks, step_blocks)
 
-    @staticmethod
-    def _step_block(xp, p, u, m, v, learning_rate, scratch):
-        """The update of one block of rows, in place, with two scratch arrays of its shape."""
-        first, second = scratch[0], scratch[1]
-        m *= 0.9
-        xp.multiply(u, 0.1, out=first)
-        m += first
-        v *= 0.99
-        xp.multiply(u, u, out=first)
-        first *= 0.01
-        v += first
-        xp.sqrt(v, out=first)
-        first += 1e-8
-        xp.multiply(m, learning_rate, out=second)
-        second /= first
-        p += second
+    def state(self):
+        """{"m0": ..., "v0": ..., "m1": ...}: the moments of parameter j (the arrays themselves)."""
+        state = {}
+        for index, (m, v) in enumerate(zip(self.first_moments, self.second_moments)):
+            state[f"m{index}"], state[f"v{index}"] = m, v
+        return state
+
+    def set_state(self, state):
+        """Copy moments named as in `state()` (host or device arrays) into this optimiser."""
+        for index in range(len(self.first_moments)):
+            self.first_moments[index] = backend.to_device(backend.to_host(state[f"m{index}"]))
+            self.second_moments[index] = backend.to_device(backend.to_host(state[f"v{index}"]))
 
 
 def output_targets(output, one_hot_labels):
@@ -123,7 +163,7 @@ class InvNet:
         for index in reversed(range(nb_layers)):
             layer = self.layers[index]
             inputs, outputs = self._inputs(index, forward[index]), forward[index + 1]
-            local_errors = layer.derivative(outputs) * errors
+            local_errors = layer.derivative_times(outputs, errors)
             weight_directions[index], bias_directions[index] = layer.directions(
                 inputs, local_errors, ortho_weighting)
             if index:
@@ -134,7 +174,7 @@ class InvNet:
     def get_backprop_updates(self, forward, targets, ortho_weighting=0.0):
         """BP: e_l = d @ W_l.T, the gradient of 0.5 * sum((h_L - t)**2) / n."""
         def error_below(index, inputs, outputs, errors, local_errors):
-            return local_errors @ self.layers[index].weight_matrix.T
+            return backend.matmul(local_errors, self.layers[index].weight_matrix.T)
         return self._directions(forward, targets, ortho_weighting, error_below)
 
     def get_gait_updates(self, forward, targets, ortho_weighting=0.0, gamma=0.001):
@@ -156,24 +196,53 @@ class InvNet:
     def get_tp_updates(self, forward, targets, ortho_weighting=0.0):
         """TP: t_l = inverse_l(t_{l+1}), so e_l = x_l - inverse_l(h_{l+1} - e_{l+1})."""
         def error_below(index, inputs, outputs, errors, local_errors):
-            return inputs - self.layers[index].inverse(outputs - errors)
+            return inputs - self.layers[index].inverse_of_stepped(outputs, errors)
         return self._directions(forward, targets, ortho_weighting, error_below)
 
     def parameters(self):
         """[W_0, b_0, W_1, b_1, ...], the arrays the optimiser updates in place."""
         return [array for layer in self.layers for array in (layer.weight_matrix, layer.biases)]
 
-    def update_parameters(self, weight_directions, bias_directions, learning_rate):
-        """One optimiser step (MomentOptimizer) along the given directions."""
+    def update_parameters(self, weight_directions, bias_directions, learning_rate, guard=None):
+        """One optimiser step (MomentOptimizer) along the given directions; `guard`: skip it
+        if the guard's window has failed (training.StepRunner)."""
         if self.optimizer is None:
             self.optimizer = MomentOptimizer(self.parameters())
         directions = [d for pair in zip(weight_directions, bias_directions) for d in pair]
-        self.optimizer.step(self.parameters(), directions, learning_rate)
+        self.optimizer.step(self.parameters(), directions, learning_rate, guard)
 
     def update_inverse_model(self):
-        """Check every layer's W can be inverted (inverses always solve against the current W)."""
+        """Make every inverse exact for the current weights: check that each W can be
+        inverted (numpy.linalg.LinAlgError if not) and reset the kept inverses."""
         for layer in self.layers:
             layer.update_inverse()
+
+    def keep_inverses(self, keep=True):
+        """Solve against kept inverses (`inv_layer.KeptInverse`) in the layers the rules invert
+        (all but the first), or by LU solves again (keep=False)."""
+        for layer in self.layers[1:]:
+            layer.keep_inverse(keep)
+
+    def state(self):
+        """The arrays that define the network and its optimiser, by checkpoint name:
+        W{i}, b{i} per layer, m{j}, v{j} per parameter array [W0, b0, W1, ...] (the arrays
+        themselves, on the backend; no moments before the first step)."""
+        state = {}
+        for index, layer in enumerate(self.layers):
+            state[f"W{index}"], state[f"b{index}"] = layer.weight_matrix, layer.biases
+        if self.optimizer is not None:
+            state.update(self.optimizer.state())
+        return state
+
+    def set_state(self, state):
+        """Copy arrays named as in `state()` (host or device) into the network; moments
+        present make the optimiser, absent ones leave it unmade."""
+        for index, layer in enumerate(self.layers):
+            layer.set_state({"weights": state[f"W{index}"], "biases": state[f"b{index}"]})
+        self.optimizer = None
+        if "m0" in state:
+            self.optimizer = MomentOptimizer(self.parameters())
+            self.optimizer.set_state(state)
 
     def save_params(self, folder):
         """Write `{i}Lweights.npy` and `{i}Lbiases.npy` for each layer i into `folder`."""

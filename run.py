@@ -244,11 +244,12 @@ def train_run(args, argv, folder, stored):
         checkpoint.save_results(folder, net, statistics)
     record["epochs_done"] = epoch
     progress = training.Progress(args.nb_epochs, training.batch_layout(len(train[0]))[1])
+    runner = training.StepRunner(net, training.StepSettings.of(args))
     while epoch < args.nb_epochs:
         progress.start_epoch(epoch)
         try:
-            completed = training.train_epoch(net, args.algorithm, train, train_targets, test,
-                                             statistics, vars(args), progress, stop, epoch)
+            completed = training.train_epoch(runner, train, train_targets, test, statistics,
+                                             args.eval_interval, progress, stop, epoch)
         except training.Diverged as diverged:
             checkpoint.save_statistics(folder, statistics)
             record.update(status="diverged", ended=now(), message=str(diverged))

@@ -41,6 +41,82 @@ def transfer_derivative(h, linear=False):
     return xp.where(h >= 0, h.dtype.type(1.0), h.dtype.type(SLOPE))
 
 
+def _add_biases_and_transfer_on_host(biases, activity, linear):
+    """activity = f(activity + biases) in place, in cache-sized row blocks shared among threads."""
+    def blocks_done(blocks):
+        for block in blocks:
+            block += biases
+            transfer(block, linear, out=block)
+    backend.in_shares(backend.row_blocks(activity, fewest=8), blocks_done)
+
+
+# Each computation below is one CUDA kernel on a GPU; the NumPy lines beside it say (and do)
+# the same, operation for operation. In CUDA, s >= 0 ? s : 0.1 s is numpy.maximum(s, 0.1 s)
+# bit for bit (NaN and -0 included), and s >= 0 ? s : 10 s is numpy.minimum(s, 10 s).
+_ADD_BIASES_AND_TRANSFER = {
+    False: backend.Fused(lambda b, a: _add_biases_and_transfer_on_host(b, a, False),
+                         "T b", "T a", "T s = a + b; a = s >= 0 ? s : (T)0.1 * s",
+                         "add_biases_and_leaky_relu"),
+    True: backend.Fused(lambda b, a: _add_biases_and_transfer_on_host(b, a, True),
+                        "T b", "T a", "a = a + b", "add_biases")}
+
+
+def add_biases_and_transfer(activity, biases, linear=False):
+    """activity = f(activity + biases), in place (biases broadcast over the rows)."""
+    _ADD_BIASES_AND_TRANSFER[linear](biases, activity)
+    return activity
+
+
+_DERIVATIVE_TIMES = backend.Fused(
+    lambda h, e: transfer_derivative(h) * e,
+    "T h, T e", "T d", "d = (h >= 0 ? (T)1 : (T)0.1) * e", "leaky_relu_derivative_times")
+
+
+def derivative_times(h, errors, linear=False):
+    """d = g(h) * errors, the local errors of a layer whose output is h."""
+    if linear:
+        return 1.0 * errors
+    return _DERIVATIVE_TIMES(h, errors)
+
+
+_PRE_INVERSE = backend.Fused(
+    lambda h, e, b: inverse_transfer(h - e) - b,
+    "T h, T e, T b", "T x", "T s = h - e; x = (s >= 0 ? s : (T)10 * s) - b",
+    "inverse_leaky_relu_minus_biases")
+
+
+def pre_inverse(h, errors, biases, linear=False):
+    """f^-1(h - errors) - biases: what inv(W) maps back to the layer's input (TP's target)."""
+    if linear:
+        return (h - errors) - biases
+    return _PRE_INVERSE(h, errors, biases)
+
+
+def _scaled_inverse_difference_on_host(h, local_errors, scale):
+    """The formula of `scaled_inverse_difference` in NumPy (or CuPy) operations."""
+    xp = backend.array_module(h)
+    delta = scale * transfer_derivative(h) * local_errors
+    stepped = h - delta
+    slope_before = 1.0 / transfer_derivative(h)
+    slope_after = 1.0 / transfer_derivative(stepped)
+    crossing_value = (slope_after * delta + (slope_before - slope_after) * h) / scale
+    crossing = (h >= 0) != (stepped >= 0)
+    return xp.where(crossing, crossing_value, local_errors)
+
+
+_SCALED_INVERSE_DIFFERENCE = backend.Fused(
+    _scaled_inverse_difference_on_host, "T h, T e, T scale", "T out",
+    """T g = h >= 0 ? (T)1 : (T)0.1;
+    T delta = scale * g * e;
+    T stepped = h - delta;
+    T g_after = stepped >= 0 ? (T)1 : (T)0.1;
+    T slope_before = (T)1 / g;
+    T slope_after = (T)1 / g_after;
+    T crossing_value = (slope_after * delta + (slope_before - slope_after) * h) / scale;
+    out = (h >= 0) != (stepped >= 0) ? crossing_value : e""",
+    "gait_scaled_inverse_difference")
+
+
 def scaled_inverse_difference(h, local_errors, scale, linear=False):
     """phi(h, delta) / scale with delta = scale * g(h) * local_errors, without cancellation.
 
@@ -51,14 +127,7 @@ def scaled_inverse_difference(h, local_errors, scale, linear=False):
     """
     if linear:
         return local_errors
-    xp = backend.array_module(h)
-    delta = scale * transfer_derivative(h) * local_errors
-    stepped = h - delta
-    slope_before = 1.0 / transfer_derivative(h)
-    slope_after = 1.0 / transfer_derivative(stepped)
-    crossing_value = (slope_after * delta + (slope_before - slope_after) * h) / scale
-    crossing = (h >= 0) != (stepped >= 0)
-    return xp.where(crossing, crossing_value, local_errors)
+    return _SCALED_INVERSE_DIFFERENCE(h, local_errors, h.dtype.type(scale))
 
 
 # ----------------------------------------------------------------------------- data
@@ -229,15 +298,16 @@ def evaluate(net, images, labels, chunk_size=None):
 
     accuracy = mean(argmax of the 10 class outputs == label);
     loss = mean over samples of sum over the 10 class outputs of (output - one_hot)**2.
-    `images` and `labels` are backend arrays (float, int).
+    `images` and `labels` are backend arrays (float, int). The counts are summed on the
+    backend and read once at the end (one wait for the GPU).
     """
     xp = backend.array_module(images)
-    correct, squared_error = 0, 0.0
     chunk_size = chunk_size or backend.evaluation_rows()
+    correct, squared_error = xp.zeros((), dtype=numpy.int64), xp.zeros((), dtype=numpy.float64)
     for start in range(0, len(images), chunk_size):
         scores = net.class_outputs(images[start:start + chunk_size])
         chunk_labels = labels[start:start + chunk_size]
-        correct += int(xp.count_nonzero(xp.argmax(scores, axis=1) == chunk_labels))
+        correct += xp.count_nonzero(xp.argmax(scores, axis=1) == chunk_labels)
         scores[xp.arange(len(scores)), chunk_labels] -= 1.0
-        squared_error += float(xp.sum(scores * scores))
-    return correct / len(images), squared_error / len(images)
+        squared_error += xp.sum(scores * scores)
+    return int(correct) / len(images), float(squared_error) / len(images)
