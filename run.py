@@ -105,7 +105,7 @@ def build_parser():
                       help="every N batches, log per layer the angle between the rule's and "
                            "BP's weight directions to alignment.txt (0 = off)")
     ours.add_argument("--dtype", choices=backend.DTYPES, default="float64")
-    ours.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+    ours.add_argument("--backend", choices=backend.CHOICES, default="auto",
                       help="auto = CuPy when it imports and sees a GPU, else NumPy")
     ours.add_argument("--data_dir", default="./data", help="torchvision data root")
     ours.add_argument("--results_dir", default="results", help="where results folders go")

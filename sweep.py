@@ -18,6 +18,7 @@ import os
 import re
 import sys
 
+import backend
 import run
 import sweep_launch
 from sweep_launch import SweepError
@@ -61,7 +62,7 @@ def build_parser():
     shared = parser.add_argument_group("passed unchanged to every run")
     shared.add_argument("--results_dir", default="results")
     shared.add_argument("--data_dir", default="./data")
-    shared.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    shared.add_argument("--backend", choices=backend.CHOICES, default="auto")
     control = parser.add_argument_group("execution")
     control.add_argument("--jobs", type=int, help="runs at a time (default: one per --devices "
                                                   "entry, else 1)")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import backend
 import checkpoint
 import run
 
@@ -137,7 +138,7 @@ def print_commands(jobs):
 def thread_environment(parallel):
     """os.environ with BLAS/OpenMP threads = cores // parallel, unless already set."""
     environment = dict(os.environ)
-    threads = str(max(1, len(os.sched_getaffinity(0)) // parallel))
+    threads = str(max(1, backend.available_cpus() // parallel))
     for name in THREAD_VARIABLES:
         environment.setdefault(name, threads)
     return environment
