@@ -17,12 +17,9 @@ import tempfile
 import numpy
 
 import backend
+import run_folder
+from run_folder import ALIGNMENT, CHECKPOINT, LOCK
 from training import Statistics
-
-CHECKPOINT = "checkpoint.npz"
-RUN_RECORD = "run.json"
-LOCK = "run.lock"
-ALIGNMENT = "alignment.txt"
 
 
 class RunFolderError(RuntimeError):
@@ -82,7 +79,7 @@ def save_statistics(folder, statistics):
     """training_acc.txt, training_loss.txt, test_acc.txt, test_loss.txt: one value a line;
     alignment.txt (epoch, batch, angle per layer in degrees, a row each) if it has rows."""
     for name, values in statistics.values.items():
-        save_text(os.path.join(folder, name + ".txt"), values)
+        save_text(os.path.join(folder, run_folder.statistics_file(name)), values)
     if statistics.alignment:
         nb_layers = len(statistics.alignment[0]) - 2
         header = ("epoch (0-based) batch (0-based) then, per layer, the angle in degrees "

@@ -15,6 +15,9 @@ import sys
 import traceback
 import warnings
 
+import run_folder
+from run_folder import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE
+
 
 def _stop_before_training(signum, frame):
     """Ctrl-C / SIGTERM before StopSignal takes over: quit at once, status 130 / 143, no traceback.
@@ -33,7 +36,7 @@ def _stop_before_training(signum, frame):
         for child in active_children() if active_children else ():
             child.kill()
     finally:
-        os._exit(130 if signum == signal.SIGINT else 143)
+        os._exit(EXIT_SIGNAL[signum])
 
 
 if __name__ == "__main__":  # installed before the slow imports below
@@ -45,14 +48,6 @@ import checkpoint  # noqa: E402
 import training  # noqa: E402
 import utils  # noqa: E402
 from checkpoint import RunFolderError, now  # noqa: E402
-
-EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 1, 2, 3
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
-# The settings that change what a run computes: a checkpoint resumes only under equal ones.
-COMPUTATION = ("algorithm", "dataset", "seed", "nb_layers", "tower", "linear", "orthogonal_init",
-               "orthogonal_reg", "learning_rate", "eval_interval", "dtype")
-RESULT_FILES = ([name + ".txt" for name in training.Statistics.NAMES]
-                + [checkpoint.ALIGNMENT, checkpoint.CHECKPOINT, checkpoint.RUN_RECORD, "error.log"])
 
 
 class UsageError(Exception):
@@ -114,20 +109,6 @@ def build_parser():
     return parser
 
 
-def results_folder(args):
-    """results/{dataset}_{algorithm}_[Linear_][OrthoInit_]{reg}OrthoReg_{seed}Seed_{lr}LR_{n}L|TOWER."""
-    name = (f"{args.dataset}_{args.algorithm}_" + ("Linear_" if args.linear else "")
-            + ("OrthoInit_" if args.orthogonal_init else "")
-            + f"{args.orthogonal_reg}OrthoReg_{args.seed}Seed_{args.learning_rate}LR_"
-            + f"{args.nb_layers}{'TOWER' if args.tower else 'L'}")
-    return os.path.join(args.results_dir, name)
-
-
-def settings_of(args):
-    """The settings that determine what the run computes."""
-    return {name: getattr(args, name) for name in COMPUTATION}
-
-
 def build_net(args):
     """The network of the settings; orthogonal init also whenever lambda == 0 (as published)."""
     from inv_net import SquareInvNet, TowerInvNet
@@ -145,7 +126,7 @@ def resume_command(argv):
 
 def prepare_folder(folder, args):
     """Check what the folder holds against --load/--overwrite; return the checkpoint or None."""
-    record_path = os.path.join(folder, checkpoint.RUN_RECORD)
+    record_path = os.path.join(folder, run_folder.RUN_RECORD)
     for name in os.listdir(folder):  # temporary files of writes a killed run left unfinished
         if name.startswith(".") and name.endswith(".partial"):
             os.remove(os.path.join(folder, name))
@@ -165,10 +146,7 @@ def prepare_folder(folder, args):
         if stored is None:
             print(f"{folder} holds a run stopped before its first checkpoint: starting over.")
             return None
-        meta = stored[0]
-        differences = [f"{name}: stored {meta['settings'].get(name)!r}, asked {value!r}"
-                       for name, value in settings_of(args).items()
-                       if meta["settings"].get(name) != value]
+        differences = run_folder.setting_differences(stored[0]["settings"], args)
         if differences:
             raise UsageError(f"The checkpoint in {folder} was made with other settings ("
                              f"{'; '.join(differences)}). Resume with the stored settings, or "
@@ -179,7 +157,7 @@ def prepare_folder(folder, args):
         raise UsageError(f"{folder} already holds a run (status: {status}). Continue it with "
                          f"--load, or replace it with --overwrite; nothing was changed.")
     for name in os.listdir(folder):
-        if name in RESULT_FILES or name.endswith(("Lweights.npy", "Lbiases.npy")):
+        if name in run_folder.RESULT_FILES or name.endswith(("Lweights.npy", "Lbiases.npy")):
             os.remove(os.path.join(folder, name))
     return None
 
@@ -220,7 +198,8 @@ def train_run(args, argv, folder, stored):
     (train, test) = utils.load_dataset(args.dataset, args.data_dir)
     train, test, train_targets = training.to_device_sets(train, test)
     net = build_net(args)
-    record_path = os.path.join(folder, checkpoint.RUN_RECORD)
+    computation = run_folder.computation_settings(args)
+    record_path = os.path.join(folder, run_folder.RUN_RECORD)
     record = {"settings": vars(args), "command": shlex.join([sys.argv[0]] + argv),
               "versions": package_versions(), "backend": backend.describe(),
               "dtype": args.dtype, "started": now(), "ended": None, "epochs_done": 0,
@@ -240,7 +219,7 @@ def train_run(args, argv, folder, stored):
     if stored is None:
         statistics, epoch = training.Statistics(), 0
         statistics.record(net, train, test)
-        checkpoint.save_checkpoint(folder, net, statistics, 0, settings_of(args))
+        checkpoint.save_checkpoint(folder, net, statistics, 0, computation)
         checkpoint.save_results(folder, net, statistics)
     record["epochs_done"] = epoch
     progress = training.Progress(args.nb_epochs, training.batch_layout(len(train[0]))[1])
@@ -264,21 +243,21 @@ def train_run(args, argv, folder, stored):
             return EXIT_SIGNAL[stop.received]
         epoch += 1
         progress.end_epoch(statistics)
-        checkpoint.save_checkpoint(folder, net, statistics, epoch, settings_of(args))
+        checkpoint.save_checkpoint(folder, net, statistics, epoch, computation)
         checkpoint.save_results(folder, net, statistics)
         record.update(epochs_done=epoch, peak_memory_mb=utils.peak_memory_mb())
         checkpoint.save_json(record_path, record)
     record.update(status="finished", ended=now())
     checkpoint.save_json(record_path, record)
     print(f"Finished {epoch} epochs; results in {folder}")
-    return 0
+    return EXIT_FINISHED
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     warnings.simplefilter("ignore")  # overflow and singular-matrix warnings: divergence is checked
-    folder, lock, created = results_folder(args), None, False
+    folder, lock, created = run_folder.results_folder(args), None, False
     try:
         print(f"Using {backend.select(args.backend, args.device, args.dtype)}")
         if args.load and not os.path.isdir(folder):
@@ -306,7 +285,7 @@ def main(argv=None):
               f"last checkpoint in {folder} is intact.", file=sys.stderr)
         failed = EXIT_FAILED
     except Exception:
-        log = os.path.join(folder, "error.log")
+        log = os.path.join(folder, run_folder.ERROR_LOG)
         with contextlib.suppress(OSError):
             checkpoint.write_atomically(log, lambda file: file.write(traceback.format_exc().encode()))
         print(f"run.py: unexpected error ({sys.exc_info()[1]!r}). The last checkpoint in "
@@ -321,15 +300,15 @@ def main(argv=None):
 
 def mark_failed(folder, created):
     """After a failure: mark an existing run record failed; remove a folder this run created empty."""
-    record_path = os.path.join(folder, checkpoint.RUN_RECORD)
+    record_path = os.path.join(folder, run_folder.RUN_RECORD)
     with contextlib.suppress(OSError, ValueError):
         if os.path.exists(record_path):
             record = checkpoint.load_json(record_path)
             if record.get("status") == "running":
                 record.update(status="failed", ended=now())
                 checkpoint.save_json(record_path, record)
-        elif created and set(os.listdir(folder)) <= {checkpoint.LOCK}:
-            os.remove(os.path.join(folder, checkpoint.LOCK))
+        elif created and set(os.listdir(folder)) <= {run_folder.LOCK}:
+            os.remove(os.path.join(folder, run_folder.LOCK))
             os.rmdir(folder)
 
 

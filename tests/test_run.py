@@ -23,6 +23,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import run  # noqa: E402
+import run_folder  # noqa: E402
 import training  # noqa: E402
 
 RUN_PY = os.path.join(REPO, "run.py")
@@ -326,9 +327,9 @@ def test_run_py_is_executable_and_helps():
 ])
 def test_results_folder_is_named_as_published(argv, name):
     args = run.build_parser().parse_args(argv)
-    assert run.results_folder(args) == "results/" + name
+    assert run_folder.results_folder(args) == "results/" + name
     elsewhere = run.build_parser().parse_args(argv + ["--results_dir=/data/runs"])
-    assert run.results_folder(elsewhere) == "/data/runs/" + name
+    assert run_folder.results_folder(elsewhere) == "/data/runs/" + name
 
 
 # ----------------------------------------------------------------------------- cadence
@@ -432,7 +433,7 @@ def test_one_epoch_on_real_data_beats_threshold(end_to_end, dataset, algorithm):
     done = end_to_end.result((dataset, algorithm))
     assert_clean(done, 0)
     args = run.build_parser().parse_args(done.argv)
-    folder = run.results_folder(args)
+    folder = run_folder.results_folder(args)
     assert os.path.isdir(folder), (folder, os.listdir(end_to_end.results))
     assert_results_files(folder, nb_layers, nb_lines=2)
     statistics = read_statistics(folder)

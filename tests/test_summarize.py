@@ -12,6 +12,7 @@ import numpy
 import pytest
 
 import run
+import run_folder
 import summarize
 from sweep_helpers import REPO, real_sweep, run_folders
 
@@ -48,7 +49,7 @@ def fabricate_run(root, curve, status="finished", train_curve=None, alignment=No
     """A results folder with run.json, test_acc.txt and training_acc.txt (and alignment.txt)."""
     values = {**vars(run.build_parser().parse_args([])), "eval_interval": 0, **settings,
               "results_dir": str(root)}
-    folder = run.results_folder(argparse.Namespace(**values))
+    folder = run_folder.results_folder(argparse.Namespace(**values))
     os.makedirs(folder)
     with open(os.path.join(folder, "run.json"), "w") as file:
         json.dump({"settings": values, "status": status, "epochs_done": 1, "nb_epochs": 1},
