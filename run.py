@@ -45,6 +45,7 @@ if __name__ == "__main__":  # installed before the slow imports below
 
 import backend  # noqa: E402
 import checkpoint  # noqa: E402
+import data  # noqa: E402
 import training  # noqa: E402
 import utils  # noqa: E402
 from checkpoint import RunFolderError, now  # noqa: E402
@@ -86,7 +87,7 @@ def build_parser():
     add("--nb_epochs", type=number(int, 1), default=100, help="epochs to train (in total)")
     add("--nb_layers", type=number(int, 0), default=1, help="hidden layers of a square network")
     add("--learning_rate", type=number(float, 0.0, strict=True), default=0.0001)
-    add("--dataset", choices=list(utils.DATASETS), default="MNIST")
+    add("--dataset", choices=list(data.DATASETS), default="MNIST")
     add("--linear", action="store_true", help="linear layers instead of leaky ReLU")
     add("--tower", action="store_true", help="the 784-784-500-200-10 tower network")
     add("--orthogonal_init", action="store_true",
@@ -195,7 +196,7 @@ class StopSignal:
 
 def train_run(args, argv, folder, stored):
     """Load data, build or restore the network, train to --nb_epochs, keep the folder current."""
-    (train, test) = utils.load_dataset(args.dataset, args.data_dir)
+    (train, test) = data.load_dataset(args.dataset, args.data_dir)
     train, test, train_targets = training.to_device_sets(train, test)
     net = build_net(args)
     computation = run_folder.computation_settings(args)
@@ -275,7 +276,7 @@ def main(argv=None):
     except backend.BackendError as error:
         print(f"run.py: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (utils.DataError, RunFolderError) as error:
+    except (data.DataError, RunFolderError) as error:
         print(f"run.py: {error}", file=sys.stderr)
         failed = EXIT_FAILED
     except OSError as error:
