@@ -11,14 +11,17 @@ spread evenly over the epoch, and the last one of epoch e lands on e).
 """
 import collections
 import dataclasses
+import functools
 import os
 
 import numpy
 
+import data
 import run_folder
+import training
 from run_folder import ALIGNMENT, RUN_RECORD
 
-NB_BATCHES = 1000  # batches an epoch: every data set has 60,000 training images (SPEC 1)
+NB_BATCHES = training.batch_layout(data.TRAINING_IMAGES)[1]  # batches an epoch
 GROUP_KEYS = tuple(name for name in run_folder.COMPUTATION if name != "seed")
 IN_PROGRESS = ("running", "interrupted", "failed")
 ORDER = {"dataset": ("MNIST", "FMNIST", "KMNIST"), "algorithm": ("BP", "GAIT", "TP")}
@@ -32,9 +35,12 @@ class SummaryError(Exception):
     """Nothing to summarise, or a path that does not exist; the message says what to do."""
 
 
+@functools.cache
 def evaluations_per_epoch(eval_interval):
-    """Evaluations within an epoch: 1 if eval_interval is 0, else #{b in 1..999: b % N == 0}."""
-    return 1 if eval_interval == 0 else (NB_BATCHES - 1) // eval_interval
+    """Evaluations within an epoch, on the cadence of training.evaluates_after: 1 if
+    eval_interval is 0, else one after each batch b with b % N == 0, b != 0 (99 at N = 10)."""
+    return sum(training.evaluates_after(batch, eval_interval, NB_BATCHES)
+               for batch in range(NB_BATCHES))
 
 
 def mean_sd(values):

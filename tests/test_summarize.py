@@ -14,6 +14,7 @@ import pytest
 import run
 import run_folder
 import summarize
+import summary_data
 from sweep_helpers import REPO, real_sweep, run_folders
 
 
@@ -153,6 +154,11 @@ def test_epochs_follow_the_evaluation_cadence(capsys, tmp_path):
     rows = {int(r["eval_interval"]): r for r in csv.DictReader(io.StringIO(out))}
     assert float(rows[10]["peak_epoch_mean"]) == 1.0 and float(rows[10]["epochs_max"]) == 3.0
     assert float(rows[0]["peak_epoch_mean"]) == 2.0 and float(rows[0]["epochs_max"]) == 3.0
+
+
+def test_evaluations_per_epoch_are_those_a_run_makes():
+    """1 + 99 E lines at the published cadence, 1 + 19 E every 50 batches, 1 + E at 0."""
+    assert [summary_data.evaluations_per_epoch(n) for n in (10, 50, 0)] == [99, 19, 1]
 
 
 def test_published_folders_are_read_from_their_names(capsys, tmp_path):
