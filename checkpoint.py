@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+import time
 
 import numpy
 
@@ -160,25 +161,32 @@ class FolderLock:
 
     The kernel drops it when the process ends in any way, SIGKILL included, so a crashed
     run never leaves it stuck. (flock may not work across machines on some network file
-    systems.)
+    systems.) `is_held` probes it by taking it for an instant, so `acquire` waits up to
+    WAIT_SECONDS for a holder to let go before it reports another process.
     """
+
+    WAIT_SECONDS = 2.0
+    RETRY_SECONDS = 0.05
 
     def __init__(self, folder):
         self.path = os.path.join(folder, LOCK)
         self.file = None
 
     def acquire(self):
+        """Take the lock, or raise RunFolderError if another process keeps it WAIT_SECONDS."""
         self.file = open(self.path, "a+")
+        deadline = time.monotonic() + self.WAIT_SECONDS
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
+            while not _try_lock(self.file):
+                if time.monotonic() >= deadline:
+                    raise RunFolderError(
+                        f"Another process is running in {os.path.dirname(self.path)} (it "
+                        f"holds {LOCK}). Wait for it to finish or stop it; two runs cannot "
+                        f"share a results folder.")
+                time.sleep(self.RETRY_SECONDS)
+        except BaseException:
             self.file.close()
             self.file = None
-            if error.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunFolderError(
-                    f"Another process is running in {os.path.dirname(self.path)} (it holds "
-                    f"{LOCK}). Wait for it to finish or stop it; two runs cannot share a "
-                    f"results folder.") from None
             raise
         self.file.seek(0)
         self.file.truncate()
@@ -186,7 +194,37 @@ class FolderLock:
         self.file.flush()
 
     def release(self):
+        """Let go of the lock (nothing if it is not held)."""
         if self.file is not None:
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
             self.file = None
+
+    @staticmethod
+    def is_held(folder):
+        """Whether a process holds the lock of `folder` (a run is training there now).
+
+        A lock that cannot be probed (no flock on the file system) counts as held.
+        """
+        path = os.path.join(folder, LOCK)
+        if not os.path.exists(path):
+            return False
+        with open(path, "a") as file:
+            try:
+                if _try_lock(file):
+                    fcntl.flock(file, fcntl.LOCK_UN)
+                    return False
+            except OSError:
+                pass
+        return True
+
+
+def _try_lock(file):
+    """Take the exclusive flock of an open file if no one holds it; whether it was taken."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True

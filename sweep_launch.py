@@ -7,7 +7,6 @@ unless --retry-diverged (then started again with --overwrite, since resuming the
 numbers would diverge the same way); a folder another process holds the lock of, skipped.
 """
 import dataclasses
-import fcntl
 import os
 import shlex
 import shutil
@@ -20,7 +19,7 @@ import backend
 import checkpoint
 import run_folder
 from run_folder import (CHECKPOINT, EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_SIGNAL,
-                        EXIT_USAGE, LOCK, RUN_RECORD)
+                        EXIT_USAGE, RUN_RECORD)
 
 MODES = {"new": None, "resume": "load", "restart": "overwrite"}  # the others are skipped
 EXIT_MEANING = {EXIT_FINISHED: "finished", EXIT_FAILED: "failed", EXIT_USAGE: "bad input",
@@ -63,27 +62,13 @@ class Job:
         return MODES.get(self.action, "skip")
 
 
-def is_locked(folder):
-    """Whether a process holds the run.lock of `folder` (a run is training there now)."""
-    path = os.path.join(folder, LOCK)
-    if not os.path.exists(path):
-        return False
-    with open(path, "a") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(file, fcntl.LOCK_UN)
-    return False
-
-
 def plan(settings, retry_diverged=False):
     """The Job of a run's settings, its action decided from what its results folder holds."""
     folder = run_folder.results_folder(settings)
     job = Job(settings, folder)
     if not os.path.isdir(folder):
         return job
-    if is_locked(folder):
+    if checkpoint.FolderLock.is_held(folder):
         job.action, job.note = "busy", "another process is training in it now"
         return job
     has_checkpoint = os.path.exists(os.path.join(folder, CHECKPOINT))

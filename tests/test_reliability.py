@@ -6,6 +6,7 @@ a 1-layer network (--nb_layers 0), 2 epochs, an evaluation every 50 batches.
 """
 import concurrent.futures
 import datetime
+import fcntl
 import json
 import os
 import random
@@ -309,6 +310,28 @@ def test_second_process_on_a_folder_refuses_and_a_killed_one_frees_it(mnist, tmp
     assert_clean(fourth, 2)  # past the lock: the checkpoint's settings differ
     assert "Another process" not in fourth.output and "eval_interval" in fourth.stderr
 
+
+
+def test_a_run_waits_out_a_probe_of_its_lock(tmp_path, monkeypatch):
+    """sweep.py probes a folder by taking its lock for an instant (FolderLock.is_held): a run
+    starting in that instant waits for it instead of reporting another process."""
+    folder = str(tmp_path)
+    probe = open(tmp_path / run_folder.LOCK, "a")
+    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.3, probe.close).start()  # closing the file lets go of the lock
+    lock = checkpoint.FolderLock(folder)
+    started = time.monotonic()
+    lock.acquire()
+    assert time.monotonic() - started >= 0.25  # it did wait
+    assert checkpoint.FolderLock.is_held(folder)
+    lock.release()
+    assert not checkpoint.FolderLock.is_held(folder)
+    monkeypatch.setattr(checkpoint.FolderLock, "WAIT_SECONDS", 0.2)
+    with open(tmp_path / run_folder.LOCK, "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(checkpoint.RunFolderError, match="Another process"):
+            checkpoint.FolderLock(folder).acquire()
+    assert not checkpoint.FolderLock.is_held(folder)
 
 # ----------------------------------------------------------------------------- pickles
 
