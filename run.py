@@ -176,15 +176,19 @@ def package_versions():
 
 
 class StopSignal:
-    """Turns the first SIGINT/SIGTERM into a request to stop at the next batch boundary."""
+    """Turns the first SIGINT/SIGTERM into a request to stop at the next batch boundary; a
+    second one calls `on_second()` and exits at once (SystemExit, status 130 / 143)."""
 
-    def __init__(self):
+    def __init__(self, on_second):
         self.received = None
+        self.on_second = on_second
         for number_ in EXIT_SIGNAL:
             signal.signal(number_, self.handle)
 
     def handle(self, signum, frame):
+        """The signal handler: note the first signal, act on a second one."""
         if self.received is not None:
+            self.on_second()
             raise SystemExit(EXIT_SIGNAL[signum])
         self.received = signum
         print(f"\n{signal.Signals(signum).name} received: stopping at the next batch boundary.",
@@ -215,7 +219,16 @@ def train_run(args, argv, folder, stored):
         checkpoint.save_results(folder, net, statistics)
         epoch = meta["epoch"]
         print(f"Resuming {folder} from the checkpoint after epoch {epoch}.")
-    stop = StopSignal()
+
+    def stopped_at_once():
+        """A second Ctrl-C / SIGTERM: the files are whole; record the run as interrupted."""
+        if record["status"] == "running":
+            record.update(status="interrupted", ended=now())
+            with contextlib.suppress(OSError):
+                checkpoint.save_json(record_path, record)
+            print(f"Stopped at once; {folder} holds the checkpoint of the last completed epoch. "
+                  f"Resume with:\n  {resume_command(argv)}", file=sys.stderr, flush=True)
+    stop = StopSignal(stopped_at_once)
     checkpoint.save_json(record_path, record)
     if stored is None:
         statistics, epoch = training.Statistics(), 0

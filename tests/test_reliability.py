@@ -544,6 +544,19 @@ def test_signal_before_training_exits_cleanly(mnist, tmp_path, signum, status, d
     assert "before training started" in watched.output, watched.output
 
 
+def test_a_second_signal_stops_at_once_and_records_the_run_interrupted(mnist, tmp_path):
+    """Ctrl-C, then SIGTERM before the batch ends: the second exits at once (143), and
+    run.json says 'interrupted', not 'running'."""
+    watched = Watched(small_run(mnist, tmp_path / "results"))
+    assert watched.wait_for_line(r"batch 100/1000"), watched.output
+    watched.process.send_signal(signal.SIGINT)
+    watched.process.send_signal(signal.SIGTERM)  # handled after SIGINT's handler, in order
+    assert watched.finish() == 143, watched.output
+    assert "Traceback" not in watched.output, watched.output
+    assert "Stopped at once" in watched.output and "--load" in watched.output
+    record = record_of(str(tmp_path / "results" / NAME))
+    assert record["status"] == "interrupted" and record["ended"], record
+
 def test_signal_inside_the_multiprocessing_import_exits_cleanly():
     """The handler when the signal lands while `multiprocessing` is half imported (a module
     in sys.modules without active_children yet): still status 143, no traceback."""
