@@ -125,20 +125,40 @@ def resume_command(argv):
     return shlex.join([sys.argv[0]] + kept + ["--load"])
 
 
+@contextlib.contextmanager
+def reading(path):
+    """Report an OSError inside the block as a failure to read `path` (RunFolderError, exit
+    status 1), not to write: main's report of any other OSError."""
+    try:
+        yield
+    except OSError as error:
+        raise RunFolderError(f"cannot read {error.filename or path}: {error.strerror}. Make it "
+                             f"readable, then run the same command again.") from None
+
+
+def read_record(record_path):
+    """The run record (run.json) at `record_path`, or None if there is none."""
+    if not os.path.exists(record_path):
+        return None
+    try:
+        with reading(record_path):
+            return checkpoint.load_json(record_path)
+    except ValueError as error:
+        raise RunFolderError(f"The run record {record_path} cannot be read ({error}). "
+                             f"Replace the run with --overwrite.") from None
+
+
 def prepare_folder(folder, args):
     """Check what the folder holds against --load/--overwrite; return the checkpoint or None."""
-    record_path = os.path.join(folder, run_folder.RUN_RECORD)
-    for name in os.listdir(folder):  # temporary files of writes a killed run left unfinished
+    with reading(folder):
+        names = os.listdir(folder)
+    for name in names:  # temporary files of writes a killed run left unfinished
         if name.startswith(".") and name.endswith(".partial"):
             os.remove(os.path.join(folder, name))
     if args.overwrite and not args.load:  # replace whatever it holds, readable or not
         record = stored = None
     else:
-        try:
-            record = checkpoint.load_json(record_path) if os.path.exists(record_path) else None
-        except ValueError as error:
-            raise RunFolderError(f"The run record {record_path} cannot be read ({error}). "
-                                 f"Replace the run with --overwrite.") from None
+        record = read_record(os.path.join(folder, run_folder.RUN_RECORD))
         stored = checkpoint.read_checkpoint(folder)
     if args.load:
         if record is None and stored is None:
@@ -157,7 +177,7 @@ def prepare_folder(folder, args):
         status = record["status"] if record else "unknown"
         raise UsageError(f"{folder} already holds a run (status: {status}). Continue it with "
                          f"--load, or replace it with --overwrite; nothing was changed.")
-    for name in os.listdir(folder):
+    for name in names:
         if name in run_folder.RESULT_FILES or name.endswith(("Lweights.npy", "Lbiases.npy")):
             os.remove(os.path.join(folder, name))
     return None
@@ -211,7 +231,7 @@ def train_run(args, argv, folder, stored):
               "nb_epochs": args.nb_epochs, "status": "running", "folder": folder}
     if stored is not None:
         meta, arrays = stored
-        old = checkpoint.load_json(record_path) if os.path.exists(record_path) else {}
+        old = read_record(record_path) or {}
         record["started"] = old.get("started", record["started"])
         record["resumed"] = old.get("resumed", []) + [now()]
         statistics = checkpoint.restore_checkpoint(net, arrays)

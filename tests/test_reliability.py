@@ -396,6 +396,16 @@ def test_unreadable_run_record_is_refused_cleanly(tmp_path):
     assert "run.json" in done.stderr, done.stderr
 
 
+
+def test_a_run_record_that_cannot_be_read_is_reported_as_a_read_error(tmp_path):
+    results = tmp_path / "results"
+    record = results / NAME / run_folder.RUN_RECORD
+    record.mkdir(parents=True)  # open() fails with EISDIR, even for root
+    done = cli(SMALL + ["--results_dir", results, "--load"])
+    assert_clean(done, 1)
+    assert f"cannot read {record}" in done.stderr and "cannot write" not in done.stderr, done.stderr
+    assert record.is_dir()
+
 # ----------------------------------------------------------------------------- divergence
 
 def test_divergence_stops_with_status_3_and_keeps_checkpoint(mnist, tmp_path):
