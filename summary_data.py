@@ -2,8 +2,8 @@
 
 A run is read from its statistics files (`training_acc.txt`, `test_acc.txt`: one value per
 evaluation) and its `run.json` (settings and status). Without run.json (the published
-scripts wrote none) the settings come from the folder name (SPEC section 8), with the
-published cadence --eval_interval 10 and status 'unknown'.
+scripts wrote none) the settings come from the folder name (run_folder.settings_from_name),
+with the published cadence --eval_interval 10 and status 'unknown'.
 
 Epochs: a run evaluates once before training, then `evaluations_per_epoch` times an
 epoch; evaluation i is placed at epoch i / evaluations_per_epoch (the evaluations are

@@ -135,7 +135,8 @@ def line_count(path):
 
 
 def assert_results_files(folder, nb_layers, nb_lines):
-    """Every SPEC section 8 file: statistics with `nb_lines` lines, (784, 784)/(784,) arrays."""
+    """Every results file (README's Results table): statistics with `nb_lines` lines,
+    (784, 784)/(784,) arrays."""
     for name in STATISTICS:
         path = os.path.join(folder, name + ".txt")
         assert line_count(path) == nb_lines, (name, nb_lines)
@@ -165,9 +166,9 @@ SAMPLES = {
     "eval_interval": ("0", 0), "dtype": ("float32", "float32"), "backend": ("numpy", "numpy"),
     "data_dir": ("/some/data", "/some/data"), "results_dir": ("/some/results", "/some/results"),
 }
-SPEC_FLAGS = ("algorithm", "seed", "orthogonal_reg", "device", "nb_epochs", "nb_layers",
+PUBLISHED_FLAGS = ("algorithm", "seed", "orthogonal_reg", "device", "nb_epochs", "nb_layers",
               "learning_rate", "dataset", "linear", "tower", "orthogonal_init", "load")
-SPEC_DEFAULTS = {"algorithm": "BP", "seed": 1, "orthogonal_reg": 0.0, "device": 0,
+DEFAULTS = {"algorithm": "BP", "seed": 1, "orthogonal_reg": 0.0, "device": 0,
                  "nb_epochs": 100, "nb_layers": 1, "learning_rate": 0.0001, "dataset": "MNIST",
                  "linear": False, "tower": False, "orthogonal_init": False, "load": False,
                  "eval_interval": 10, "overwrite": False}
@@ -191,13 +192,13 @@ def sample(action):
     return "3", action.type("3") if action.type else "3"
 
 
-def test_spec_flags_exist_with_their_defaults():
+def test_published_flags_exist_with_their_defaults():
     options = {option for option, _ in parser_options()}
-    for flag in SPEC_FLAGS + ("eval_interval", "overwrite", "data_dir", "results_dir"):
+    for flag in PUBLISHED_FLAGS + ("eval_interval", "overwrite", "data_dir", "results_dir"):
         assert f"--{flag}" in options, flag
     assert "--orthogona_reg" in options  # the published README's spelling
     args = run.build_parser().parse_args([])
-    for name, value in SPEC_DEFAULTS.items():
+    for name, value in DEFAULTS.items():
         assert getattr(args, name) == value and type(getattr(args, name)) is type(value), name
 
 
@@ -298,7 +299,7 @@ def test_run_py_is_executable_and_helps():
     assert first.startswith("#!") and "python" in first
     done = subprocess.run([RUN_PY, "--help"], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    for flag in SPEC_FLAGS + ("eval_interval", "overwrite"):
+    for flag in PUBLISHED_FLAGS + ("eval_interval", "overwrite"):
         assert f"--{flag}" in done.stdout, flag
 
 
