@@ -94,7 +94,8 @@ def save_results(folder, net, statistics):
     """The published results files: the four statistics and {i}Lweights/{i}Lbiases.npy."""
     save_statistics(folder, statistics)
     for index, layer in enumerate(net.layers):
-        save_array(os.path.join(folder, f"{index}Lweights.npy"), backend.to_host(layer.weight_matrix))
+        save_array(os.path.join(folder, f"{index}Lweights.npy"),
+                   backend.to_host(layer.weight_matrix))
         save_array(os.path.join(folder, f"{index}Lbiases.npy"), backend.to_host(layer.biases))
 
 
@@ -142,7 +143,8 @@ def read_checkpoint(folder):
 
 
 def restore_checkpoint(net, arrays):
-    """Put a checkpoint's weights, biases and optimiser moments into `net`; return its Statistics."""
+    """Put a checkpoint's weights, biases and optimiser moments into `net`; return its
+    Statistics."""
     from inv_net import MomentOptimizer
     for index, layer in enumerate(net.layers):
         layer.weight_matrix = backend.to_device(arrays[f"W{index}"])

@@ -67,7 +67,8 @@ def number(kind, minimum, strict=False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(
                 f"{text!r} must be {'greater than' if strict else 'at least'} {minimum}")
@@ -321,7 +322,8 @@ def main(argv=None):
     except Exception:
         log = os.path.join(folder, run_folder.ERROR_LOG)
         with contextlib.suppress(OSError):
-            checkpoint.write_atomically(log, lambda file: file.write(traceback.format_exc().encode()))
+            details = traceback.format_exc().encode()
+            checkpoint.write_atomically(log, lambda file: file.write(details))
         print(f"run.py: unexpected error ({sys.exc_info()[1]!r}). The last checkpoint in "
               f"{folder} is intact; the traceback is in {log}. Please report it.", file=sys.stderr)
         failed = EXIT_FAILED
@@ -333,7 +335,8 @@ def main(argv=None):
 
 
 def mark_failed(folder, created):
-    """After a failure: mark an existing run record failed; remove a folder this run created empty."""
+    """After a failure: mark an existing run record failed; remove a folder this run created
+    empty."""
     record_path = os.path.join(folder, run_folder.RUN_RECORD)
     with contextlib.suppress(OSError, ValueError):
         if os.path.exists(record_path):

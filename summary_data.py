@@ -204,6 +204,7 @@ def label_values(group, columns):
             "orthogonal_init": ("yes" if key["orthogonal_init"]
                                 else "yes (reg 0)" if key["orthogonal_reg"] == 0 else "no"),
             "linear": "yes" if key["linear"] else "no",
-            "learning_rate": f"{key['learning_rate']:g}", "orthogonal_reg": f"{key['orthogonal_reg']:g}",
+            "learning_rate": f"{key['learning_rate']:g}",
+            "orthogonal_reg": f"{key['orthogonal_reg']:g}",
             "dtype": key["dtype"] or "?"}
     return {name: text.get(name, str(key[name])) for name in columns}

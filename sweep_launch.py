@@ -1,4 +1,4 @@
-"""What sweep.py does with each run: decide (new, resume, skip), execute locally or on SLURM, report.
+"""What sweep.py does with each run: decide (new, resume, skip), run it here or on SLURM, report.
 
 A run's results folder decides its fate: no folder, a new run; run.json 'finished' with
 enough epochs, skipped; 'interrupted', 'failed' or a stale 'running' with a checkpoint,
@@ -247,7 +247,8 @@ def submit_slurm(jobs, args):
 
 
 def summarize(jobs, status):
-    """Print what the sweep did; return its exit status (status if interrupted, 1 if a run failed)."""
+    """Print what the sweep did; return its exit status (`status` if the sweep was interrupted,
+    1 if a run failed)."""
     def select(**fields):
         return [job for job in jobs if all(getattr(job, k) == v for k, v in fields.items())]
 

@@ -21,8 +21,8 @@ import time
 import numpy
 import pytest
 
-from test_run import (NO_NETWORK, RAW_STEMS, STATISTICS, assert_clean, cli, data_root,  # noqa: F401
-                      line_count, run, spawn)
+from test_run import (NO_NETWORK, RAW_STEMS, STATISTICS, assert_clean, cli, line_count, run,
+                      spawn)
 
 import checkpoint  # noqa: E402
 import run_folder  # noqa: E402

@@ -2,7 +2,8 @@
 cadence, and one-epoch end-to-end runs of BP, GAIT and TP on genuine MNIST and
 Fashion-MNIST (issue 2, item 8: "the CLI" and "end to end on real data").
 
-The helpers at the top (the data root, `run_cli`) are shared with test_reliability.py.
+The helpers at the top (DataRoot, behind conftest's `data_root` fixture; `cli`) are shared
+with test_reliability.py.
 Runs are subprocesses `python run.py ...` with single-threaded BLAS (several run side by
 side on a small machine; timings are never asserted).
 """
@@ -83,21 +84,6 @@ class DataRoot:
         if self.missing[dataset]:
             missing_data(self.missing[dataset])
         return self.path
-
-
-_SESSION = {}
-
-
-def session_data_root(tmp_path_factory):
-    """The DataRoot of this session, built on first use (shared by both test files)."""
-    if "root" not in _SESSION:
-        _SESSION["root"] = DataRoot(str(tmp_path_factory.mktemp("data")))
-    return _SESSION["root"]
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    return session_data_root(tmp_path_factory)
 
 
 def cli(args, cwd=None, env=None, timeout=900):
