@@ -16,6 +16,7 @@ import os
 
 import numpy
 
+import checkpoint
 import data
 import run_folder
 import training
@@ -87,7 +88,6 @@ def read_run(folder):
     """The Run of a results folder; raises ValueError if its files cannot be used."""
     record_path = os.path.join(folder, RUN_RECORD)
     if os.path.exists(record_path):
-        import checkpoint
         record = checkpoint.load_json(record_path)
         settings, status = record["settings"], record.get("status", "unknown")
     else:
