@@ -19,6 +19,7 @@ import numpy  # noqa: E402
 
 _state = {"xp": numpy, "dtype": numpy.float64, "device": None}
 DTYPES = ("float64", "float32")
+CHOICES = ("auto", "numpy", "cupy")  # the backends `select` takes by name
 
 
 class BackendError(RuntimeError):
@@ -133,15 +134,23 @@ def evaluation_rows():
     return 2048 if _state["xp"] is numpy else 10000
 
 
+def available_cpus():
+    """The CPUs this process may run on (its affinity where the system has one, as on Linux;
+    all the machine's CPUs elsewhere, as on macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def host_threads():
     """Threads for host elementwise work: the CPUs this process may run on, capped by
     OPENBLAS_NUM_THREADS or OMP_NUM_THREADS where set (one job per core on a shared node)."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = available_cpus()
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(variable, "")
         if value.isdigit() and int(value) > 0:
             count = min(count, int(value))
-    return max(1, count or 1)
+    return max(1, count)
 
 
 def in_shares(items, work, threads=None):

@@ -271,7 +271,7 @@ def print_table(results, on_gpu):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    parser.add_argument("--backend", choices=backend.CHOICES, default="auto")
     parser.add_argument("--device", type=int, default=0)
     parser.add_argument("--dtype", nargs="+", choices=backend.DTYPES,
                         default=list(backend.DTYPES))

@@ -13,16 +13,14 @@ import io
 import json
 import os
 import tempfile
+import time
 
 import numpy
 
 import backend
+import run_folder
+from run_folder import ALIGNMENT, CHECKPOINT, LOCK
 from training import Statistics
-
-CHECKPOINT = "checkpoint.npz"
-RUN_RECORD = "run.json"
-LOCK = "run.lock"
-ALIGNMENT = "alignment.txt"
 
 
 class RunFolderError(RuntimeError):
@@ -82,7 +80,7 @@ def save_statistics(folder, statistics):
     """training_acc.txt, training_loss.txt, test_acc.txt, test_loss.txt: one value a line;
     alignment.txt (epoch, batch, angle per layer in degrees, a row each) if it has rows."""
     for name, values in statistics.values.items():
-        save_text(os.path.join(folder, name + ".txt"), values)
+        save_text(os.path.join(folder, run_folder.statistics_file(name)), values)
     if statistics.alignment:
         nb_layers = len(statistics.alignment[0]) - 2
         header = ("epoch (0-based) batch (0-based) then, per layer, the angle in degrees "
@@ -96,7 +94,8 @@ def save_results(folder, net, statistics):
     """The published results files: the four statistics and {i}Lweights/{i}Lbiases.npy."""
     save_statistics(folder, statistics)
     for index, layer in enumerate(net.layers):
-        save_array(os.path.join(folder, f"{index}Lweights.npy"), backend.to_host(layer.weight_matrix))
+        save_array(os.path.join(folder, f"{index}Lweights.npy"),
+                   backend.to_host(layer.weight_matrix))
         save_array(os.path.join(folder, f"{index}Lbiases.npy"), backend.to_host(layer.biases))
 
 
@@ -144,7 +143,8 @@ def read_checkpoint(folder):
 
 
 def restore_checkpoint(net, arrays):
-    """Put a checkpoint's weights, biases and optimiser moments into `net`; return its Statistics."""
+    """Put a checkpoint's weights, biases and optimiser moments into `net`; return its
+    Statistics."""
     from inv_net import MomentOptimizer
     for index, layer in enumerate(net.layers):
         layer.weight_matrix = backend.to_device(arrays[f"W{index}"])
@@ -163,25 +163,32 @@ class FolderLock:
 
     The kernel drops it when the process ends in any way, SIGKILL included, so a crashed
     run never leaves it stuck. (flock may not work across machines on some network file
-    systems.)
+    systems.) `is_held` probes it by taking it for an instant, so `acquire` waits up to
+    WAIT_SECONDS for a holder to let go before it reports another process.
     """
+
+    WAIT_SECONDS = 2.0
+    RETRY_SECONDS = 0.05
 
     def __init__(self, folder):
         self.path = os.path.join(folder, LOCK)
         self.file = None
 
     def acquire(self):
+        """Take the lock, or raise RunFolderError if another process keeps it WAIT_SECONDS."""
         self.file = open(self.path, "a+")
+        deadline = time.monotonic() + self.WAIT_SECONDS
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
+            while not _try_lock(self.file):
+                if time.monotonic() >= deadline:
+                    raise RunFolderError(
+                        f"Another process is running in {os.path.dirname(self.path)} (it "
+                        f"holds {LOCK}). Wait for it to finish or stop it; two runs cannot "
+                        f"share a results folder.")
+                time.sleep(self.RETRY_SECONDS)
+        except BaseException:
             self.file.close()
             self.file = None
-            if error.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunFolderError(
-                    f"Another process is running in {os.path.dirname(self.path)} (it holds "
-                    f"{LOCK}). Wait for it to finish or stop it; two runs cannot share a "
-                    f"results folder.") from None
             raise
         self.file.seek(0)
         self.file.truncate()
@@ -189,7 +196,37 @@ class FolderLock:
         self.file.flush()
 
     def release(self):
+        """Let go of the lock (nothing if it is not held)."""
         if self.file is not None:
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
             self.file = None
+
+    @staticmethod
+    def is_held(folder):
+        """Whether a process holds the lock of `folder` (a run is training there now).
+
+        A lock that cannot be probed (no flock on the file system) counts as held.
+        """
+        path = os.path.join(folder, LOCK)
+        if not os.path.exists(path):
+            return False
+        with open(path, "a") as file:
+            try:
+                if _try_lock(file):
+                    fcntl.flock(file, fcntl.LOCK_UN)
+                    return False
+            except OSError:
+                pass
+        return True
+
+
+def _try_lock(file):
+    """Take the exclusive flock of an open file if no one holds it; whether it was taken."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True

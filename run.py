@@ -15,6 +15,9 @@ import sys
 import traceback
 import warnings
 
+import run_folder
+from run_folder import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE
+
 
 def _stop_before_training(signum, frame):
     """Ctrl-C / SIGTERM before StopSignal takes over: quit at once, status 130 / 143, no traceback.
@@ -33,7 +36,7 @@ def _stop_before_training(signum, frame):
         for child in active_children() if active_children else ():
             child.kill()
     finally:
-        os._exit(130 if signum == signal.SIGINT else 143)
+        os._exit(EXIT_SIGNAL[signum])
 
 
 if __name__ == "__main__":  # installed before the slow imports below
@@ -42,17 +45,10 @@ if __name__ == "__main__":  # installed before the slow imports below
 
 import backend  # noqa: E402
 import checkpoint  # noqa: E402
+import data  # noqa: E402
 import training  # noqa: E402
 import utils  # noqa: E402
 from checkpoint import RunFolderError, now  # noqa: E402
-
-EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 1, 2, 3
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
-# The settings that change what a run computes: a checkpoint resumes only under equal ones.
-COMPUTATION = ("algorithm", "dataset", "seed", "nb_layers", "tower", "linear", "orthogonal_init",
-               "orthogonal_reg", "learning_rate", "eval_interval", "dtype")
-RESULT_FILES = ([name + ".txt" for name in training.Statistics.NAMES]
-                + [checkpoint.ALIGNMENT, checkpoint.CHECKPOINT, checkpoint.RUN_RECORD, "error.log"])
 
 
 class UsageError(Exception):
@@ -71,7 +67,8 @@ def number(kind, minimum, strict=False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(
                 f"{text!r} must be {'greater than' if strict else 'at least'} {minimum}")
@@ -91,7 +88,7 @@ def build_parser():
     add("--nb_epochs", type=number(int, 1), default=100, help="epochs to train (in total)")
     add("--nb_layers", type=number(int, 0), default=1, help="hidden layers of a square network")
     add("--learning_rate", type=number(float, 0.0, strict=True), default=0.0001)
-    add("--dataset", choices=list(utils.DATASETS), default="MNIST")
+    add("--dataset", choices=list(data.DATASETS), default="MNIST")
     add("--linear", action="store_true", help="linear layers instead of leaky ReLU")
     add("--tower", action="store_true", help="the 784-784-500-200-10 tower network")
     add("--orthogonal_init", action="store_true",
@@ -105,27 +102,13 @@ def build_parser():
                       help="every N batches, log per layer the angle between the rule's and "
                            "BP's weight directions to alignment.txt (0 = off)")
     ours.add_argument("--dtype", choices=backend.DTYPES, default="float64")
-    ours.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+    ours.add_argument("--backend", choices=backend.CHOICES, default="auto",
                       help="auto = CuPy when it imports and sees a GPU, else NumPy")
     ours.add_argument("--data_dir", default="./data", help="torchvision data root")
     ours.add_argument("--results_dir", default="results", help="where results folders go")
     ours.add_argument("--overwrite", action="store_true",
                       help="replace a finished or interrupted run in the results folder")
     return parser
-
-
-def results_folder(args):
-    """results/{dataset}_{algorithm}_[Linear_][OrthoInit_]{reg}OrthoReg_{seed}Seed_{lr}LR_{n}L|TOWER."""
-    name = (f"{args.dataset}_{args.algorithm}_" + ("Linear_" if args.linear else "")
-            + ("OrthoInit_" if args.orthogonal_init else "")
-            + f"{args.orthogonal_reg}OrthoReg_{args.seed}Seed_{args.learning_rate}LR_"
-            + f"{args.nb_layers}{'TOWER' if args.tower else 'L'}")
-    return os.path.join(args.results_dir, name)
-
-
-def settings_of(args):
-    """The settings that determine what the run computes."""
-    return {name: getattr(args, name) for name in COMPUTATION}
 
 
 def build_net(args):
@@ -143,20 +126,40 @@ def resume_command(argv):
     return shlex.join([sys.argv[0]] + kept + ["--load"])
 
 
+@contextlib.contextmanager
+def reading(path):
+    """Report an OSError inside the block as a failure to read `path` (RunFolderError, exit
+    status 1), not to write: main's report of any other OSError."""
+    try:
+        yield
+    except OSError as error:
+        raise RunFolderError(f"cannot read {error.filename or path}: {error.strerror}. Make it "
+                             f"readable, then run the same command again.") from None
+
+
+def read_record(record_path):
+    """The run record (run.json) at `record_path`, or None if there is none."""
+    if not os.path.exists(record_path):
+        return None
+    try:
+        with reading(record_path):
+            return checkpoint.load_json(record_path)
+    except ValueError as error:
+        raise RunFolderError(f"The run record {record_path} cannot be read ({error}). "
+                             f"Replace the run with --overwrite.") from None
+
+
 def prepare_folder(folder, args):
     """Check what the folder holds against --load/--overwrite; return the checkpoint or None."""
-    record_path = os.path.join(folder, checkpoint.RUN_RECORD)
-    for name in os.listdir(folder):  # temporary files of writes a killed run left unfinished
+    with reading(folder):
+        names = os.listdir(folder)
+    for name in names:  # temporary files of writes a killed run left unfinished
         if name.startswith(".") and name.endswith(".partial"):
             os.remove(os.path.join(folder, name))
     if args.overwrite and not args.load:  # replace whatever it holds, readable or not
         record = stored = None
     else:
-        try:
-            record = checkpoint.load_json(record_path) if os.path.exists(record_path) else None
-        except ValueError as error:
-            raise RunFolderError(f"The run record {record_path} cannot be read ({error}). "
-                                 f"Replace the run with --overwrite.") from None
+        record = read_record(os.path.join(folder, run_folder.RUN_RECORD))
         stored = checkpoint.read_checkpoint(folder)
     if args.load:
         if record is None and stored is None:
@@ -165,10 +168,7 @@ def prepare_folder(folder, args):
         if stored is None:
             print(f"{folder} holds a run stopped before its first checkpoint: starting over.")
             return None
-        meta = stored[0]
-        differences = [f"{name}: stored {meta['settings'].get(name)!r}, asked {value!r}"
-                       for name, value in settings_of(args).items()
-                       if meta["settings"].get(name) != value]
+        differences = run_folder.setting_differences(stored[0]["settings"], args)
         if differences:
             raise UsageError(f"The checkpoint in {folder} was made with other settings ("
                              f"{'; '.join(differences)}). Resume with the stored settings, or "
@@ -178,8 +178,8 @@ def prepare_folder(folder, args):
         status = record["status"] if record else "unknown"
         raise UsageError(f"{folder} already holds a run (status: {status}). Continue it with "
                          f"--load, or replace it with --overwrite; nothing was changed.")
-    for name in os.listdir(folder):
-        if name in RESULT_FILES or name.endswith(("Lweights.npy", "Lbiases.npy")):
+    for name in names:
+        if name in run_folder.RESULT_FILES or name.endswith(("Lweights.npy", "Lbiases.npy")):
             os.remove(os.path.join(folder, name))
     return None
 
@@ -197,15 +197,19 @@ def package_versions():
 
 
 class StopSignal:
-    """Turns the first SIGINT/SIGTERM into a request to stop at the next batch boundary."""
+    """Turns the first SIGINT/SIGTERM into a request to stop at the next batch boundary; a
+    second one calls `on_second()` and exits at once (SystemExit, status 130 / 143)."""
 
-    def __init__(self):
+    def __init__(self, on_second):
         self.received = None
+        self.on_second = on_second
         for number_ in EXIT_SIGNAL:
             signal.signal(number_, self.handle)
 
     def handle(self, signum, frame):
+        """The signal handler: note the first signal, act on a second one."""
         if self.received is not None:
+            self.on_second()
             raise SystemExit(EXIT_SIGNAL[signum])
         self.received = signum
         print(f"\n{signal.Signals(signum).name} received: stopping at the next batch boundary.",
@@ -217,17 +221,18 @@ class StopSignal:
 
 def train_run(args, argv, folder, stored):
     """Load data, build or restore the network, train to --nb_epochs, keep the folder current."""
-    (train, test) = utils.load_dataset(args.dataset, args.data_dir)
+    (train, test) = data.load_dataset(args.dataset, args.data_dir)
     train, test, train_targets = training.to_device_sets(train, test)
     net = build_net(args)
-    record_path = os.path.join(folder, checkpoint.RUN_RECORD)
+    computation = run_folder.computation_settings(args)
+    record_path = os.path.join(folder, run_folder.RUN_RECORD)
     record = {"settings": vars(args), "command": shlex.join([sys.argv[0]] + argv),
               "versions": package_versions(), "backend": backend.describe(),
               "dtype": args.dtype, "started": now(), "ended": None, "epochs_done": 0,
               "nb_epochs": args.nb_epochs, "status": "running", "folder": folder}
     if stored is not None:
         meta, arrays = stored
-        old = checkpoint.load_json(record_path) if os.path.exists(record_path) else {}
+        old = read_record(record_path) or {}
         record["started"] = old.get("started", record["started"])
         record["resumed"] = old.get("resumed", []) + [now()]
         statistics = checkpoint.restore_checkpoint(net, arrays)
@@ -235,12 +240,21 @@ def train_run(args, argv, folder, stored):
         checkpoint.save_results(folder, net, statistics)
         epoch = meta["epoch"]
         print(f"Resuming {folder} from the checkpoint after epoch {epoch}.")
-    stop = StopSignal()
+
+    def stopped_at_once():
+        """A second Ctrl-C / SIGTERM: the files are whole; record the run as interrupted."""
+        if record["status"] == "running":
+            record.update(status="interrupted", ended=now())
+            with contextlib.suppress(OSError):
+                checkpoint.save_json(record_path, record)
+            print(f"Stopped at once; {folder} holds the checkpoint of the last completed epoch. "
+                  f"Resume with:\n  {resume_command(argv)}", file=sys.stderr, flush=True)
+    stop = StopSignal(stopped_at_once)
     checkpoint.save_json(record_path, record)
     if stored is None:
         statistics, epoch = training.Statistics(), 0
         statistics.record(net, train, test)
-        checkpoint.save_checkpoint(folder, net, statistics, 0, settings_of(args))
+        checkpoint.save_checkpoint(folder, net, statistics, 0, computation)
         checkpoint.save_results(folder, net, statistics)
     record["epochs_done"] = epoch
     progress = training.Progress(args.nb_epochs, training.batch_layout(len(train[0]))[1])
@@ -265,21 +279,21 @@ def train_run(args, argv, folder, stored):
             return EXIT_SIGNAL[stop.received]
         epoch += 1
         progress.end_epoch(statistics)
-        checkpoint.save_checkpoint(folder, net, statistics, epoch, settings_of(args))
+        checkpoint.save_checkpoint(folder, net, statistics, epoch, computation)
         checkpoint.save_results(folder, net, statistics)
         record.update(epochs_done=epoch, peak_memory_mb=utils.peak_memory_mb())
         checkpoint.save_json(record_path, record)
     record.update(status="finished", ended=now())
     checkpoint.save_json(record_path, record)
     print(f"Finished {epoch} epochs; results in {folder}")
-    return 0
+    return EXIT_FINISHED
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     warnings.simplefilter("ignore")  # overflow and singular-matrix warnings: divergence is checked
-    folder, lock, created = results_folder(args), None, False
+    folder, lock, created = run_folder.results_folder(args), None, False
     try:
         print(f"Using {backend.select(args.backend, args.device, args.dtype)}")
         if args.load and not os.path.isdir(folder):
@@ -297,7 +311,7 @@ def main(argv=None):
     except backend.BackendError as error:
         print(f"run.py: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (utils.DataError, RunFolderError) as error:
+    except (data.DataError, RunFolderError) as error:
         print(f"run.py: {error}", file=sys.stderr)
         failed = EXIT_FAILED
     except OSError as error:
@@ -307,9 +321,10 @@ def main(argv=None):
               f"last checkpoint in {folder} is intact.", file=sys.stderr)
         failed = EXIT_FAILED
     except Exception:
-        log = os.path.join(folder, "error.log")
+        log = os.path.join(folder, run_folder.ERROR_LOG)
         with contextlib.suppress(OSError):
-            checkpoint.write_atomically(log, lambda file: file.write(traceback.format_exc().encode()))
+            details = traceback.format_exc().encode()
+            checkpoint.write_atomically(log, lambda file: file.write(details))
         print(f"run.py: unexpected error ({sys.exc_info()[1]!r}). The last checkpoint in "
               f"{folder} is intact; the traceback is in {log}. Please report it.", file=sys.stderr)
         failed = EXIT_FAILED
@@ -321,16 +336,17 @@ def main(argv=None):
 
 
 def mark_failed(folder, created):
-    """After a failure: mark an existing run record failed; remove a folder this run created empty."""
-    record_path = os.path.join(folder, checkpoint.RUN_RECORD)
+    """After a failure: mark an existing run record failed; remove a folder this run created
+    empty."""
+    record_path = os.path.join(folder, run_folder.RUN_RECORD)
     with contextlib.suppress(OSError, ValueError):
         if os.path.exists(record_path):
             record = checkpoint.load_json(record_path)
             if record.get("status") == "running":
                 record.update(status="failed", ended=now())
                 checkpoint.save_json(record_path, record)
-        elif created and set(os.listdir(folder)) <= {checkpoint.LOCK}:
-            os.remove(os.path.join(folder, checkpoint.LOCK))
+        elif created and set(os.listdir(folder)) <= {run_folder.LOCK}:
+            os.remove(os.path.join(folder, run_folder.LOCK))
             os.rmdir(folder)
 
 

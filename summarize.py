@@ -61,8 +61,8 @@ def marks(group):
 def display_rows(groups):
     """Header and rows of the table (strings), and the footnotes."""
     columns = summary_data.label_columns(groups)
-    header = [summary_data.LABELS[name] for name in columns] + ["seeds", "epochs", "final test %", "peak test %", "peak epoch",
-                        "final train %"]
+    header = [summary_data.LABELS[name] for name in columns] + [
+        "seeds", "epochs", "final test %", "peak test %", "peak epoch", "final train %"]
     rows, notes = [], []
     for group in groups:
         label = summary_data.label_values(group, columns)

@@ -2,8 +2,8 @@
 
 A run is read from its statistics files (`training_acc.txt`, `test_acc.txt`: one value per
 evaluation) and its `run.json` (settings and status). Without run.json (the published
-scripts wrote none) the settings come from the folder name (SPEC section 8), with the
-published cadence --eval_interval 10 and status 'unknown'.
+scripts wrote none) the settings come from the folder name (run_folder.settings_from_name),
+with the published cadence --eval_interval 10 and status 'unknown'.
 
 Epochs: a run evaluates once before training, then `evaluations_per_epoch` times an
 epoch; evaluation i is placed at epoch i / evaluations_per_epoch (the evaluations are
@@ -11,30 +11,37 @@ spread evenly over the epoch, and the last one of epoch e lands on e).
 """
 import collections
 import dataclasses
+import functools
 import os
-import re
 
 import numpy
 
-import run
+import checkpoint
+import data
+import run_folder
+import training
+from run_folder import ALIGNMENT, RUN_RECORD
 
-NB_BATCHES = 1000  # batches an epoch: every data set has 60,000 training images (SPEC 1)
-GROUP_KEYS = tuple(name for name in run.COMPUTATION if name != "seed")
+NB_BATCHES = training.batch_layout(data.TRAINING_IMAGES)[1]  # batches an epoch
+GROUP_KEYS = tuple(name for name in run_folder.COMPUTATION if name != "seed")
 IN_PROGRESS = ("running", "interrupted", "failed")
 ORDER = {"dataset": ("MNIST", "FMNIST", "KMNIST"), "algorithm": ("BP", "GAIT", "TP")}
-FOLDER_NAME = re.compile(
-    r"(?P<dataset>[A-Z]+)_(?P<algorithm>[A-Z]+)_(?P<linear>Linear_)?(?P<orthogonal_init>OrthoInit_)?"
-    r"(?P<orthogonal_reg>[^_]+)OrthoReg_(?P<seed>-?\d+)Seed_(?P<learning_rate>[^_]+)LR_"
-    r"(?P<nb_layers>\d+)(?P<tower>L|TOWER)")
+# What a folder of the published scripts (no run.json) is assumed to have run with.
+PUBLISHED_UNNAMED = {"eval_interval": 10, "dtype": None}
+# A folder holding either file is a results folder (the published scripts wrote no run.json).
+MARKERS = (RUN_RECORD, run_folder.statistics_file("training_acc"))
 
 
 class SummaryError(Exception):
     """Nothing to summarise, or a path that does not exist; the message says what to do."""
 
 
+@functools.cache
 def evaluations_per_epoch(eval_interval):
-    """Evaluations within an epoch: 1 if eval_interval is 0, else #{b in 1..999: b % N == 0}."""
-    return 1 if eval_interval == 0 else (NB_BATCHES - 1) // eval_interval
+    """Evaluations within an epoch, on the cadence of training.evaluates_after: 1 if
+    eval_interval is 0, else one after each batch b with b % N == 0, b != 0 (99 at N = 10)."""
+    return sum(training.evaluates_after(batch, eval_interval, NB_BATCHES)
+               for batch in range(NB_BATCHES))
 
 
 def mean_sd(values):
@@ -62,22 +69,6 @@ class Run:
         return numpy.arange(length) / max(self.per_epoch, 1)
 
 
-def settings_from_name(name):
-    """The settings encoded in a published results folder name, or None if it is not one."""
-    match = FOLDER_NAME.fullmatch(name)
-    if match is None:
-        return None
-    try:
-        return {"dataset": match["dataset"], "algorithm": match["algorithm"],
-                "linear": bool(match["linear"]), "orthogonal_init": bool(match["orthogonal_init"]),
-                "orthogonal_reg": float(match["orthogonal_reg"]), "seed": int(match["seed"]),
-                "learning_rate": float(match["learning_rate"]),
-                "nb_layers": int(match["nb_layers"]), "tower": match["tower"] == "TOWER",
-                "eval_interval": 10, "dtype": None}
-    except ValueError:
-        return None
-
-
 def read_alignment(path):
     """alignment.txt as rows (epoch position, angle per layer), or None if absent or empty.
 
@@ -95,25 +86,24 @@ def read_alignment(path):
 
 def read_run(folder):
     """The Run of a results folder; raises ValueError if its files cannot be used."""
-    record_path = os.path.join(folder, "run.json")
+    record_path = os.path.join(folder, RUN_RECORD)
     if os.path.exists(record_path):
-        import checkpoint
         record = checkpoint.load_json(record_path)
         settings, status = record["settings"], record.get("status", "unknown")
     else:
-        settings = settings_from_name(os.path.basename(os.path.normpath(folder)))
-        if settings is None:
-            raise ValueError("no run.json, and its name is not a results folder name")
-        status = "unknown"
+        named = run_folder.settings_from_name(os.path.basename(os.path.normpath(folder)))
+        if named is None:
+            raise ValueError(f"no {RUN_RECORD}, and its name is not a results folder name")
+        settings, status = {**named, **PUBLISHED_UNNAMED}, "unknown"
     curves = {}
     for name in ("training_acc", "test_acc"):
-        path = os.path.join(folder, name + ".txt")
+        path = os.path.join(folder, run_folder.statistics_file(name))
         if os.path.exists(path) and os.path.getsize(path) == 0:
-            raise ValueError(f"{name}.txt is empty")
+            raise ValueError(f"{run_folder.statistics_file(name)} is empty")
         values = numpy.loadtxt(path, ndmin=1)
         curves[name] = values
     return Run(os.path.normpath(folder), settings, status, curves,
-               read_alignment(os.path.join(folder, "alignment.txt")))
+               read_alignment(os.path.join(folder, ALIGNMENT)))
 
 
 def find_folders(path):
@@ -121,7 +111,7 @@ def find_folders(path):
     found = []
     for root, directories, files in os.walk(path):
         directories.sort()
-        if "run.json" in files or "training_acc.txt" in files:
+        if any(marker in files for marker in MARKERS):
             found.append(root)
             directories.clear()
     return found
@@ -143,7 +133,7 @@ def read_runs(paths):
             except (OSError, ValueError, KeyError) as error:
                 warnings.append(f"skipping {folder}: {error}")
     if not runs:
-        raise SummaryError(f"no results folders (with run.json or training_acc.txt) under "
+        raise SummaryError(f"no results folders (with {' or '.join(MARKERS)}) under "
                            f"{', '.join(paths)}")
     return runs, warnings
 
@@ -214,6 +204,7 @@ def label_values(group, columns):
             "orthogonal_init": ("yes" if key["orthogonal_init"]
                                 else "yes (reg 0)" if key["orthogonal_reg"] == 0 else "no"),
             "linear": "yes" if key["linear"] else "no",
-            "learning_rate": f"{key['learning_rate']:g}", "orthogonal_reg": f"{key['orthogonal_reg']:g}",
+            "learning_rate": f"{key['learning_rate']:g}",
+            "orthogonal_reg": f"{key['orthogonal_reg']:g}",
             "dtype": key["dtype"] or "?"}
     return {name: text.get(name, str(key[name])) for name in columns}

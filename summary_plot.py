@@ -64,7 +64,8 @@ def appearance(groups):
 
 
 def plot(groups, path):
-    """Draw the panels for `groups` into the image file `path` (PNG, or any type matplotlib knows)."""
+    """Draw the panels for `groups` into the image file `path` (PNG, or any type matplotlib
+    knows)."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot

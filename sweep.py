@@ -18,8 +18,11 @@ import os
 import re
 import sys
 
+import backend
 import run
+import run_folder
 import sweep_launch
+from run_folder import EXIT_USAGE
 from sweep_launch import SweepError
 
 # Grid flags, outermost first: the seeds of one setting are adjacent.
@@ -41,8 +44,8 @@ RUN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(2, f"sweep.py: {message}. Run ./sweep.py --help for every option; nothing "
-                     f"was run.\n")
+        self.exit(EXIT_USAGE, f"sweep.py: {message}. Run ./sweep.py --help for every option; "
+                              f"nothing was run.\n")
 
 
 def build_parser():
@@ -61,7 +64,7 @@ def build_parser():
     shared = parser.add_argument_group("passed unchanged to every run")
     shared.add_argument("--results_dir", default="results")
     shared.add_argument("--data_dir", default="./data")
-    shared.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    shared.add_argument("--backend", choices=backend.CHOICES, default="auto")
     control = parser.add_argument_group("execution")
     control.add_argument("--jobs", type=int, help="runs at a time (default: one per --devices "
                                                   "entry, else 1)")
@@ -141,13 +144,13 @@ def expand(args):
         runs.append(argparse.Namespace(**{**defaults, **preset, **explicit, **shared}))
     folders = {}
     for settings in runs:
-        other = folders.setdefault(run.results_folder(settings), settings)
+        other = folders.setdefault(run_folder.results_folder(settings), settings)
         if other is not settings:
             raise SweepError(
                 f"two runs of the grid would share the results folder "
-                f"{run.results_folder(settings)}: the folder name does not hold eval_interval, "
-                f"dtype or nb_epochs, so give those a single value (or run one sweep per value "
-                f"with its own --results_dir)")
+                f"{run_folder.results_folder(settings)}: the folder name does not hold "
+                f"eval_interval, dtype or nb_epochs, so give those a single value (or run one "
+                f"sweep per value with its own --results_dir)")
     return runs
 
 
@@ -204,7 +207,7 @@ def main(argv=None):
         return sweep_launch.summarize(planned, status)
     except SweepError as error:
         print(f"sweep.py: {error}. Nothing was run.", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What sweep.py does with each run: decide (new, resume, skip), execute locally or on SLURM, report.
+"""What sweep.py does with each run: decide (new, resume, skip), run it here or on SLURM, report.
 
 A run's results folder decides its fate: no folder, a new run; run.json 'finished' with
 enough epochs, skipped; 'interrupted', 'failed' or a stale 'running' with a checkpoint,
@@ -7,7 +7,6 @@ unless --retry-diverged (then started again with --overwrite, since resuming the
 numbers would diverge the same way); a folder another process holds the lock of, skipped.
 """
 import dataclasses
-import fcntl
 import os
 import shlex
 import shutil
@@ -16,12 +15,16 @@ import subprocess
 import sys
 import time
 
+import backend
 import checkpoint
-import run
+import run_folder
+from run_folder import (CHECKPOINT, EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_SIGNAL,
+                        EXIT_USAGE, RUN_RECORD)
 
 MODES = {"new": None, "resume": "load", "restart": "overwrite"}  # the others are skipped
-EXIT_MEANING = {0: "finished", 1: "failed", 2: "bad input", 3: "diverged", 130: "interrupted",
-                143: "terminated"}
+EXIT_MEANING = {EXIT_FINISHED: "finished", EXIT_FAILED: "failed", EXIT_USAGE: "bad input",
+                EXIT_DIVERGED: "diverged", EXIT_SIGNAL[signal.SIGINT]: "interrupted",
+                EXIT_SIGNAL[signal.SIGTERM]: "terminated"}
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 SLURM_SCRIPT = """#!/bin/bash
 # Written by sweep.py: array task i runs line i + 1 of {commands}.
@@ -59,47 +62,31 @@ class Job:
         return MODES.get(self.action, "skip")
 
 
-def is_locked(folder):
-    """Whether a process holds the run.lock of `folder` (a run is training there now)."""
-    path = os.path.join(folder, checkpoint.LOCK)
-    if not os.path.exists(path):
-        return False
-    with open(path, "a") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(file, fcntl.LOCK_UN)
-    return False
-
-
 def plan(settings, retry_diverged=False):
     """The Job of a run's settings, its action decided from what its results folder holds."""
-    folder = run.results_folder(settings)
+    folder = run_folder.results_folder(settings)
     job = Job(settings, folder)
     if not os.path.isdir(folder):
         return job
-    if is_locked(folder):
+    if checkpoint.FolderLock.is_held(folder):
         job.action, job.note = "busy", "another process is training in it now"
         return job
-    has_checkpoint = os.path.exists(os.path.join(folder, checkpoint.CHECKPOINT))
+    has_checkpoint = os.path.exists(os.path.join(folder, CHECKPOINT))
     try:
-        record = checkpoint.load_json(os.path.join(folder, checkpoint.RUN_RECORD))
+        record = checkpoint.load_json(os.path.join(folder, RUN_RECORD))
     except FileNotFoundError:
         record = None
     except (OSError, ValueError) as error:
-        job.action, job.note = "conflict", f"its run.json cannot be read ({error})"
+        job.action, job.note = "conflict", f"its {RUN_RECORD} cannot be read ({error})"
         return job
     if record is None:
         if has_checkpoint:
-            job.action, job.note = "resume", "a checkpoint without run.json"
-        elif os.path.exists(os.path.join(folder, "training_acc.txt")):
-            job.action, job.note = "conflict", ("it holds results without a run.json (from the "
-                                                "published scripts?); move them elsewhere")
+            job.action, job.note = "resume", f"a checkpoint without {RUN_RECORD}"
+        elif os.path.exists(os.path.join(folder, run_folder.statistics_file("training_acc"))):
+            job.action, job.note = "conflict", (f"it holds results without a {RUN_RECORD} (from "
+                                                f"the published scripts?); move them elsewhere")
         return job
-    stored = record.get("settings", {})
-    differences = [f"{name} stored {stored.get(name)!r}, asked {getattr(settings, name)!r}"
-                   for name in run.COMPUTATION if stored.get(name) != getattr(settings, name)]
+    differences = run_folder.setting_differences(record.get("settings", {}), settings)
     status, epochs = record.get("status"), record.get("epochs_done", 0)
     if differences:
         job.action, job.note = "conflict", (f"it holds a run with other settings ("
@@ -137,7 +124,7 @@ def print_commands(jobs):
 def thread_environment(parallel):
     """os.environ with BLAS/OpenMP threads = cores // parallel, unless already set."""
     environment = dict(os.environ)
-    threads = str(max(1, len(os.sched_getaffinity(0)) // parallel))
+    threads = str(max(1, backend.available_cpus() // parallel))
     for name in THREAD_VARIABLES:
         environment.setdefault(name, threads)
     return environment
@@ -191,14 +178,18 @@ def run_locally(jobs, parallel, log_dir):
             signal.signal(signum, handler)
     for job in pending:
         job.outcome = "not started"
-    return {signal.SIGINT: 130, signal.SIGTERM: 143}[received[0]] if received else 0
+    return EXIT_SIGNAL[received[0]] if received else EXIT_FINISHED
 
 
 def finish(job, total):
     """Record a finished local run's exit status and print it (with its log's last lines)."""
     job.returncode = job.process.returncode
-    job.outcome = {0: "done", 130: "interrupted", 143: "interrupted"}.get(job.returncode,
-                                                                           "failed")
+    if job.returncode == EXIT_FINISHED:
+        job.outcome = "done"
+    elif job.returncode in EXIT_SIGNAL.values():
+        job.outcome = "interrupted"
+    else:
+        job.outcome = "failed"
     elapsed = time.monotonic() - job.started
     print(f"[{job.index}/{total}] {describe_exit(job.returncode)} after {elapsed:.0f}s: "
           f"{job.folder}", flush=True)
@@ -211,7 +202,7 @@ def finish(job, total):
 def submit_slurm(jobs, args):
     """Write a job script and a commands file and submit them as one `sbatch --array`."""
     if not jobs:
-        return 0
+        return EXIT_FINISHED
     if not args.dry_run and shutil.which("sbatch") is None:
         raise SweepError("--slurm needs sbatch, which is not on PATH: run the sweep on a SLURM "
                          "login node, or drop --slurm to run locally")
@@ -240,7 +231,7 @@ def submit_slurm(jobs, args):
         print(shlex.join(sbatch))
         for job in jobs:
             job.outcome = "prepared"
-        return 0
+        return EXIT_FINISHED
     result = subprocess.run(sbatch, capture_output=True, text=True)
     if result.returncode != 0:
         raise SweepError(f"sbatch refused the job array: {result.stderr.strip()} (script "
@@ -252,11 +243,12 @@ def submit_slurm(jobs, args):
           f"logs {os.path.join(folder, stem)}_{job_id}_<task>.log. Follow it with "
           f"`squeue -j {job_id}`; once it ends, run this sweep again to resume any run the "
           f"time limit stopped.")
-    return 0
+    return EXIT_FINISHED
 
 
 def summarize(jobs, status):
-    """Print what the sweep did; return its exit status (status if interrupted, 1 if a run failed)."""
+    """Print what the sweep did; return its exit status (`status` if the sweep was interrupted,
+    1 if a run failed)."""
     def select(**fields):
         return [job for job in jobs if all(getattr(job, k) == v for k, v in fields.items())]
 
@@ -290,4 +282,4 @@ def summarize(jobs, status):
     if status:
         return status
     unfinished = select(outcome="not started") + select(outcome="interrupted")
-    return 1 if failed or unfinished or select(action="conflict") else 0
+    return EXIT_FAILED if failed or unfinished or select(action="conflict") else EXIT_FINISHED

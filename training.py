@@ -7,6 +7,7 @@ import time
 import numpy
 
 import backend
+import run_folder
 from inv_net import output_targets
 from utils import angle_degrees, evaluate, one_hot
 
@@ -34,7 +35,7 @@ class Statistics:
     """Accuracy and loss on the training and test sets, one value per evaluation, and the
     alignment rows (epoch, batch, angle per layer) of --log_alignment."""
 
-    NAMES = ("training_acc", "training_loss", "test_acc", "test_loss")
+    NAMES = run_folder.STATISTICS
 
     def __init__(self, values=None, alignment=None):
         self.values = values or {name: [] for name in self.NAMES}

@@ -1,6 +1,7 @@
-"""Transfer functions, data loading and the statistics of a network on a data set."""
-import gzip
-import os
+"""Transfer functions, one-hot labels and the statistics of a network on a data set.
+
+The data sets themselves are read by data.py.
+"""
 import resource
 
 import numpy
@@ -130,145 +131,7 @@ def scaled_inverse_difference(h, local_errors, scale, linear=False):
     return _SCALED_INVERSE_DIFFERENCE(h, local_errors, h.dtype.type(scale))
 
 
-# ----------------------------------------------------------------------------- data
-
-DATASETS = {"MNIST": "MNIST", "FMNIST": "FashionMNIST", "KMNIST": "KMNIST"}
-RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-class DataError(RuntimeError):
-    """A data set could not be found, fetched or read; the message says what to do."""
-
-
-def raw_folder(data_dir, dataset):
-    """Where torchvision keeps a data set's IDX files: <data_dir>/<Name>/raw."""
-    return os.path.join(data_dir, DATASETS[dataset], "raw")
-
-
-def _unpack_gzipped(folder):
-    """Unpack every `<file>.gz` of RAW_FILES whose unpacked IDX file is missing.
-
-    torchvision only accepts .gz files whose md5 it knows; unpacking them here also lets
-    re-compressed copies (Debian's Fashion-MNIST) load with no network.
-    """
-    for stem in RAW_FILES:
-        target, packed = os.path.join(folder, stem), os.path.join(folder, stem + ".gz")
-        if os.path.exists(target) or not os.path.exists(packed):
-            continue
-        partial = f"{target}.{os.getpid()}.partial"  # per process: runs may start together
-        try:
-            with gzip.open(packed, "rb") as source, open(partial, "wb") as sink:
-                while chunk := source.read(1 << 22):
-                    sink.write(chunk)
-            os.replace(partial, target)
-        except (OSError, EOFError, gzip.BadGzipFile) as error:
-            if os.path.exists(partial):
-                os.remove(partial)
-            raise DataError(f"The data file {packed} is corrupt or truncated ({error}). "
-                            f"Delete it and put a good copy in {folder}.") from None
-
-
-def _idx_file_intact(path):
-    """Whether an unsigned-byte IDX file's header is valid and its size matches its shape."""
-    try:
-        with open(path, "rb") as file:
-            header = file.read(4)
-            if len(header) != 4 or header[:3] != b"\x00\x00\x08" or not 1 <= header[3] <= 3:
-                return False
-            dims = numpy.frombuffer(file.read(4 * header[3]), dtype=">i4")
-        return (len(dims) == header[3]
-                and os.path.getsize(path) == 4 + 4 * header[3] + int(numpy.prod(dims)))
-    except OSError:
-        return False
-
-
-def _torchvision_split(dataset, data_dir, train):
-    """(images, labels) of one split as uint8 NumPy arrays, through torchvision."""
-    import torchvision.datasets
-    folder = raw_folder(data_dir, dataset)
-    present = all(os.path.exists(os.path.join(folder, stem)) for stem in RAW_FILES)
-    cls = getattr(torchvision.datasets, DATASETS[dataset])
-    try:
-        data = cls(data_dir, train=train, download=not present)
-    except Exception as error:
-        if not present:
-            missing = [stem for stem in RAW_FILES
-                       if not os.path.exists(os.path.join(folder, stem))]
-            raise DataError(
-                f"The {dataset} data set is not in {folder} and could not be downloaded "
-                f"({type(error).__name__}). Put these files there (gzipped .gz or unpacked): "
-                f"{', '.join(missing)}; or run once on a machine with internet access and "
-                f"copy the folder.") from None
-        damaged = [stem for stem in RAW_FILES if not _idx_file_intact(os.path.join(folder, stem))]
-        raise DataError(f"The {dataset} files in {folder} could not be read ({error}): "
-                        f"{', '.join(damaged) or 'a file'} is corrupt or truncated. Replace "
-                        f"the damaged file(s) with good copies.") from None
-    return data.data.numpy(), data.targets.numpy()
-
-
-def _read_raw_splits(dataset, data_dir):
-    """Unpack any .gz files, then read both splits with torchvision: four uint8 arrays."""
-    folder = raw_folder(data_dir, dataset)
-    if os.path.isdir(folder):
-        _unpack_gzipped(folder)
-    return (_torchvision_split(dataset, data_dir, train=True)
-            + _torchvision_split(dataset, data_dir, train=False))
-
-
-def _die_with_parent(parent):
-    """In the child: be killed when the parent dies (Linux), even by SIGKILL; otherwise a
-    child left alone blocks forever on sending its result, holding the data in memory."""
-    import ctypes
-    import signal
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (AttributeError, OSError):  # not Linux: no such call
-        return
-    if os.getppid() != parent:  # the parent died before prctl
-        os._exit(1)
-
-
-def _in_child_process(function, *arguments):
-    """function(*arguments) computed in a fresh Python process, its result sent back.
-
-    Importing torch costs a process about 650 MB of resident memory for the rest of its
-    life; reading the data in a child keeps a training run's memory to what it uses.
-    """
-    import multiprocessing
-    # imported by name: an interrupted lazy import of concurrent.futures.process would
-    # otherwise turn this except clause itself into an AttributeError
-    from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
-    context = multiprocessing.get_context("spawn")
-    try:
-        with ProcessPoolExecutor(1, mp_context=context, initializer=_die_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
-            return pool.submit(function, *arguments).result()
-    except BrokenProcessPool:
-        raise DataError("The process reading the data set stopped before it finished "
-                        "(interrupted, or out of memory). Run again.") from None
-
-
-def load_dataset(dataset, data_dir="./data"):
-    """Training and test sets as ((x_train, y_train), (x_test, y_test)), host float64.
-
-    Images are flattened to 784 values and divided by the largest absolute pixel value of
-    the training set (255); labels are integers 0..9 (see `one_hot`). The files are read
-    by torchvision in a child process (see `_in_child_process`).
-    """
-    if dataset not in DATASETS:
-        raise DataError(f"unknown data set {dataset!r}: use one of {', '.join(DATASETS)}")
-    train_images, train_labels, test_images, test_labels = _in_child_process(
-        _read_raw_splits, dataset, data_dir)
-    scale = float(numpy.max(numpy.abs(train_images)))
-    flat = []
-    for images in (train_images, test_images):
-        values = images.reshape(len(images), -1).astype(numpy.float64)
-        values /= scale
-        flat.append(values)
-    return ((flat[0], train_labels.astype(numpy.int64)),
-            (flat[1], test_labels.astype(numpy.int64)))
-
+# ----------------------------------------------------------------------------- labels
 
 def one_hot(labels, nb_classes=NB_CLASSES):
     """Rows of `nb_classes` with a 1 at each label: (n,) int -> (n, nb_classes) float64."""

@@ -44,3 +44,11 @@ def mnist_raw():
         "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")))
     return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """One data root for the session, genuine MNIST and Fashion-MNIST copied and unpacked
+    (test_run.DataRoot), for test_run.py and test_reliability.py."""
+    from test_run import DataRoot
+    return DataRoot(str(tmp_path_factory.mktemp("data")))

@@ -134,7 +134,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 def start_slurm(folder):
     """Start a one-node SLURM of the test's own in `folder`; yield its environment, then stop it.
 
-    As /work/shared/SLURM.md records (munged, slurmctld, slurmd, a slurm.conf with its own
+    The usual one-machine SLURM (munged, slurmctld and slurmd, with a slurm.conf of its own
     ports), except that munged gets its own key and socket in `folder`
     (AuthInfo=socket=...), so nothing of the machine's is touched. The daemons are stopped
     by their process ids, after any job left in this SLURM is cancelled.

@@ -48,6 +48,13 @@ def test_host_threads_follow_affinity_and_blas_limits(monkeypatch):
     assert backend.host_threads() == len(os.sched_getaffinity(0))
 
 
+def test_available_cpus_without_an_affinity_call(monkeypatch):
+    """macOS has no os.sched_getaffinity: every CPU of the machine counts."""
+    assert backend.available_cpus() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert backend.available_cpus() == os.cpu_count()
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 7])
 def test_in_shares_deals_every_item_once(threads):
     seen = []

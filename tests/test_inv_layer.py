@@ -1,4 +1,4 @@
-"""InvLayer (SPEC section 2) and the transfer functions of utils it uses."""
+"""InvLayer (one invertible layer) and the transfer functions of utils it uses."""
 import numpy as np
 import pytest
 import scipy.stats

@@ -1,4 +1,4 @@
-"""Networks (SPEC section 3), the three learning rules (section 4) and the optimiser (5).
+"""Networks (square and tower), the three learning rules (BP, GAIT, TP) and the optimiser.
 
 Every expected value is recomputed here in plain NumPy, independently of the package:
 explicit matrix inverses (np.linalg.inv), explicit transfer functions, finite differences.
@@ -374,9 +374,9 @@ def test_gait_top_layer_and_regulariser():
 
 # ----------------------------------------------------------------------------- GAIT vs BP
 
-# Scaling: the SPEC's GAIT direction is d = g (h - t) / gamma**k, which already divides out
-# the gamma**k by which the target of a layer with k layers above differs from its
-# activity. So GAIT and BP directions are compared as they are, with no rescaling
+# Scaling: GAIT's direction (inv_net.get_gait_updates) is d = g (h - t) / gamma**k, which
+# already divides out the gamma**k by which the target of a layer with k layers above
+# differs from its activity. So GAIT and BP directions are compared as they are, with no rescaling
 # (multiplying the GAIT direction by gamma**k would break the equality below the top).
 
 def orthogonal_case(units, linear, target_kind, seed=3, n=60):
@@ -519,7 +519,8 @@ def test_optimizer_hand_made_two_by_two():
     assert layer.weight_matrix[1, 1] == 4.0
 
     net.update_parameters([w_dirs[2]], [b_dirs[2]], lr)
-    # scalar recurrences of SPEC section 5, element by element, for all three steps
+    # the optimiser's scalar recurrences (Adam-like, no bias correction: see MomentOptimizer),
+    # element by element, for all three steps
     for start, dirs, actual in (([[1.0, 2.0], [3.0, 4.0]], w_dirs, layer.weight_matrix),
                                 ([0.5, -0.5], b_dirs, layer.biases)):
         expected = np.array(start, dtype=float)

@@ -6,6 +6,7 @@ a 1-layer network (--nb_layers 0), 2 epochs, an evaluation every 50 batches.
 """
 import concurrent.futures
 import datetime
+import fcntl
 import json
 import os
 import random
@@ -20,10 +21,11 @@ import time
 import numpy
 import pytest
 
-from test_run import (NO_NETWORK, RAW_STEMS, STATISTICS, assert_clean, cli, data_root,  # noqa: F401
-                      line_count, run, spawn)
+from test_run import (NO_NETWORK, RAW_STEMS, STATISTICS, assert_clean, cli, line_count, run,
+                      spawn)
 
 import checkpoint  # noqa: E402
+import run_folder  # noqa: E402
 from inv_layer import InvLayer  # noqa: E402
 
 SMALL = ["--nb_layers", "0", "--eval_interval", "50"]
@@ -47,18 +49,18 @@ def snapshot(folder):
     """(bytes, mtime) of every file in a folder but the lock file."""
     return {name: (open(os.path.join(folder, name), "rb").read(),
                    os.stat(os.path.join(folder, name)).st_mtime_ns)
-            for name in sorted(os.listdir(folder)) if name != checkpoint.LOCK}
+            for name in sorted(os.listdir(folder)) if name != run_folder.LOCK}
 
 
 def checkpoint_arrays(folder):
     """(meta, arrays) of a folder's checkpoint.npz, read without pickles."""
-    with numpy.load(os.path.join(folder, checkpoint.CHECKPOINT), allow_pickle=False) as stored:
+    with numpy.load(os.path.join(folder, run_folder.CHECKPOINT), allow_pickle=False) as stored:
         arrays = {name: stored[name] for name in stored.files}
     return json.loads(str(arrays.pop("meta"))), arrays
 
 
 def record_of(folder):
-    with open(os.path.join(folder, checkpoint.RUN_RECORD)) as file:
+    with open(os.path.join(folder, run_folder.RUN_RECORD)) as file:
         return json.load(file)
 
 
@@ -241,7 +243,7 @@ def test_load_rewrites_results_files_left_behind_by_a_kill(reference, mnist, tmp
     numpy.save(os.path.join(folder, "0Lweights.npy"), numpy.zeros((784, 784)))
     record = record_of(folder)
     record.update(status="running", epochs_done=1, ended=None)
-    checkpoint.save_json(os.path.join(folder, checkpoint.RUN_RECORD), record)
+    checkpoint.save_json(os.path.join(folder, run_folder.RUN_RECORD), record)
     torn = os.path.join(folder, ".checkpoint.npz_x1y2.partial")  # an unfinished write
     with open(torn, "wb") as file:
         file.write(b"PK\x03\x04 half a checkpoint")
@@ -265,7 +267,7 @@ def test_no_silent_overwrite_then_overwrite_starts_afresh(reference, mnist, tmp_
 
     record = record_of(folder)
     record["status"] = "interrupted"
-    checkpoint.save_json(os.path.join(folder, checkpoint.RUN_RECORD), record)
+    checkpoint.save_json(os.path.join(folder, run_folder.RUN_RECORD), record)
     before = snapshot(folder)
     done = cli(small_run(root, results))
     assert_clean(done, 2)
@@ -287,7 +289,7 @@ def test_second_process_on_a_folder_refuses_and_a_killed_one_frees_it(mnist, tmp
     results = tmp_path / "results"
     folder = results / NAME
     first = Watched(small_run(mnist, results))
-    lock = folder / checkpoint.LOCK
+    lock = folder / run_folder.LOCK
     deadline = time.monotonic() + 600
     while not (lock.exists() and lock.read_text().strip() == str(first.process.pid)):
         assert first.process.poll() is None and time.monotonic() < deadline, first.output
@@ -298,7 +300,7 @@ def test_second_process_on_a_folder_refuses_and_a_killed_one_frees_it(mnist, tmp
     assert "Another process" in second.stderr and str(folder) in second.stderr
     assert running, "the second run must refuse at once, not wait for the first"
 
-    assert first.wait_for_file(str(folder / checkpoint.CHECKPOINT))
+    assert first.wait_for_file(str(folder / run_folder.CHECKPOINT))
     first.process.kill()
     assert first.finish() == -signal.SIGKILL
     third = cli(small_run(mnist, results))  # past the lock: refuses to overwrite the run
@@ -308,6 +310,28 @@ def test_second_process_on_a_folder_refuses_and_a_killed_one_frees_it(mnist, tmp
     assert_clean(fourth, 2)  # past the lock: the checkpoint's settings differ
     assert "Another process" not in fourth.output and "eval_interval" in fourth.stderr
 
+
+
+def test_a_run_waits_out_a_probe_of_its_lock(tmp_path, monkeypatch):
+    """sweep.py probes a folder by taking its lock for an instant (FolderLock.is_held): a run
+    starting in that instant waits for it instead of reporting another process."""
+    folder = str(tmp_path)
+    probe = open(tmp_path / run_folder.LOCK, "a")
+    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.3, probe.close).start()  # closing the file lets go of the lock
+    lock = checkpoint.FolderLock(folder)
+    started = time.monotonic()
+    lock.acquire()
+    assert time.monotonic() - started >= 0.25  # it did wait
+    assert checkpoint.FolderLock.is_held(folder)
+    lock.release()
+    assert not checkpoint.FolderLock.is_held(folder)
+    monkeypatch.setattr(checkpoint.FolderLock, "WAIT_SECONDS", 0.2)
+    with open(tmp_path / run_folder.LOCK, "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(checkpoint.RunFolderError, match="Another process"):
+            checkpoint.FolderLock(folder).acquire()
+    assert not checkpoint.FolderLock.is_held(folder)
 
 # ----------------------------------------------------------------------------- pickles
 
@@ -332,7 +356,7 @@ def test_planted_pickle_in_a_checkpoint_is_refused_and_never_run(tmp_path):
     folder = results / NAME
     folder.mkdir(parents=True)
     marker = tmp_path / "code_ran"
-    plant(str(folder / checkpoint.CHECKPOINT), marker)
+    plant(str(folder / run_folder.CHECKPOINT), marker)
     for extra in (["--load"], []):
         done = cli(SMALL + ["--results_dir", results, "--data_dir", tmp_path / "nodata"] + extra)
         assert done.returncode == 1, done.output
@@ -341,9 +365,9 @@ def test_planted_pickle_in_a_checkpoint_is_refused_and_never_run(tmp_path):
         assert not marker.exists(), "the pickled object was loaded"
     # --overwrite replaces the unreadable checkpoint without reading it
     args = run.build_parser().parse_args(SMALL + ["--results_dir", str(results), "--overwrite"])
-    assert run.results_folder(args) == str(folder)
+    assert run_folder.results_folder(args) == str(folder)
     assert run.prepare_folder(str(folder), args) is None
-    assert not marker.exists() and not (folder / checkpoint.CHECKPOINT).exists()
+    assert not marker.exists() and not (folder / run_folder.CHECKPOINT).exists()
     # the planted file really was dangerous: loading it with pickles runs the command
     plant(str(tmp_path / "check.npz"), marker)
     with numpy.load(tmp_path / "check.npz", allow_pickle=True) as stored:
@@ -366,11 +390,21 @@ def test_planted_pickle_in_layer_files_is_refused(tmp_path):
 def test_unreadable_run_record_is_refused_cleanly(tmp_path):
     results = tmp_path / "results"
     (results / NAME).mkdir(parents=True)
-    (results / NAME / checkpoint.RUN_RECORD).write_text('{"status": "runn')
+    (results / NAME / run_folder.RUN_RECORD).write_text('{"status": "runn')
     done = cli(SMALL + ["--results_dir", results, "--load"])
     assert done.returncode != 0 and "Traceback" not in done.output
     assert "run.json" in done.stderr, done.stderr
 
+
+
+def test_a_run_record_that_cannot_be_read_is_reported_as_a_read_error(tmp_path):
+    results = tmp_path / "results"
+    record = results / NAME / run_folder.RUN_RECORD
+    record.mkdir(parents=True)  # open() fails with EISDIR, even for root
+    done = cli(SMALL + ["--results_dir", results, "--load"])
+    assert_clean(done, 1)
+    assert f"cannot read {record}" in done.stderr and "cannot write" not in done.stderr, done.stderr
+    assert record.is_dir()
 
 # ----------------------------------------------------------------------------- divergence
 
@@ -495,11 +529,11 @@ def test_full_disk_at_an_epoch_end_keeps_the_last_checkpoint(reference, mnist, s
     disk = small_disk(size + 6 * 2**20)  # room for run.json updates, not a new checkpoint
     folder = disk / "results" / NAME
     shutil.copytree(source, folder)
-    before = read_bytes(str(folder), RESULTS + [checkpoint.CHECKPOINT])
+    before = read_bytes(str(folder), RESULTS + [run_folder.CHECKPOINT])
     done = cli(small_run(mnist, disk / "results", "--load", epochs=3))
     assert done.returncode == 1 and "Traceback" not in done.output, done.output
     assert "No space left on device" in done.stderr and "--load" in done.stderr, done.stderr
-    assert read_bytes(str(folder), RESULTS + [checkpoint.CHECKPOINT]) == before
+    assert read_bytes(str(folder), RESULTS + [run_folder.CHECKPOINT]) == before
     assert record_of(str(folder))["status"] == "failed"
     assert not [name for name in os.listdir(folder) if name.endswith(".partial")]
 
@@ -513,12 +547,25 @@ def test_signal_before_training_exits_cleanly(mnist, tmp_path, signum, status, d
     watched = Watched(small_run(mnist, tmp_path / "results"))
     assert watched.wait_for_line(r"^Using backend")
     time.sleep(delay)
-    assert not (tmp_path / "results" / NAME / checkpoint.RUN_RECORD).exists(), "too late"
+    assert not (tmp_path / "results" / NAME / run_folder.RUN_RECORD).exists(), "too late"
     watched.process.send_signal(signum)
     assert watched.finish() == status, watched.output
     assert "Traceback" not in watched.output and "unexpected error" not in watched.output
     assert "before training started" in watched.output, watched.output
 
+
+def test_a_second_signal_stops_at_once_and_records_the_run_interrupted(mnist, tmp_path):
+    """Ctrl-C, then SIGTERM before the batch ends: the second exits at once (143), and
+    run.json says 'interrupted', not 'running'."""
+    watched = Watched(small_run(mnist, tmp_path / "results"))
+    assert watched.wait_for_line(r"batch 100/1000"), watched.output
+    watched.process.send_signal(signal.SIGINT)
+    watched.process.send_signal(signal.SIGTERM)  # handled after SIGINT's handler, in order
+    assert watched.finish() == 143, watched.output
+    assert "Traceback" not in watched.output, watched.output
+    assert "Stopped at once" in watched.output and "--load" in watched.output
+    record = record_of(str(tmp_path / "results" / NAME))
+    assert record["status"] == "interrupted" and record["ended"], record
 
 def test_signal_inside_the_multiprocessing_import_exits_cleanly():
     """The handler when the signal lands while `multiprocessing` is half imported (a module
@@ -582,7 +629,7 @@ def test_sigkill_while_reading_data_leaves_no_process_behind(mnist, tmp_path):
 SEED = 20240601
 PLAN = [  # (phase, signal, output line (regex) or file that starts the clock, delay range in s)
     ("startup: imports and data loading", signal.SIGKILL, r"^Using backend", (0.0, 1.0)),
-    ("initial evaluation and first checkpoint", signal.SIGKILL, checkpoint.RUN_RECORD, (0.0, 1.5)),
+    ("initial evaluation and first checkpoint", signal.SIGKILL, run_folder.RUN_RECORD, (0.0, 1.5)),
     ("mid-epoch training and evaluation", signal.SIGKILL, r"batch [3-6]00/1000", (0.0, 2.0)),
     ("epoch end: checkpoint and results writes", signal.SIGKILL, r"batch 1000/1000", (0.0, 0.3)),
     ("SIGTERM mid-epoch", signal.SIGTERM, r"batch 200/1000", (0.0, 1.0)),
@@ -603,9 +650,9 @@ def folder_state(folder):
         path = os.path.join(folder, name)
         if os.path.exists(path):
             assert numpy.isfinite(numpy.load(path, allow_pickle=False)).all()
-    if os.path.exists(os.path.join(folder, checkpoint.RUN_RECORD)):
+    if os.path.exists(os.path.join(folder, run_folder.RUN_RECORD)):
         record_of(folder)
-    if not os.path.exists(os.path.join(folder, checkpoint.CHECKPOINT)):
+    if not os.path.exists(os.path.join(folder, run_folder.CHECKPOINT)):
         return None
     meta, arrays = checkpoint_arrays(folder)
     for name in STATISTICS:
@@ -625,7 +672,7 @@ class KillSequence:
 
     def has_run(self):
         return any(os.path.exists(os.path.join(self.folder, name))
-                   for name in (checkpoint.RUN_RECORD, checkpoint.CHECKPOINT))
+                   for name in (run_folder.RUN_RECORD, run_folder.CHECKPOINT))
 
     def start(self):
         if self.has_run():
@@ -653,7 +700,7 @@ class KillSequence:
                        reached=reached, sent=alive, status=status, output=watched.output,
                        before=before, after=folder_state(self.folder),
                        record=record_of(self.folder)["status"] if os.path.exists(
-                           os.path.join(self.folder, checkpoint.RUN_RECORD)) else None,
+                           os.path.join(self.folder, run_folder.RUN_RECORD)) else None,
                        loaded="--load" in watched.process.args)
         self.log.append(f"kill point {len(self.attempts) + 1}: {attempt['signal']} {phase}, "
               f"{delay:.3f} s after the trigger ({at:.2f} s into the process, "

@@ -2,7 +2,8 @@
 cadence, and one-epoch end-to-end runs of BP, GAIT and TP on genuine MNIST and
 Fashion-MNIST (issue 2, item 8: "the CLI" and "end to end on real data").
 
-The helpers at the top (the data root, `run_cli`) are shared with test_reliability.py.
+The helpers at the top (DataRoot, behind conftest's `data_root` fixture; `cli`) are shared
+with test_reliability.py.
 Runs are subprocesses `python run.py ...` with single-threaded BLAS (several run side by
 side on a small machine; timings are never asserted).
 """
@@ -23,6 +24,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import run  # noqa: E402
+import run_folder  # noqa: E402
 import training  # noqa: E402
 
 RUN_PY = os.path.join(REPO, "run.py")
@@ -84,21 +86,6 @@ class DataRoot:
         return self.path
 
 
-_SESSION = {}
-
-
-def session_data_root(tmp_path_factory):
-    """The DataRoot of this session, built on first use (shared by both test files)."""
-    if "root" not in _SESSION:
-        _SESSION["root"] = DataRoot(str(tmp_path_factory.mktemp("data")))
-    return _SESSION["root"]
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    return session_data_root(tmp_path_factory)
-
-
 def cli(args, cwd=None, env=None, timeout=900):
     """Run `python run.py *args` to the end; returns CompletedProcess with `.output`."""
     started = time.monotonic()
@@ -134,7 +121,8 @@ def line_count(path):
 
 
 def assert_results_files(folder, nb_layers, nb_lines):
-    """Every SPEC section 8 file: statistics with `nb_lines` lines, (784, 784)/(784,) arrays."""
+    """Every results file (README's Results table): statistics with `nb_lines` lines,
+    (784, 784)/(784,) arrays."""
     for name in STATISTICS:
         path = os.path.join(folder, name + ".txt")
         assert line_count(path) == nb_lines, (name, nb_lines)
@@ -164,9 +152,9 @@ SAMPLES = {
     "eval_interval": ("0", 0), "dtype": ("float32", "float32"), "backend": ("numpy", "numpy"),
     "data_dir": ("/some/data", "/some/data"), "results_dir": ("/some/results", "/some/results"),
 }
-SPEC_FLAGS = ("algorithm", "seed", "orthogonal_reg", "device", "nb_epochs", "nb_layers",
+PUBLISHED_FLAGS = ("algorithm", "seed", "orthogonal_reg", "device", "nb_epochs", "nb_layers",
               "learning_rate", "dataset", "linear", "tower", "orthogonal_init", "load")
-SPEC_DEFAULTS = {"algorithm": "BP", "seed": 1, "orthogonal_reg": 0.0, "device": 0,
+DEFAULTS = {"algorithm": "BP", "seed": 1, "orthogonal_reg": 0.0, "device": 0,
                  "nb_epochs": 100, "nb_layers": 1, "learning_rate": 0.0001, "dataset": "MNIST",
                  "linear": False, "tower": False, "orthogonal_init": False, "load": False,
                  "eval_interval": 10, "overwrite": False}
@@ -190,13 +178,13 @@ def sample(action):
     return "3", action.type("3") if action.type else "3"
 
 
-def test_spec_flags_exist_with_their_defaults():
+def test_published_flags_exist_with_their_defaults():
     options = {option for option, _ in parser_options()}
-    for flag in SPEC_FLAGS + ("eval_interval", "overwrite", "data_dir", "results_dir"):
+    for flag in PUBLISHED_FLAGS + ("eval_interval", "overwrite", "data_dir", "results_dir"):
         assert f"--{flag}" in options, flag
     assert "--orthogona_reg" in options  # the published README's spelling
     args = run.build_parser().parse_args([])
-    for name, value in SPEC_DEFAULTS.items():
+    for name, value in DEFAULTS.items():
         assert getattr(args, name) == value and type(getattr(args, name)) is type(value), name
 
 
@@ -297,7 +285,7 @@ def test_run_py_is_executable_and_helps():
     assert first.startswith("#!") and "python" in first
     done = subprocess.run([RUN_PY, "--help"], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    for flag in SPEC_FLAGS + ("eval_interval", "overwrite"):
+    for flag in PUBLISHED_FLAGS + ("eval_interval", "overwrite"):
         assert f"--{flag}" in done.stdout, flag
 
 
@@ -326,9 +314,9 @@ def test_run_py_is_executable_and_helps():
 ])
 def test_results_folder_is_named_as_published(argv, name):
     args = run.build_parser().parse_args(argv)
-    assert run.results_folder(args) == "results/" + name
+    assert run_folder.results_folder(args) == "results/" + name
     elsewhere = run.build_parser().parse_args(argv + ["--results_dir=/data/runs"])
-    assert run.results_folder(elsewhere) == "/data/runs/" + name
+    assert run_folder.results_folder(elsewhere) == "/data/runs/" + name
 
 
 # ----------------------------------------------------------------------------- cadence
@@ -432,7 +420,7 @@ def test_one_epoch_on_real_data_beats_threshold(end_to_end, dataset, algorithm):
     done = end_to_end.result((dataset, algorithm))
     assert_clean(done, 0)
     args = run.build_parser().parse_args(done.argv)
-    folder = run.results_folder(args)
+    folder = run_folder.results_folder(args)
     assert os.path.isdir(folder), (folder, os.listdir(end_to_end.results))
     assert_results_files(folder, nb_layers, nb_lines=2)
     statistics = read_statistics(folder)

@@ -12,7 +12,9 @@ import numpy
 import pytest
 
 import run
+import run_folder
 import summarize
+import summary_data
 from sweep_helpers import REPO, real_sweep, run_folders
 
 
@@ -48,7 +50,7 @@ def fabricate_run(root, curve, status="finished", train_curve=None, alignment=No
     """A results folder with run.json, test_acc.txt and training_acc.txt (and alignment.txt)."""
     values = {**vars(run.build_parser().parse_args([])), "eval_interval": 0, **settings,
               "results_dir": str(root)}
-    folder = run.results_folder(argparse.Namespace(**values))
+    folder = run_folder.results_folder(argparse.Namespace(**values))
     os.makedirs(folder)
     with open(os.path.join(folder, "run.json"), "w") as file:
         json.dump({"settings": values, "status": status, "epochs_done": 1, "nb_epochs": 1},
@@ -152,6 +154,11 @@ def test_epochs_follow_the_evaluation_cadence(capsys, tmp_path):
     rows = {int(r["eval_interval"]): r for r in csv.DictReader(io.StringIO(out))}
     assert float(rows[10]["peak_epoch_mean"]) == 1.0 and float(rows[10]["epochs_max"]) == 3.0
     assert float(rows[0]["peak_epoch_mean"]) == 2.0 and float(rows[0]["epochs_max"]) == 3.0
+
+
+def test_evaluations_per_epoch_are_those_a_run_makes():
+    """1 + 99 E lines at the published cadence, 1 + 19 E every 50 batches, 1 + E at 0."""
+    assert [summary_data.evaluations_per_epoch(n) for n in (10, 50, 0)] == [99, 19, 1]
 
 
 def test_published_folders_are_read_from_their_names(capsys, tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 import run
+import run_folder
 import sweep
 from sweep_helpers import (TINY_RUN, mnist_root, real_sweep, record, run_folders, start_slurm,
                            sweep_command, wait_for)
@@ -78,8 +79,8 @@ def test_dry_run_prints_commands_run_py_accepts(capsys, tmp_path):
                       "--nb_epochs", "3", "--eval_interval", "0", "--dtype", "float32",
                       "--results_dir", tmp_path / "r", "--data_dir", tmp_path / "d")
     for index, (printed, wanted) in enumerate(zip(parsed, expected, strict=True)):
-        assert run.settings_of(printed) == run.settings_of(wanted)
-        assert run.results_folder(printed) == run.results_folder(wanted)
+        assert run_folder.computation_settings(printed) == run_folder.computation_settings(wanted)
+        assert run_folder.results_folder(printed) == run_folder.results_folder(wanted)
         assert (printed.nb_epochs, printed.device) == (3, index % 2)
         assert printed.results_dir == str(tmp_path / "r")
         assert not printed.load and not printed.overwrite
@@ -102,7 +103,7 @@ def test_bad_input_exits_2_with_one_message(capsys, tmp_path, arguments):
 
 def fabricate(settings, status, epochs_done=1, with_checkpoint=False, **stored_changes):
     """A results folder whose run.json (and checkpoint.npz marker) say `status`."""
-    folder = run.results_folder(settings)
+    folder = run_folder.results_folder(settings)
     os.makedirs(folder)
     stored = {**vars(settings), **stored_changes}
     with open(os.path.join(folder, "run.json"), "w") as file:
@@ -125,7 +126,7 @@ def test_rerun_skips_finished_resumes_interrupted_and_reports_the_rest(capsys, t
     busy = fabricate(runs[6], "running", with_checkpoint=True)
     fabricate(runs[7], "finished", epochs_done=2, eval_interval=0)
     fabricate(runs[8], "finished", epochs_done=1, with_checkpoint=True)  # asked for 2 now
-    published = run.results_folder(runs[9])
+    published = run_folder.results_folder(runs[9])
     os.makedirs(published)
     open(os.path.join(published, "training_acc.txt"), "w").write("0.1\n")
     fabricate(runs[10], "interrupted")  # stopped before its first checkpoint

@@ -1,0 +1,47 @@
+"""run_folder: a results folder's name read back into the settings it was made from, and the
+comparison of a stored run's settings with the ones asked for."""
+import pytest
+
+import run
+import run_folder
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["--linear"],
+    ["--orthogonal_init", "--orthogonal_reg=0.1", "--algorithm=GAIT"],
+    ["--tower", "--nb_layers=4", "--dataset=FMNIST"],
+    ["--linear", "--orthogonal_init", "--tower", "--algorithm=TP", "--dataset=KMNIST"],
+    ["--seed=-7"],
+    ["--seed=-2147483648", "--nb_layers=0"],
+    ["--learning_rate=1e-5", "--orthogonal_reg=1000"],
+    ["--learning_rate=0.5", "--orthogonal_reg=1e-3"],
+    ["--learning_rate=1e20", "--orthogonal_reg=2.5e-12"],
+    ["--learning_rate=123456789", "--orthogonal_reg=0.30000000000000004"],
+])
+def test_folder_name_reads_back_into_the_settings_it_holds(argv):
+    args = run.build_parser().parse_args(argv)
+    name = run_folder.folder_name(args)
+    assert run_folder.settings_from_name(name) == {key: getattr(args, key)
+                                                   for key in run_folder.NAMED}
+    assert run_folder.results_folder(args).endswith(name)
+
+
+@pytest.mark.parametrize("name", [
+    "", "notes", "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_1", "MNIST_BP_xOrthoReg_1Seed_0.0001LR_1L",
+    "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_1L_copy", "mnist_BP_0.0OrthoReg_1Seed_0.0001LR_1L"])
+def test_other_names_are_not_results_folders(name):
+    assert run_folder.settings_from_name(name) is None
+
+
+def test_named_settings_are_computation_settings():
+    assert set(run_folder.NAMED) <= set(run_folder.COMPUTATION)
+
+
+def test_setting_differences_name_each_differing_computation_setting():
+    args = run.build_parser().parse_args(["--eval_interval=0", "--nb_epochs=3"])
+    stored = run_folder.computation_settings(args)
+    assert run_folder.setting_differences(stored, args) == []
+    asked = run.build_parser().parse_args(["--nb_epochs=5", "--device=1"])  # not computation
+    assert run_folder.setting_differences(stored, asked) == ["eval_interval stored 0, asked 10"]
+    assert run_folder.setting_differences({}, args)[0] == "algorithm stored None, asked 'BP'"
