@@ -10,10 +10,10 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-# After each product OpenBLAS's idle threads spin for about 2**28 cycles, holding the core
-# that `in_shares` needs: the optimiser then took 23 ms a step instead of 14 (2 cores).
-# Let them sleep after 2**20 cycles, about 0.4 ms. Read when NumPy loads OpenBLAS (so it
-# does nothing if NumPy came first); a value the user set wins.
+# After each product OpenBLAS's idle threads spin for about 2**28 cycles, holding the cores
+# that `in_shares` needs for the optimiser (README, Performance, says what it cost). Let them
+# sleep after 2**20 cycles. Read when NumPy loads OpenBLAS (so it does nothing if NumPy came
+# first); a value the user set wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 import numpy  # noqa: E402
 
@@ -129,8 +129,8 @@ def row_blocks(array, elements=1 << 15, fewest=1):
 
 def evaluation_rows():
     """Rows a chunk of evaluation takes: 2,048 on the host, where a chunk's activities
-    (12.8 MB in float64) and the passes over them stay in cache and the products run at
-    the large-product rate (10,000 rows ran 20% slower on 2 cores); 10,000 on a GPU."""
+    (12.8 MB in float64) and the passes over them stay in cache while the products still
+    run at the large-product rate (larger chunks ran slower); 10,000 on a GPU."""
     return 2048 if _state["xp"] is numpy else 10000
 
 
@@ -224,10 +224,17 @@ def _cublas():
         library.cublasSetPointerMode_v2.argtypes = [ctypes.c_void_p, ctypes.c_int]
         library.cublasSetWorkspace_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
                                                   ctypes.c_size_t]
-        workspace = cupy.empty(32 << 20, dtype=numpy.uint8)
-        if library.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes):
+        library.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        side_handle = ctypes.c_void_p()
+        if library.cublasCreate_v2(ctypes.byref(side_handle)):
             return None
-        candidate = {"library": library, "handle": handle, "workspace": workspace}
+        workspaces = [cupy.empty(32 << 20, dtype=numpy.uint8) for _ in range(2)]
+        for owner, workspace in zip((handle, side_handle.value), workspaces):
+            if library.cublasSetWorkspace_v2(owner, workspace.data.ptr, workspace.nbytes):
+                return None
+        # a handle (and workspace) per stream: Branch's stream runs beside the current one
+        candidate = {"library": library, "handle": handle, "side_handle": side_handle.value,
+                     "workspaces": workspaces}
         _state["cublas"] = candidate
         generator = numpy.random.RandomState(0)
         for dtype in (numpy.float64, numpy.float32):
@@ -237,9 +244,14 @@ def _cublas():
             for left, right in ((a, b), (a.T.copy().T, b), (a, b.T.copy().T),
                                 (a[:, :30], b[:30]), (b.T, a.T)):
                 expected = left.__matmul__(right)
-                error = float(cupy.abs(matmul(left, right) - expected).max())
-                if not error <= tolerance * float(cupy.abs(expected).max()):
-                    raise RuntimeError(f"trial product off by {error}")
+                cupy.cuda.Device().synchronize()
+                for stream in (cupy.cuda.get_current_stream(), side_stream()):
+                    with stream:
+                        product = matmul(left, right)
+                    stream.synchronize()
+                    error = float(cupy.abs(product - expected).max())
+                    if not error <= tolerance * float(cupy.abs(expected).max()):
+                        raise RuntimeError(f"trial product off by {error}")
     except Exception as error:  # no such library or function, or a wrong result: CuPy's matmul
         print(f"note: direct cuBLAS products unavailable ({error!r}); using CuPy's matmul, "
               f"without CUDA graphs.", file=sys.stderr)
@@ -284,10 +296,12 @@ def matmul(left, right):
     out = xp.empty((left.shape[0], right.shape[1]), dtype=left.dtype)
     name, scalar = _GEMM[left.dtype.type]
     library = cublas["library"]
-    library.cublasSetStream_v2(cublas["handle"], xp.cuda.get_current_stream().ptr)
-    library.cublasSetPointerMode_v2(cublas["handle"], 0)  # scalars from the host
+    stream = xp.cuda.get_current_stream()
+    handle = cublas["side_handle" if stream.ptr == side_stream().ptr else "handle"]
+    library.cublasSetStream_v2(handle, stream.ptr)
+    library.cublasSetPointerMode_v2(handle, 0)  # scalars from the host
     status = getattr(library, name)(
-        cublas["handle"], transa, transb, m, n, k, ctypes.byref(scalar(1.0)), a.data.ptr, lda,
+        handle, transa, transb, m, n, k, ctypes.byref(scalar(1.0)), a.data.ptr, lda,
         b.data.ptr, ldb, ctypes.byref(scalar(0.0)), out.data.ptr, ldc)
     if status:
         raise RuntimeError(f"cuBLAS gemm failed with status {status}")
@@ -308,11 +322,12 @@ def zero_diagonal(matrix):
 class Fused:
     """One elementwise computation, written for each backend side by side.
 
-    `host(*arguments)` runs on NumPy arrays (None: the caller handles the host). On CuPy arrays the CUDA statements `operation`
-    run as one kernel (`cupy.ElementwiseKernel(in_params, out_params, operation, name)`,
-    compiled on first use): outputs given as arguments are updated in place; inputs
-    broadcast. The kernel is compiled without FMA contraction (--fmad=false), so that each
-    operation rounds as the separate NumPy operations do: both backends give the same bits.
+    `host(*arguments)` runs on NumPy arrays (None: the caller handles the host). On CuPy
+    arrays the CUDA statements `operation` run as one kernel (`cupy.ElementwiseKernel(
+    in_params, out_params, operation, name)`, compiled on first use): outputs given as
+    arguments are updated in place; inputs broadcast. The kernel is compiled without FMA
+    contraction (--fmad=false), so that each operation rounds as the separate NumPy
+    operations do: both backends give the same bits.
     """
 
     def __init__(self, host, in_params, out_params, operation, name):
@@ -344,6 +359,48 @@ def sum_of_squares(array):
     return _state["sum_of_squares"](rows, axis=1).sum()
 
 
+def side_stream():
+    """The second stream of `Branch` (made once)."""
+    if "side_stream" not in _state:
+        _state["side_stream"] = _state["xp"].cuda.Stream(non_blocking=True)
+    return _state["side_stream"]
+
+
+class Branch:
+    """Work queued on a second stream, beside what the current stream queues meanwhile.
+
+    `with Branch():` queues the enclosed work on the side stream after everything queued
+    so far; `join()` makes the current stream wait for it before what it queues next. On
+    the host, with enabled=False, or where GAITPROP_SIDE_STREAM=0, the work simply runs in
+    line (join does nothing). Inside a CUDA graph capture the two streams become parallel branches.
+    """
+
+    def __init__(self, enabled=True):
+        cupy = _state["xp"]
+        self.side = None
+        if not enabled or cupy is numpy or os.environ.get("GAITPROP_SIDE_STREAM", "1") == "0":
+            return
+        self.main = cupy.cuda.get_current_stream()
+        self.side = side_stream()
+        self.side.wait_event(self.main.record())
+
+    def __enter__(self):
+        if self.side is not None:
+            self.side.__enter__()
+        return self
+
+    def __exit__(self, *exception):
+        if self.side is not None:
+            self.side.__exit__(*exception)
+            self.done = self.side.record()
+        return False
+
+    def join(self):
+        """The current stream waits for the branch's work (queued, not waited for here)."""
+        if self.side is not None:
+            self.main.wait_event(self.done)
+
+
 # ----------------------------------------------------------------------------- CUDA graphs
 
 def gpu_name():
@@ -363,9 +420,10 @@ class Graph:
     arrays come from a memory pool of its own, kept as long as the graph, so that no other
     array ever shares their addresses. It is captured on a stream of its own (capture is
     not possible on the default stream) and replayed on the current stream. Products must
-    go through `matmul` (CuPy's own cuBLAS calls refuse to be captured). Every address is fixed at capture: `work` must read
-    its inputs from arrays that exist before the capture (copy new data into them before
-    each launch) and update its outputs in place, and must not wait for the GPU.
+    go through `matmul` (CuPy's own cuBLAS calls refuse to be captured). Every address is
+    fixed at capture: `work` must read its inputs from arrays that exist before the capture
+    (copy new data into them before each launch), update its outputs in place, and must
+    not wait for the GPU.
     """
 
     def __init__(self, graph, pool, stream):

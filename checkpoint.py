@@ -91,28 +91,20 @@ def save_statistics(folder, statistics):
 
 
 def save_results(folder, net, statistics):
-    """The published results files: the four statistics and {i}Lweights/{i}Lbiases.npy."""
+    """The published results files: the four statistics and the layers' parameter files."""
     save_statistics(folder, statistics)
-    for index, layer in enumerate(net.layers):
-        save_array(os.path.join(folder, f"{index}Lweights.npy"),
-                   backend.to_host(layer.weight_matrix))
-        save_array(os.path.join(folder, f"{index}Lbiases.npy"), backend.to_host(layer.biases))
+    for name, array in net.parameter_files().items():
+        save_array(os.path.join(folder, name), backend.to_host(array))
 
 
 def save_checkpoint(folder, net, statistics, epoch, settings):
     """Everything needed to continue, in one atomic `checkpoint.npz`.
 
-    Arrays: W{i}, b{i} and the optimiser moments m{j}, v{j} (j over [W0, b0, W1, ...]),
-    the four statistics; `meta` holds JSON text: epoch reached, settings, backend, dtype.
+    Arrays: the network's state (`InvNet.state()`: W{i}, b{i}, the optimiser's moments
+    m{j}, v{j}), the four statistics; `meta` holds JSON text: epoch reached, settings,
+    backend, dtype.
     """
-    arrays = {}
-    for index, layer in enumerate(net.layers):
-        arrays[f"W{index}"] = backend.to_host(layer.weight_matrix)
-        arrays[f"b{index}"] = backend.to_host(layer.biases)
-    if net.optimizer is not None:
-        for index, (m, v) in enumerate(zip(net.optimizer.first_moments,
-                                           net.optimizer.second_moments)):
-            arrays[f"m{index}"], arrays[f"v{index}"] = backend.to_host(m), backend.to_host(v)
+    arrays = {name: backend.to_host(array) for name, array in net.state().items()}
     for name, values in statistics.values.items():
         arrays[name] = numpy.asarray(values, dtype=numpy.float64)
     arrays["alignment"] = numpy.asarray(statistics.alignment, dtype=numpy.float64)
@@ -143,17 +135,9 @@ def read_checkpoint(folder):
 
 
 def restore_checkpoint(net, arrays):
-    """Put a checkpoint's weights, biases and optimiser moments into `net`; return its
-    Statistics."""
-    from inv_net import MomentOptimizer
-    for index, layer in enumerate(net.layers):
-        layer.weight_matrix = backend.to_device(arrays[f"W{index}"])
-        layer.biases = backend.to_device(arrays[f"b{index}"])
-    if "m0" in arrays:
-        net.optimizer = MomentOptimizer(net.parameters())
-        for index in range(len(net.optimizer.first_moments)):
-            net.optimizer.first_moments[index] = backend.to_device(arrays[f"m{index}"])
-            net.optimizer.second_moments[index] = backend.to_device(arrays[f"v{index}"])
+    """Put a checkpoint's network state (weights, biases, optimiser moments) into `net`;
+    return its Statistics."""
+    net.set_state(arrays)
     values = {name: [float(value) for value in arrays[name]] for name in Statistics.NAMES}
     return Statistics(values, [list(map(float, row)) for row in arrays.get("alignment", [])])
 

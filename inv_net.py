@@ -10,6 +10,7 @@ import os
 import numpy
 
 import backend
+import run_folder
 from inv_layer import InvLayer
 from utils import NB_CLASSES
 
@@ -155,20 +156,28 @@ class InvNet:
 
         e_L = h_L - t. For layer l: d = g(h_{l+1}) * e_{l+1}; grad_W = x_l.T @ d / n
         (+ lambda dR/dW); grad_b = mean(d); e_l = error_below(l, x_l, h_{l+1}, e_{l+1}, d)
-        on the units layer l reads, zero on the auxiliary units.
+        on the units layer l reads, zero on the auxiliary units. The regulariser's
+        gradients depend on the weights alone: on a GPU they are computed on a second
+        stream while the errors are passed down, and added at the end.
         """
         nb_layers = len(self.layers)
         weight_directions, bias_directions = [None] * nb_layers, [None] * nb_layers
+        with backend.Branch(enabled=bool(ortho_weighting)) as regularising:
+            regularisers = [layer.orthogonality_gradient(-ortho_weighting)
+                            for layer in self.layers] if ortho_weighting else []
         errors = forward[-1] - targets
         for index in reversed(range(nb_layers)):
             layer = self.layers[index]
             inputs, outputs = self._inputs(index, forward[index]), forward[index + 1]
             local_errors = layer.derivative_times(outputs, errors)
             weight_directions[index], bias_directions[index] = layer.directions(
-                inputs, local_errors, ortho_weighting)
+                inputs, local_errors)
             if index:
                 errors = self._widen(error_below(index, inputs, outputs, errors, local_errors),
                                      forward[index])
+        regularising.join()
+        for weight_direction, regulariser in zip(weight_directions, regularisers):
+            weight_direction += regulariser
         return weight_directions, bias_directions
 
     def get_backprop_updates(self, forward, targets, ortho_weighting=0.0):
@@ -244,19 +253,27 @@ class InvNet:
             self.optimizer = MomentOptimizer(self.parameters())
             self.optimizer.set_state(state)
 
+    def parameter_files(self):
+        """{file name: array} of every layer's weights and biases (the arrays themselves):
+        0Lweights.npy, 0Lbiases.npy, 1Lweights.npy, ... as published."""
+        return {run_folder.parameter_file(index, name): array
+                for index, layer in enumerate(self.layers)
+                for name, array in layer.state().items()}
+
     def save_params(self, folder):
-        """Write `{i}Lweights.npy` and `{i}Lbiases.npy` for each layer i into `folder`."""
+        """Write the `parameter_files()` into `folder`."""
         for index, layer in enumerate(self.layers):
-            layer.save_params(os.path.join(folder, f"{index}L"))
+            layer.save_params(os.path.join(folder, run_folder.parameter_prefix(index)))
 
     def load_params(self, folder):
         """Read the files of `save_params` from `folder`."""
         for index, layer in enumerate(self.layers):
-            layer.load_params(os.path.join(folder, f"{index}L"))
+            layer.load_params(os.path.join(folder, run_folder.parameter_prefix(index)))
 
 
 class TowerInvNet(InvNet):
-    """Layers of widths net_structure[1:] on inputs of width net_structure[0], seeds start_seed + k."""
+    """Layers of widths net_structure[1:] on inputs of width net_structure[0]; layer k has
+    seed start_seed + k."""
 
     def __init__(self, net_structure, start_seed=None, orthogonal_init=False, linear=False):
         nb_layers = len(net_structure) - 1

@@ -179,7 +179,7 @@ def prepare_folder(folder, args):
         raise UsageError(f"{folder} already holds a run (status: {status}). Continue it with "
                          f"--load, or replace it with --overwrite; nothing was changed.")
     for name in names:
-        if name in run_folder.RESULT_FILES or name.endswith(("Lweights.npy", "Lbiases.npy")):
+        if name in run_folder.RESULT_FILES or run_folder.is_parameter_file(name):
             os.remove(os.path.join(folder, name))
     return None
 

@@ -34,6 +34,25 @@ EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+PARAMETER_FILE = re.compile(r"(?P<layer>\d+)L(?P<name>weights|biases)\.npy")
+
+
+def parameter_prefix(index):
+    """The prefix of layer `index`'s parameter files: InvLayer.save_params(prefix) writes
+    prefix + "weights.npy" and prefix + "biases.npy" (as published: 0Lweights.npy, ...)."""
+    return f"{index}L"
+
+
+def parameter_file(index, name):
+    """The file of layer `index`'s "weights" or "biases"."""
+    return f"{parameter_prefix(index)}{name}.npy"
+
+
+def is_parameter_file(name):
+    """Whether a file name is one of the layers' parameter files."""
+    return PARAMETER_FILE.fullmatch(name) is not None
+
+
 def statistics_file(name):
     """The file of one of the STATISTICS: one value a line, one line per evaluation."""
     return name + ".txt"

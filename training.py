@@ -160,7 +160,9 @@ def check_finite(net, forward, weight_directions, bias_directions, statistics, w
     xp = backend.array_module(forward[-1])
     sums = finiteness_sums([forward[-1]] + list(weight_directions) + list(bias_directions))
     latest = [values[-1] for values in statistics.values.values() if values]
-    if bool(xp.isfinite(sums.sum())) and all(map(math.isfinite, latest)):
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        total = sums.sum()
+    if bool(xp.isfinite(total)) and all(map(math.isfinite, latest)):
         return
     problem = None
     if _first_not_finite([forward[-1]]) is not None:

@@ -586,3 +586,40 @@ def test_class_outputs_are_first_ten_output_units(linear):
         assert scores.shape == (9, 10)
         np.testing.assert_allclose(scores, net.forward_pass(x)[-1][:, :10], rtol=1e-12,
                                    atol=1e-14)
+
+
+def test_parameter_files_are_what_save_params_writes(tmp_path):
+    """One naming of the weight files: save_params writes exactly parameter_files(), the
+    results-folder schema recognises each, and load_params reads them back."""
+    import run_folder
+    net = TowerInvNet([9, 9, 6, 4], start_seed=3)
+    net.save_params(str(tmp_path))
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == sorted(net.parameter_files()) == [
+        "0Lbiases.npy", "0Lweights.npy", "1Lbiases.npy", "1Lweights.npy", "2Lbiases.npy",
+        "2Lweights.npy"]
+    assert all(run_folder.is_parameter_file(name) for name in written)
+    assert not run_folder.is_parameter_file("0Lweights.npy.partial")
+    other = TowerInvNet([9, 9, 6, 4], start_seed=4)
+    other.load_params(str(tmp_path))
+    for name, array in other.parameter_files().items():
+        np.testing.assert_array_equal(array, net.parameter_files()[name])
+
+
+def test_state_round_trip_carries_the_optimiser():
+    """InvNet.state()/set_state(): weights, biases and moments by checkpoint name."""
+    net = SquareInvNet(6, 1, start_seed=1)
+    assert sorted(net.state()) == ["W0", "W1", "b0", "b1"]  # no moments before a step
+    directions = [np.ones((6, 6))] * 2, [np.ones(6)] * 2
+    net.update_parameters(*directions, learning_rate=0.1)
+    state = {name: array.copy() for name, array in net.state().items()}
+    assert sorted(state) == ["W0", "W1", "b0", "b1", "m0", "m1", "m2", "m3",
+                             "v0", "v1", "v2", "v3"]
+    copy = SquareInvNet(6, 1, start_seed=2)
+    copy.set_state(state)
+    for name, array in copy.state().items():
+        np.testing.assert_array_equal(array, state[name])
+    net.update_parameters(*directions, learning_rate=0.1)
+    copy.update_parameters(*directions, learning_rate=0.1)
+    for a, b in zip(net.parameters(), copy.parameters()):
+        np.testing.assert_array_equal(a, b)
