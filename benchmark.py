@@ -292,7 +292,7 @@ def main(argv=None):
           f"sets, networks, optimiser, chunked evaluation)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
-            json.dump({"backend": backend.describe(), "device": backend.gpu_name(),
+            json.dump({"backend": backend.name(), "device": backend.gpu_name(),
                        "dtypes": args.dtype, "targets": GPU_TARGETS if on_gpu else None,
                        "results": results, "peak_memory_mb": memory}, file, indent=2)
 
