@@ -195,8 +195,9 @@ def solve_right(matrix, rhs):
 
 
 def _cublas():
-    """The cuBLAS library CuPy loaded, through ctypes, with a workspace of its own set on
-    CuPy's handle; None where that fails or a trial product disagrees with CuPy's.
+    """The cuBLAS library CuPy loaded, through ctypes: CuPy's handle and a second one for
+    `Branch`'s stream, each with a workspace of its own; None where that fails or a trial
+    product (on either stream) disagrees with CuPy's.
 
     CuPy refuses any cuBLAS call while a stream is captured into a CUDA graph (its
     setStream raises); cuBLAS itself supports capture. Products called here directly are

@@ -31,7 +31,7 @@ import time
 import backend  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS
 import numpy
 import training
-from inv_net import SquareInvNet, TowerInvNet, output_targets
+from inv_net import SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot, peak_memory_mb
 
 BATCH, TRAIN, TEST, UNITS = 60, 60000, 10000, 784
@@ -190,9 +190,8 @@ def profile_step(net, settings, runner, replays=200):
     step without a graph (Python and kernel launches)."""
     images, labels = training_batches(1)[0]
     rule = getattr(net, training.RULES[settings.algorithm])
-    forward = net.forward_pass(images)
-    targets = output_targets(forward[-1], labels)
-    weight_directions, bias_directions = rule(forward, targets, settings.orthogonal_reg)
+    forward, targets, weight_directions, bias_directions = training.rule_directions(
+        net, settings, images, labels)
     solved = [(layer, forward[index + 1][:, :layer.nb_units])
               for index, layer in enumerate(net.layers) if layer.kept_inverse is not None]
     phases = {
@@ -230,7 +229,7 @@ def profile_step(net, settings, runner, replays=200):
         queue_without_graph()
     milliseconds["host: queue a step without a graph"] = (time.perf_counter() - started) * 50
     backend.synchronize()
-    runner.guard[0], runner.guard[1] = 0, -1
+    runner.reset_guard()
     return milliseconds
 
 

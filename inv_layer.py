@@ -142,10 +142,6 @@ class InvLayer:
         """g(h) * errors: errors at this layer's output h made local to its pre-activation."""
         return utils.derivative_times(h, errors, self.linear)
 
-    def derivative(self, h):
-        """g(h), the transfer derivative evaluated from this layer's output h."""
-        return utils.transfer_derivative(h, self.linear)
-
     def scaled_inverse_difference(self, h, local_errors, scale):
         """(f^-1(h) - f^-1(h - scale * g(h) * local_errors)) / scale, see utils."""
         return utils.scaled_inverse_difference(h, local_errors, scale, self.linear)

@@ -186,6 +186,16 @@ def check_finite(net, forward, weight_directions, bias_directions, statistics, w
                    f"or a larger --orthogonal_reg, which keeps the weights well conditioned.")
 
 
+def rule_directions(net, settings, images, one_hot_labels):
+    """(forward, targets, weight_directions, bias_directions) of the settings' rule on one
+    batch: the forward pass, the full-width output target, and the rule's directions."""
+    forward = net.forward_pass(images)
+    targets = output_targets(forward[-1], one_hot_labels)
+    weight_directions, bias_directions = getattr(net, RULES[settings.algorithm])(
+        forward, targets, settings.orthogonal_reg)
+    return forward, targets, weight_directions, bias_directions
+
+
 def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_index):
     """One training step on one batch: forward pass, the rule's directions, the update.
 
@@ -193,11 +203,9 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     weights, if the output or a direction is not finite or a weight matrix is singular.
     Waits for the GPU once (the checks); `StepRunner` queues steps without waiting.
     """
-    forward = net.forward_pass(images)
-    targets = output_targets(forward[-1], one_hot_labels)
     try:
-        weight_directions, bias_directions = getattr(net, RULES[settings.algorithm])(
-            forward, targets, settings.orthogonal_reg)
+        forward, targets, weight_directions, bias_directions = rule_directions(
+            net, settings, images, one_hot_labels)
     except numpy.linalg.LinAlgError as error:
         raise Diverged(f"Training diverged at epoch {epoch + 1}, batch {batch_index}: a layer's "
                        f"weights are singular and cannot be inverted ({error}). Try a smaller "
@@ -233,8 +241,15 @@ _UPDATE_GUARD = backend.Fused(
     guard[0] += 1""", "update_guard")
 
 
+def _tally_batch_on_host(outputs, labels, classes, width, tally):
+    """Add each row's hit (argmax of its class outputs == its label) and squared error."""
+    scores = outputs[:, :classes]
+    tally[:, 0] += scores.argmax(axis=1) == labels.argmax(axis=1)
+    tally[:, 1] += ((scores - labels) ** 2).sum(axis=1)
+
+
 _TALLY_BATCH = backend.Fused(
-    None, "raw T outputs, raw T labels, int32 classes, int32 width", "raw T tally",
+    _tally_batch_on_host, "raw T outputs, raw T labels, int32 classes, int32 width", "raw T tally",
     """int best = 0, label = 0;
     T squared_error = 0;
     for (int k = 0; k < classes; ++k) {
@@ -324,18 +339,15 @@ class StepRunner:
 
     def _queued_step(self, images, one_hot_labels):
         """The step without waiting: directions, checks into the guard, guarded update."""
-        net, settings = self.net, self.settings
-        forward = net.forward_pass(images)
-        targets = output_targets(forward[-1], one_hot_labels)
-        weight_directions, bias_directions = getattr(net, RULES[settings.algorithm])(
-            forward, targets, settings.orthogonal_reg)
+        forward, _, weight_directions, bias_directions = rule_directions(
+            self.net, self.settings, images, one_hot_labels)
         self.sums = finiteness_sums([forward[-1]] + weight_directions + bias_directions,
                                     self.sums)
         _UPDATE_GUARD(self.sums, numpy.int32(len(self.sums)), self.bounds,
                       numpy.int32(len(self.kept)), self.sums.dtype.type(self.tolerance),
                       self.guard, size=1)
-        net.update_parameters(weight_directions, bias_directions, settings.learning_rate,
-                              self.guard)
+        self.net.update_parameters(weight_directions, bias_directions,
+                                   self.settings.learning_rate, self.guard)
         self._tally(forward[-1], one_hot_labels)
 
     def _queue(self, images, one_hot_labels):
@@ -392,20 +404,25 @@ class StepRunner:
         self.graphs = False
         return None
 
+    def reset_guard(self):
+        """Start a new window: no step queued, none failed."""
+        self.guard[0], self.guard[1] = 0, -1
+
     def settle(self, statistics):
         """Wait for the queued steps and read the guard; redo from a failed step (see class)."""
         if not self.window:
             return
         steps, first_failed = (int(value) for value in backend.to_host(self.guard))
         window, self.window = self.window, []
-        self.guard[0], self.guard[1] = 0, -1
+        self.reset_guard()
         assert steps == len(window), (steps, len(window))
         if first_failed < 0:
             self.check_every = min(2 * self.check_every, self.CHECK_EVERY)
             return
         self.check_every = 1  # failures come in runs (a run's first steps): look sooner
-        for kept, layer in zip(self.kept, self.net.layers[1:]):  # X may be garbage now
-            kept.reset(layer.weight_matrix)
+        for layer in self.net.layers:  # a kept inverse may be garbage now
+            if layer.kept_inverse is not None:
+                layer.kept_inverse.reset(layer.weight_matrix)
         self._checked_step(*window[first_failed][:2], statistics, *window[first_failed][2:])
         # train_step found nothing wrong: a solve was not exact (or a sum overflowed)
         self.redone += 1
@@ -423,16 +440,9 @@ class StepRunner:
 
     def _tally(self, output, one_hot_labels):
         """Add each row's hit (argmax of the class outputs == label) and squared error."""
-        xp = self.xp
         if self.tally is None:
-            self.tally = xp.zeros((len(output), 2), dtype=output.dtype)
-        classes = one_hot_labels.shape[1]
-        if xp is numpy:
-            scores = output[:, :classes]
-            self.tally[:, 0] += scores.argmax(axis=1) == one_hot_labels.argmax(axis=1)
-            self.tally[:, 1] += ((scores - one_hot_labels) ** 2).sum(axis=1)
-            return
-        _TALLY_BATCH(output, one_hot_labels, numpy.int32(classes),
+            self.tally = self.xp.zeros((len(output), 2), dtype=output.dtype)
+        _TALLY_BATCH(output, one_hot_labels, numpy.int32(one_hot_labels.shape[1]),
                      numpy.int32(output.shape[1]), self.tally, size=len(output))
 
     def running_statistics(self):
