@@ -179,7 +179,8 @@ def in_shares(items, work, threads=None):
 
 
 def solve_right(matrix, rhs):
-    """`rhs @ inv(matrix)`, by an LU solve of matrix.T z = rhs.T (never forming the inverse).
+    """`rhs @ inv(matrix)`, by an LU solve of matrix.T z = rhs.T (never forming the inverse);
+    for stacks of matrices (a pack's runs), one solve per matrix.
 
     The array module's own solver is used, so that the LAPACK work runs in the same BLAS
     library (and thread pool) as the matrix products (SciPy's bundled OpenBLAS, called
@@ -187,11 +188,12 @@ def solve_right(matrix, rhs):
     singular matrix on both backends (CuPy checks only when asked, at the cost of a wait).
     """
     xp = array_module(rhs)
+    matrix, rhs = matrix.swapaxes(-1, -2), rhs.swapaxes(-1, -2)  # .T, also of a stack
     if xp is numpy:
-        return numpy.linalg.solve(matrix.T, rhs.T).T
+        return numpy.linalg.solve(matrix, rhs).swapaxes(-1, -2)
     import cupyx
     with cupyx.errstate(linalg="raise"):
-        return xp.linalg.solve(matrix.T, rhs.T).T
+        return xp.linalg.solve(matrix, rhs).swapaxes(-1, -2)
 
 
 def _cublas():
@@ -213,14 +215,21 @@ def _cublas():
             path = next(line.split()[-1] for line in maps
                         if "/libcublas.so" in line and "libcublasLt" not in line)
         library = ctypes.CDLL(path)
-        for name, scalar in (("cublasDgemm_v2", ctypes.c_double),
-                             ("cublasSgemm_v2", ctypes.c_float)):
+        for name, batched_name, scalar in _GEMM.values():
             function = getattr(library, name)
             function.restype = ctypes.c_int
             function.argtypes = ([ctypes.c_void_p] + [ctypes.c_int] * 5
                                  + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int,
                                     ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(scalar),
                                     ctypes.c_void_p, ctypes.c_int])
+            # the same, with a stride (in elements) after each matrix and the batch count
+            batched = getattr(library, batched_name)
+            batched.restype = ctypes.c_int
+            batched.argtypes = ([ctypes.c_void_p] + [ctypes.c_int] * 5
+                                + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int,
+                                   ctypes.c_longlong, ctypes.c_void_p, ctypes.c_int,
+                                   ctypes.c_longlong, ctypes.POINTER(scalar), ctypes.c_void_p,
+                                   ctypes.c_int, ctypes.c_longlong, ctypes.c_int])
         library.cublasSetStream_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         library.cublasSetPointerMode_v2.argtypes = [ctypes.c_void_p, ctypes.c_int]
         library.cublasSetWorkspace_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
@@ -242,8 +251,12 @@ def _cublas():
             a = cupy.asarray(generator.randn(70, 50), dtype=dtype)
             b = cupy.asarray(generator.randn(50, 40), dtype=dtype)
             tolerance = 100 * numpy.finfo(dtype).eps
+            stacked_a = cupy.stack([a, 2 * a, -a])
+            stacked_b = cupy.stack([b, b + 1, 3 * b])
             for left, right in ((a, b), (a.T.copy().T, b), (a, b.T.copy().T),
-                                (a[:, :30], b[:30]), (b.T, a.T)):
+                                (a[:, :30], b[:30]), (b.T, a.T), (stacked_a, stacked_b),
+                                (stacked_b.swapaxes(1, 2), stacked_a.swapaxes(1, 2)),
+                                (stacked_a[:, :, :30], stacked_b[:, :30])):
                 expected = left.__matmul__(right)
                 cupy.cuda.Device().synchronize()
                 for stream in (cupy.cuda.get_current_stream(), side_stream()):
@@ -261,14 +274,16 @@ def _cublas():
 
 
 def _stored(array):
-    """(operation, leading dimension, array) that present `array`'s transpose to a column-major
-    BLAS: row-major rows are column-major columns. A copy where the strides allow neither."""
+    """(operation, leading dimension, array) that present the transpose of `array`'s matrices
+    (its last two axes) to a column-major BLAS: row-major rows are column-major columns. A
+    copy where the strides allow neither."""
     size = array.itemsize
-    rows, columns = array.shape
-    if array.strides[1] == size and array.strides[0] >= max(1, columns) * size:
-        return 0, array.strides[0] // size, array  # as stored: the transpose, untransposed
-    if array.strides[0] == size and array.strides[1] >= max(1, rows) * size:
-        return 1, array.strides[1] // size, array  # stored as itself: transpose it
+    rows, columns = array.shape[-2:]
+    row_stride, column_stride = array.strides[-2:]
+    if column_stride == size and row_stride >= max(1, columns) * size:
+        return 0, row_stride // size, array  # as stored: the transpose, untransposed
+    if row_stride == size and column_stride >= max(1, rows) * size:
+        return 1, column_stride // size, array  # stored as itself: transpose it
     array = array_module(array).ascontiguousarray(array)
     return 0, max(1, columns), array
 
@@ -276,9 +291,10 @@ def _stored(array):
 def gemm_plan(left, right):
     """The column-major gemm that computes left @ right into a C-contiguous result C:
     (transa, transb, m, n, k, a, lda, b, ldb, ldc) for C^T = right^T left^T (op 0 = as
-    stored, 1 = transposed; a and b the arrays whose memory the gemm reads)."""
-    rows, inner = left.shape
-    columns = right.shape[1]
+    stored, 1 = transposed; a and b the arrays whose memory the gemm reads). Stacks of
+    matrices (3-d arrays) are planned by their last two axes."""
+    rows, inner = left.shape[-2:]
+    columns = right.shape[-1]
     left_operation, left_stride, left = _stored(left)
     right_operation, right_stride, right = _stored(right)
     return (right_operation, left_operation, columns, rows, inner, right, right_stride, left,
@@ -286,36 +302,47 @@ def gemm_plan(left, right):
 
 
 def matmul(left, right):
-    """left @ right for 2-d arrays. On a GPU by cuBLAS's gemm called directly (see `_cublas`):
-    C = A B is computed as the column-major C^T = B^T A^T, with no copies of transposed views."""
+    """left @ right for 2-d arrays, or for two stacks of matrices (3-d arrays of one length:
+    a pack's runs, product k = left[k] @ right[k]). On a GPU by cuBLAS's gemm (or strided
+    batched gemm) called directly (see `_cublas`): C = A B is computed as the column-major
+    C^T = B^T A^T, with no copies of transposed views."""
     xp = array_module(left)
     cublas = None if xp is numpy else _cublas()
     if cublas is None or left.dtype != right.dtype or left.dtype.type not in _GEMM or not (
-            left.size and right.size):
-        return left @ right
+            left.size and right.size) or left.ndim != right.ndim or left.ndim not in (2, 3) or (
+            left.shape[:-2] != right.shape[:-2]):
+        return xp.matmul(left, right)
     transa, transb, m, n, k, a, lda, b, ldb, ldc = gemm_plan(left, right)
-    out = xp.empty((left.shape[0], right.shape[1]), dtype=left.dtype)
-    name, scalar = _GEMM[left.dtype.type]
+    out = xp.empty(left.shape[:-1] + right.shape[-1:], dtype=left.dtype)
     library = cublas["library"]
     stream = xp.cuda.get_current_stream()
     handle = cublas["side_handle" if stream.ptr == side_stream().ptr else "handle"]
     library.cublasSetStream_v2(handle, stream.ptr)
     library.cublasSetPointerMode_v2(handle, 0)  # scalars from the host
-    status = getattr(library, name)(
-        handle, transa, transb, m, n, k, ctypes.byref(scalar(1.0)), a.data.ptr, lda,
-        b.data.ptr, ldb, ctypes.byref(scalar(0.0)), out.data.ptr, ldc)
+    name, batched_name, scalar = _GEMM[left.dtype.type]
+    one, zero = ctypes.byref(scalar(1.0)), ctypes.byref(scalar(0.0))
+    if left.ndim == 2:
+        status = getattr(library, name)(handle, transa, transb, m, n, k, one, a.data.ptr, lda,
+                                        b.data.ptr, ldb, zero, out.data.ptr, ldc)
+    else:
+        size = left.itemsize
+        status = getattr(library, batched_name)(
+            handle, transa, transb, m, n, k, one, a.data.ptr, lda, a.strides[0] // size,
+            b.data.ptr, ldb, b.strides[0] // size, zero, out.data.ptr, ldc,
+            out.strides[0] // size, len(out))
     if status:
         raise RuntimeError(f"cuBLAS gemm failed with status {status}")
     return out
 
 
-_GEMM = {numpy.float64: ("cublasDgemm_v2", ctypes.c_double),
-         numpy.float32: ("cublasSgemm_v2", ctypes.c_float)}
+_GEMM = {numpy.float64: ("cublasDgemm_v2", "cublasDgemmStridedBatched", ctypes.c_double),
+         numpy.float32: ("cublasSgemm_v2", "cublasSgemmStridedBatched", ctypes.c_float)}
 
 
 def zero_diagonal(matrix):
-    """Set the diagonal of a square C-contiguous matrix to 0, in place (a strided view)."""
-    matrix.reshape(-1)[::matrix.shape[0] + 1] = 0
+    """Set the diagonal of a square C-contiguous matrix (or of each matrix of a C-contiguous
+    stack) to 0, in place (a strided view)."""
+    matrix.reshape(matrix.shape[:-2] + (-1,))[..., ::matrix.shape[-1] + 1] = 0
 
 
 # ----------------------------------------------------------------------------- fused work
@@ -346,18 +373,22 @@ class Fused:
         return self.kernel(*arguments, **options)
 
 
-def sum_of_squares(array):
-    """sum(array**2) as a 0-d array of the array's backend (no wait for the GPU). On a GPU in
-    two passes, row sums then their sum: one reduction kernel would use one block."""
+def sum_of_squares(array, runs=False):
+    """sum(array**2) as a 0-d array of the array's backend (no wait for the GPU); with
+    runs=True, one sum per run of a pack (over all axes but the first), a 1-d array. On a
+    GPU in two passes, row sums then their sums: one reduction kernel would use one block."""
     xp = array_module(array)
+    flat = array.reshape(len(array) if runs else 1, -1)
     if xp is numpy:
-        flat = array.reshape(-1)
-        return numpy.asarray(numpy.dot(flat, flat))
+        return numpy.einsum("ij,ij->i", flat, flat) if runs else numpy.asarray(
+            numpy.dot(flat[0], flat[0]))
     if "sum_of_squares" not in _state:
         _state["sum_of_squares"] = xp.ReductionKernel(
             "T x", "T y", "x * x", "a + b", "y = a", "0", "sum_of_squares")
-    rows = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(1, -1)
-    return _state["sum_of_squares"](rows, axis=1).sum()
+    rows = array.reshape(len(flat), -1, array.shape[-1]) if array.ndim > 1 + runs else (
+        flat.reshape(len(flat), 1, -1))
+    row_sums = _state["sum_of_squares"](rows, axis=2)
+    return row_sums.sum(axis=1) if runs else row_sums.sum()
 
 
 def side_stream():

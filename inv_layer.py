@@ -1,4 +1,11 @@
-"""One invertible layer: h = f(x @ W + b) with a square weight matrix W."""
+"""One invertible layer: h = f(x @ W + b) with a square weight matrix W.
+
+A layer can also hold the same layer of several runs at once (a pack, see inv_net.InvNet.stack):
+W of shape (runs, units, units), b of (runs, units), activities of (runs, rows, units); every
+formula below is then applied to each run's matrices, as one batched product.
+"""
+import copy
+
 import numpy
 import scipy.stats
 
@@ -16,6 +23,12 @@ def initial_weights(nb_units, seed=None, orthogonal_init=False):
     if orthogonal_init:
         return scipy.stats.ortho_group.rvs(nb_units, random_state=generator)
     return generator.randn(nb_units, nb_units) * numpy.sqrt(2.0 / (nb_units + nb_units))
+
+
+def regularised(ortho_weighting):
+    """Whether lambda is not zero: a number, or a pack's array of one lambda per run (a pack's
+    runs are all regularised or none is, see inv_net.InvNet.stack)."""
+    return not isinstance(ortho_weighting, (int, float)) or ortho_weighting != 0
 
 
 def _residual_bound_on_host(residual, inverse_error, rhs, bound):
@@ -40,28 +53,38 @@ class KeptInverse:
     LU solve's relative residual is about 100 machine epsilons, the tolerance 128 (a
     refined solve's is about 3 once X is close; in a run's first steps, whose updates move
     W most, the bound can miss, and the caller redoes the step with LU solves).
-    All work writes into arrays made here, so that a CUDA graph can replay it.
+    All work writes into arrays made here, so that a CUDA graph can replay it. For a pack,
+    X holds one inverse per run and `bound` one value per run.
     """
 
     REFINEMENTS = 3
 
     def __init__(self, weight_matrix):
         xp = backend.array_module(weight_matrix)
-        units, dtype = weight_matrix.shape[0], weight_matrix.dtype
+        units, dtype = weight_matrix.shape[-1], weight_matrix.dtype
+        self.runs = len(weight_matrix) if weight_matrix.ndim > 2 else None
         self.identity = xp.eye(units, dtype=dtype)
-        self.inverse = xp.empty_like(self.identity)
+        self.inverse = xp.empty_like(weight_matrix)
         self.reset(weight_matrix)
-        self.bound = xp.zeros(1, dtype=dtype)
+        self.bound = xp.zeros(self.runs or 1, dtype=dtype)
         self.active = True  # False: solve by LU (training.StepRunner's checked steps)
         self.tolerance = float((128 * numpy.finfo(dtype).eps) ** 2)
 
     def reset(self, weight_matrix):
         """X = inv(W) by an LU solve (after a failed solve, or W set from outside); NaN for a
-        singular W, so that every solve fails its check (and LU reports the singularity)."""
+        singular W, so that every solve fails its check (and LU reports the singularity); in a
+        pack, run by run."""
+        if self.runs is not None:
+            for run in range(self.runs):
+                self._reset_one(weight_matrix[run], self.inverse[run])
+            return
+        self._reset_one(weight_matrix, self.inverse)
+
+    def _reset_one(self, weight_matrix, inverse):
         try:
-            self.inverse[...] = backend.solve_right(weight_matrix, self.identity)
+            inverse[...] = backend.solve_right(weight_matrix, self.identity)
         except numpy.linalg.LinAlgError:
-            self.inverse[...] = numpy.nan
+            inverse[...] = numpy.nan
 
     def solve(self, weight_matrix, y):
         """z with z W = y (z = y @ inv(W)), refined against X; see the class."""
@@ -74,14 +97,15 @@ class KeptInverse:
         for _ in range(self.REFINEMENTS):
             residual = y - backend.matmul(solution, weight_matrix)
             solution += backend.matmul(residual, inverse)
-        _RESIDUAL_BOUND(backend.sum_of_squares(residual),
-                        backend.sum_of_squares(inverse_error), backend.sum_of_squares(y),
-                        self.bound)
+        runs = self.runs is not None
+        _RESIDUAL_BOUND(backend.sum_of_squares(residual, runs),
+                        backend.sum_of_squares(inverse_error, runs),
+                        backend.sum_of_squares(y, runs), self.bound)
         return solution
 
     def acceptable(self):
         """Whether the last solve's residual is at rounding level (reads the GPU: waits)."""
-        return bool(self.bound <= self.tolerance)
+        return bool((self.bound <= self.tolerance).all())
 
 
 class InvLayer:
@@ -99,13 +123,41 @@ class InvLayer:
         self.weight_matrix = backend.to_device(initial_weights(nb_units, seed, orthogonal_init))
         self.biases = backend.to_device(numpy.zeros(nb_units))
         self.kept_inverse = None
+        self.runs = None  # the number of runs of a pack, None for a single run
+
+    @classmethod
+    def stack(cls, layers):
+        """The layer of a pack: the same layer of several runs (all of one width and transfer),
+        W and b stacked along a leading run axis (copies; no kept inverse)."""
+        xp = backend.array_module(layers[0].weight_matrix)
+        pack = copy.copy(layers[0])
+        pack.seed = [layer.seed for layer in layers]
+        pack.weight_matrix = xp.stack([layer.weight_matrix for layer in layers])
+        pack.biases = xp.stack([layer.biases for layer in layers])
+        pack.kept_inverse, pack.runs = None, len(layers)
+        return pack
+
+    def run(self, index):
+        """The layer of run `index` of a pack, whose W and b are views of the pack's arrays
+        (what it computes and saves is that run's; it solves by LU)."""
+        single = copy.copy(self)
+        single.seed = self.seed[index]
+        single.weight_matrix, single.biases = self.weight_matrix[index], self.biases[index]
+        single.kept_inverse, single.runs = None, None
+        return single
+
+    @staticmethod
+    def _row_biases(biases):
+        """b shaped to broadcast over an activity's rows: (units,) or (runs, 1, units)."""
+        return biases if biases.ndim == 1 else biases[:, None, :]
 
     def update_inverse(self):
         """Make `inverse` exact for the current W: check that W can be inverted (raises
         numpy.linalg.LinAlgError for a singular W, on both backends) and reset a kept inverse."""
         xp = backend.array_module(self.weight_matrix)
         probe = xp.eye(1, self.nb_units, dtype=self.weight_matrix.dtype)
-        backend.solve_right(self.weight_matrix, probe)
+        backend.solve_right(self.weight_matrix, xp.broadcast_to(
+            probe, self.weight_matrix.shape[:-2] + probe.shape))
         if self.kept_inverse is not None:
             self.kept_inverse.reset(self.weight_matrix)
 
@@ -120,8 +172,9 @@ class InvLayer:
         """
         weights, biases = self.weight_matrix, self.biases
         if columns is not None:
-            weights, biases = weights[:, :columns], biases[:columns]
-        return utils.add_biases_and_transfer(backend.matmul(x, weights), biases, self.linear)
+            weights, biases = weights[..., :columns], biases[..., :columns]
+        return utils.add_biases_and_transfer(backend.matmul(x, weights), self._row_biases(biases),
+                                             self.linear)
 
     def apply_inverse_weights(self, y):
         """y @ inv(W): an LU solve against the current W (never forming inv(W)), or a solve
@@ -132,11 +185,14 @@ class InvLayer:
 
     def inverse(self, h):
         """x = (f^-1(h) - b) @ inv(W), so that inverse(forward(x)) == x."""
-        return self.apply_inverse_weights(utils.inverse_transfer(h, self.linear) - self.biases)
+        return self.apply_inverse_weights(utils.inverse_transfer(h, self.linear)
+                                          - self._row_biases(self.biases))
 
     def inverse_of_stepped(self, h, errors):
         """inverse(h - errors) = (f^-1(h - errors) - b) @ inv(W), TP's target below."""
-        return self.apply_inverse_weights(utils.pre_inverse(h, errors, self.biases, self.linear))
+        return self.apply_inverse_weights(utils.pre_inverse(h, errors,
+                                                            self._row_biases(self.biases),
+                                                            self.linear))
 
     def derivative_times(self, h, errors):
         """g(h) * errors: errors at this layer's output h made local to its pre-activation."""
@@ -150,8 +206,9 @@ class InvLayer:
         """scale * dR/dW = (4 * scale * O) @ W for R(W) = sum_{i != j} ((W @ W.T)[i, j])**2.
 
         O = W @ W.T with its diagonal set to zero; the scale is applied to O, not to the product.
+        In a pack, `scale` may hold one value per run (an array of shape (runs, 1, 1)).
         """
-        gram = backend.matmul(self.weight_matrix, self.weight_matrix.T)
+        gram = backend.matmul(self.weight_matrix, self.weight_matrix.swapaxes(-1, -2))
         backend.zero_diagonal(gram)
         gram *= 4.0 * scale
         return backend.matmul(gram, self.weight_matrix)
@@ -159,13 +216,14 @@ class InvLayer:
     def directions(self, inputs, local_errors, ortho_weighting=0.0):
         """Update directions (-grad_W, -grad_b) from this layer's inputs x and d = g * e.
 
-        grad_W = x.T @ d / n + lambda * dR/dW, grad_b = mean(d, axis=0). The scalings are
-        applied to the small factors (d, O) rather than to the (units, units) products.
+        grad_W = x.T @ d / n + lambda * dR/dW, grad_b = mean(d over the rows). The scalings
+        are applied to the small factors (d, O) rather than to the (units, units) products.
         """
-        weight_direction = backend.matmul(inputs.T, local_errors / -len(inputs))
-        if ortho_weighting:
+        weight_direction = backend.matmul(inputs.swapaxes(-1, -2),
+                                          local_errors / -inputs.shape[-2])
+        if regularised(ortho_weighting):
             weight_direction += self.orthogonality_gradient(-ortho_weighting)
-        return weight_direction, -local_errors.mean(axis=0)
+        return weight_direction, -local_errors.mean(axis=-2)
 
     def state(self):
         """{"weights": W, "biases": b}: this layer's parameters (the arrays themselves)."""
@@ -174,7 +232,9 @@ class InvLayer:
     def set_state(self, state):
         """Set W and b from host or device arrays of the right shapes (copied)."""
         weights, biases = state["weights"], state["biases"]
-        if weights.shape != (self.nb_units, self.nb_units) or biases.shape != (self.nb_units,):
+        runs = () if self.runs is None else (self.runs,)
+        if (weights.shape != runs + (self.nb_units, self.nb_units)
+                or biases.shape != runs + (self.nb_units,)):
             raise ValueError(f"weights / biases of shapes {weights.shape} / {biases.shape} are "
                              f"not those of a {self.nb_units}-unit layer")
         self.weight_matrix = backend.to_device(backend.to_host(weights))

@@ -4,14 +4,18 @@ A network is a stack of square `InvLayer`s; layer l reads the first `width_l` un
 the activity h_l below it (all of them in a square network; the rest are "auxiliary").
 BP, GAIT and TP differ only in how an error is passed from a layer's output down to its
 input; the per-layer update they share is `_directions`.
+
+`InvNet.stack` makes a pack: several runs of one network shape trained as one, every array
+with a leading run axis (activities (runs, rows, units)); the formulas are the same.
 """
+import copy
 import os
 
 import numpy
 
 import backend
 import run_folder
-from inv_layer import InvLayer
+from inv_layer import InvLayer, regularised
 from utils import NB_CLASSES
 
 
@@ -56,36 +60,66 @@ class MomentOptimizer:
         self.first_moments = [xp.zeros_like(p) for p in parameters]
         self.second_moments = [xp.zeros_like(p) for p in parameters]
 
-    def step(self, parameters, directions, learning_rate, guard=None):
+    def step(self, parameters, directions, learning_rate, guard=None, runs=None):
         """Apply one step to every parameter array, in place.
 
         Host: blocks shared among threads (`backend.in_shares`), each block's passes in that
         thread's own scratch. `guard` (see training.StepRunner): skip the step if the
-        guard's window has failed.
+        guard's window has failed. A pack (`runs` its number of runs) has arrays with a
+        leading run axis and may have one learning rate per run (an array of shape (runs, 1, 1)).
         """
         xp = backend.array_module(parameters[0])
         arrays = list(zip(parameters, directions, self.first_moments, self.second_moments))
         if xp is not numpy:
-            dtype = parameters[0].dtype.type
+            rate = parameters[0].dtype.type(learning_rate) if numpy.ndim(learning_rate) == 0 \
+                else learning_rate
             for p, u, m, v in arrays:
+                rates = rate if numpy.ndim(rate) == 0 else rate.reshape((runs,) + (1,) * (
+                    p.ndim - 1))
                 if guard is None:
-                    _MOMENT_STEP(u, dtype(learning_rate), p, m, v)
+                    _MOMENT_STEP(u, rates, p, m, v)
                 else:
-                    _GUARDED_MOMENT_STEP(u, dtype(learning_rate), guard, p, m, v)
+                    _GUARDED_MOMENT_STEP(u, rates, guard, p, m, v)
             return
         if guard is not None and guard[1] >= 0:
             return
-        blocks = [block for quadruple in arrays for block in zip(*map(backend.row_blocks,
-                                                                      quadruple))]
+        if runs is not None:  # each run's arrays with its own learning rate, as a single run's
+            rates = numpy.broadcast_to(learning_rate, (runs,) + numpy.shape(learning_rate)[1:])
+            arrays = [(p[run], u[run], m[run], v[run], rates.reshape(runs, -1)[run, 0])
+                      for p, u, m, v in arrays for run in range(runs)]
+        else:
+            arrays = [quadruple + (learning_rate,) for quadruple in arrays]
+        blocks = [block + (rate,) for p, u, m, v, rate in arrays
+                  for block in zip(*map(backend.row_blocks, (p, u, m, v)))]
 
         def step_blocks(share):
             largest = max(block[0].size for block in share)
             scratch = numpy.empty((2, largest), dtype=parameters[0].dtype)
-            for p, u, m, v in share:
-                _moment_step_on_host(u, learning_rate, p, m, v,
+            for p, u, m, v, rate in share:
+                _moment_step_on_host(u, rate, p, m, v,
                                      scratch[:, :p.size].reshape((2,) + p.shape))
 
         backend.in_shares(blocks, step_blocks)
+
+    @classmethod
+    def stack(cls, optimizers, parameters):
+        """The optimiser of a pack from its runs' optimisers (None: a run before its first
+        step, whose moments are zero), for the pack's stacked `parameters`."""
+        pack = cls(parameters)
+        for run, optimizer in enumerate(optimizers):
+            if optimizer is not None:
+                for stacked, moments in ((pack.first_moments, optimizer.first_moments),
+                                         (pack.second_moments, optimizer.second_moments)):
+                    for index, moment in enumerate(moments):
+                        stacked[index][run] = moment
+        return pack
+
+    def run(self, index):
+        """The optimiser of run `index` of a pack: views of the pack's moments."""
+        single = copy.copy(self)
+        single.first_moments = [m[index] for m in self.first_moments]
+        single.second_moments = [v[index] for v in self.second_moments]
+        return single
 
     def state(self):
         """{"m0": ..., "v0": ..., "m1": ...}: the moments of parameter j (the arrays themselves)."""
@@ -104,7 +138,7 @@ class MomentOptimizer:
 def output_targets(output, one_hot_labels):
     """The full-width output target: one-hot labels in the first 10 units, the output elsewhere."""
     targets = output.copy()
-    targets[:, :one_hot_labels.shape[1]] = one_hot_labels
+    targets[..., :one_hot_labels.shape[-1]] = one_hot_labels
     return targets
 
 
@@ -121,10 +155,42 @@ class InvNet:
         self.layers = [InvLayer(width, seed=seed, orthogonal_init=orthogonal_init, linear=linear)
                        for width, seed in zip(widths[1:], seeds)]
         self.optimizer = None
+        self.runs = None  # the number of runs of a pack (`stack`), None for a single run
+
+    @classmethod
+    def stack(cls, nets):
+        """A pack: the runs `nets` (of one network shape and transfer) as one network whose
+        arrays (weights, biases, moments) are theirs stacked along a leading run axis. Each
+        product of a step is then one batched product; run k's results are what net k alone
+        would compute (bit for bit on NumPy). The arrays are copies."""
+        shapes = {(tuple(net.widths), net.linear) for net in nets}
+        if len(shapes) > 1:
+            raise ValueError(f"the runs of a pack must share widths and transfer, not {shapes}")
+        pack = copy.copy(nets[0])
+        pack.layers = [InvLayer.stack(layers) for layers in zip(*(net.layers for net in nets))]
+        pack.runs = len(nets)
+        pack.optimizer = None
+        if any(net.optimizer is not None for net in nets):
+            pack.optimizer = MomentOptimizer.stack([net.optimizer for net in nets],
+                                                   pack.parameters())
+        return pack
+
+    def run(self, index):
+        """Run `index` of a pack as a network of its own whose arrays are views of the pack's
+        (evaluating, saving or checkpointing it reads that run's state)."""
+        single = copy.copy(self)
+        single.layers = [layer.run(index) for layer in self.layers]
+        single.optimizer = None if self.optimizer is None else self.optimizer.run(index)
+        single.runs = None
+        return single
+
+    def select(self, indices):
+        """A pack of the runs `indices` of this pack (copies), e.g. without a diverged run."""
+        return InvNet.stack([self.run(index) for index in indices])
 
     def _inputs(self, index, activity):
         """x_l: the first width_l units of h_l, the part that layer `index` reads."""
-        return activity[:, :self.layers[index].nb_units]
+        return activity[..., :self.layers[index].nb_units]
 
     def forward_pass(self, x):
         """[h_0, h_1, ..., h_L] with h_0 = x and h_{l+1} = layer_l.forward(x_l)."""
@@ -144,11 +210,11 @@ class InvNet:
     @staticmethod
     def _widen(part, activity):
         """`part` on the units a layer reads, padded with zeros to the width of `activity`."""
-        if part.shape[1] == activity.shape[1]:
+        if part.shape[-1] == activity.shape[-1]:
             return part
         xp = backend.array_module(activity)
         full = xp.zeros_like(activity)
-        full[:, :part.shape[1]] = part
+        full[..., :part.shape[-1]] = part
         return full
 
     def _directions(self, forward, targets, ortho_weighting, error_below):
@@ -158,13 +224,14 @@ class InvNet:
         (+ lambda dR/dW); grad_b = mean(d); e_l = error_below(l, x_l, h_{l+1}, e_{l+1}, d)
         on the units layer l reads, zero on the auxiliary units. The regulariser's
         gradients depend on the weights alone: on a GPU they are computed on a second
-        stream while the errors are passed down, and added at the end.
+        stream while the errors are passed down, and added at the end. In a pack,
+        `ortho_weighting` may hold one lambda per run (an array of shape (runs, 1, 1)).
         """
         nb_layers = len(self.layers)
         weight_directions, bias_directions = [None] * nb_layers, [None] * nb_layers
-        with backend.Branch(enabled=bool(ortho_weighting)) as regularising:
+        with backend.Branch(enabled=regularised(ortho_weighting)) as regularising:
             regularisers = [layer.orthogonality_gradient(-ortho_weighting)
-                            for layer in self.layers] if ortho_weighting else []
+                            for layer in self.layers] if regularised(ortho_weighting) else []
         errors = forward[-1] - targets
         for index in reversed(range(nb_layers)):
             layer = self.layers[index]
@@ -183,7 +250,8 @@ class InvNet:
     def get_backprop_updates(self, forward, targets, ortho_weighting=0.0):
         """BP: e_l = d @ W_l.T, the gradient of 0.5 * sum((h_L - t)**2) / n."""
         def error_below(index, inputs, outputs, errors, local_errors):
-            return backend.matmul(local_errors, self.layers[index].weight_matrix.T)
+            return backend.matmul(local_errors,
+                                  self.layers[index].weight_matrix.swapaxes(-1, -2))
         return self._directions(forward, targets, ortho_weighting, error_below)
 
     def get_gait_updates(self, forward, targets, ortho_weighting=0.0, gamma=0.001):
@@ -214,11 +282,12 @@ class InvNet:
 
     def update_parameters(self, weight_directions, bias_directions, learning_rate, guard=None):
         """One optimiser step (MomentOptimizer) along the given directions; `guard`: skip it
-        if the guard's window has failed (training.StepRunner)."""
+        if the guard's window has failed (training.StepRunner). In a pack, `learning_rate`
+        may hold one rate per run (an array of shape (runs, 1, 1))."""
         if self.optimizer is None:
             self.optimizer = MomentOptimizer(self.parameters())
         directions = [d for pair in zip(weight_directions, bias_directions) for d in pair]
-        self.optimizer.step(self.parameters(), directions, learning_rate, guard)
+        self.optimizer.step(self.parameters(), directions, learning_rate, guard, self.runs)
 
     def update_inverse_model(self):
         """Make every inverse exact for the current weights: check that each W can be

@@ -19,14 +19,15 @@ import run_folder
 from run_folder import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE
 
 
-def _stop_before_training(signum, frame):
+def stop_before_training(signum, frame):
     """Ctrl-C / SIGTERM before StopSignal takes over: quit at once, status 130 / 143, no traceback.
 
     os._exit, not SystemExit, which code under way (imports, the data-reading child's pool)
     may catch or wait on. The child reading the data is killed first, or it would block on
     its result forever. Files are written atomically and the kernel drops the folder lock.
     """
-    print(f"\nrun.py: {signal.Signals(signum).name} received before training started: stopped. "
+    print(f"\n{os.path.basename(sys.argv[0])}: {signal.Signals(signum).name} received before "
+          f"training started: stopped. "
           f"Nothing was trained since the last checkpoint; run the command again (with --load "
           f"if the results folder holds a run) to go on.", file=sys.stderr, flush=True)
     # The signal may land inside `import multiprocessing`: a module only partly initialised
@@ -41,7 +42,7 @@ def _stop_before_training(signum, frame):
 
 if __name__ == "__main__":  # installed before the slow imports below
     for _signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_signum, _stop_before_training)
+        signal.signal(_signum, stop_before_training)
 
 import backend  # noqa: E402
 import checkpoint  # noqa: E402
@@ -219,73 +220,114 @@ class StopSignal:
         return self.received is not None
 
 
+class Run:
+    """One run's results folder while it trains: its network, run record, checkpoint and
+    results files, kept current at each step of the run's life. A single run (`train_run`)
+    and each run of a pack (pack.py) keep their folders alike through this class."""
+
+    def __init__(self, args, argv, folder, stored, command=None):
+        self.args, self.argv, self.folder, self.stored = args, argv, folder, stored
+        self.record_path = os.path.join(folder, run_folder.RUN_RECORD)
+        self.computation = run_folder.computation_settings(args)
+        self.net, self.epoch, self.statistics = build_net(args), 0, None
+        self.record = {"settings": vars(args),
+                       "command": command or shlex.join([sys.argv[0]] + argv),
+                       "versions": package_versions(), "backend": backend.describe(),
+                       "dtype": args.dtype, "started": now(), "ended": None, "epochs_done": 0,
+                       "nb_epochs": args.nb_epochs, "status": "running", "folder": folder}
+
+    def begin(self, train, test):
+        """Restore the stored checkpoint (rewriting the results files from it), or evaluate
+        the fresh network and write the checkpoint of epoch 0; record the run as running.
+        Returns the run's Statistics."""
+        folder, record = self.folder, self.record
+        if self.stored is not None:
+            meta, arrays = self.stored
+            old = read_record(self.record_path) or {}
+            record["started"] = old.get("started", record["started"])
+            record["resumed"] = old.get("resumed", []) + [now()]
+            self.statistics = checkpoint.restore_checkpoint(self.net, arrays)
+            # A kill between the checkpoint and the results files leaves them an epoch behind.
+            checkpoint.save_results(folder, self.net, self.statistics)
+            self.epoch = meta["epoch"]
+            print(f"Resuming {folder} from the checkpoint after epoch {self.epoch}.")
+        checkpoint.save_json(self.record_path, record)
+        if self.stored is None:
+            self.statistics = training.Statistics()
+            self.statistics.record(self.net, train, test)
+            checkpoint.save_checkpoint(folder, self.net, self.statistics, 0, self.computation)
+            checkpoint.save_results(folder, self.net, self.statistics)
+        record["epochs_done"] = self.epoch
+        return self.statistics
+
+    def end_epoch(self, net):
+        """An epoch is done: checkpoint, results files and record of `net` (this run's
+        network, or its view in a pack)."""
+        self.epoch += 1
+        checkpoint.save_checkpoint(self.folder, net, self.statistics, self.epoch,
+                                   self.computation)
+        checkpoint.save_results(self.folder, net, self.statistics)
+        self.record.update(epochs_done=self.epoch, peak_memory_mb=utils.peak_memory_mb())
+        checkpoint.save_json(self.record_path, self.record)
+
+    def diverged(self, message):
+        """Record divergence: the statistics so far; the checkpoint stays that of the last epoch."""
+        checkpoint.save_statistics(self.folder, self.statistics)
+        self.record.update(status="diverged", ended=now(), message=message)
+        checkpoint.save_json(self.record_path, self.record)
+        print(f"run.py: {message} The checkpoint after epoch {self.epoch} and the statistics so "
+              f"far are in {self.folder}.", file=sys.stderr)
+
+    def interrupted(self, at_once=False):
+        """Record the run as interrupted (a signal); the checkpoint is that of the last epoch."""
+        if self.record["status"] != "running":
+            return
+        self.record.update(status="interrupted", ended=now())
+        if at_once:  # inside the signal handler: the files are whole, the record may not be
+            with contextlib.suppress(OSError):
+                checkpoint.save_json(self.record_path, self.record)
+            return
+        checkpoint.save_json(self.record_path, self.record)
+
+    def finished(self):
+        self.record.update(status="finished", ended=now())
+        checkpoint.save_json(self.record_path, self.record)
+
+
 def train_run(args, argv, folder, stored):
     """Load data, build or restore the network, train to --nb_epochs, keep the folder current."""
     (train, test) = data.load_dataset(args.dataset, args.data_dir)
     train, test, train_targets = training.to_device_sets(train, test)
-    net = build_net(args)
-    computation = run_folder.computation_settings(args)
-    record_path = os.path.join(folder, run_folder.RUN_RECORD)
-    record = {"settings": vars(args), "command": shlex.join([sys.argv[0]] + argv),
-              "versions": package_versions(), "backend": backend.describe(),
-              "dtype": args.dtype, "started": now(), "ended": None, "epochs_done": 0,
-              "nb_epochs": args.nb_epochs, "status": "running", "folder": folder}
-    if stored is not None:
-        meta, arrays = stored
-        old = read_record(record_path) or {}
-        record["started"] = old.get("started", record["started"])
-        record["resumed"] = old.get("resumed", []) + [now()]
-        statistics = checkpoint.restore_checkpoint(net, arrays)
-        # A kill between the checkpoint and the results files leaves them an epoch behind.
-        checkpoint.save_results(folder, net, statistics)
-        epoch = meta["epoch"]
-        print(f"Resuming {folder} from the checkpoint after epoch {epoch}.")
+    run = Run(args, argv, folder, stored)
 
     def stopped_at_once():
         """A second Ctrl-C / SIGTERM: the files are whole; record the run as interrupted."""
-        if record["status"] == "running":
-            record.update(status="interrupted", ended=now())
-            with contextlib.suppress(OSError):
-                checkpoint.save_json(record_path, record)
+        if run.record["status"] == "running":
+            run.interrupted(at_once=True)
             print(f"Stopped at once; {folder} holds the checkpoint of the last completed epoch. "
                   f"Resume with:\n  {resume_command(argv)}", file=sys.stderr, flush=True)
     stop = StopSignal(stopped_at_once)
-    checkpoint.save_json(record_path, record)
-    if stored is None:
-        statistics, epoch = training.Statistics(), 0
-        statistics.record(net, train, test)
-        checkpoint.save_checkpoint(folder, net, statistics, 0, computation)
-        checkpoint.save_results(folder, net, statistics)
-    record["epochs_done"] = epoch
-    progress = training.Progress(args.nb_epochs, training.batch_layout(len(train[0]))[1])
-    runner = training.StepRunner(net, training.StepSettings.of(args))
-    while epoch < args.nb_epochs:
-        progress.start_epoch(epoch)
+    statistics = run.begin(train, test)
+    feed = training.Feed([(train, train_targets, test)])
+    progress = training.Progress(args.nb_epochs, feed.nb_batches)
+    runner = training.StepRunner(run.net, training.StepSettings.of(args))
+    while run.epoch < args.nb_epochs:
+        progress.start_epoch(run.epoch)
         try:
-            completed = training.train_epoch(runner, train, train_targets, test, statistics,
-                                             args.eval_interval, progress, stop, epoch)
+            completed = training.train_epoch(runner, feed, statistics, args.eval_interval,
+                                             progress, stop, run.epoch)
         except training.Diverged as diverged:
-            checkpoint.save_statistics(folder, statistics)
-            record.update(status="diverged", ended=now(), message=str(diverged))
-            checkpoint.save_json(record_path, record)
-            print(f"run.py: {diverged} The checkpoint after epoch {epoch} and the statistics so "
-                  f"far are in {folder}.", file=sys.stderr)
+            run.diverged(str(diverged))
             return EXIT_DIVERGED
         if not completed:
-            record.update(status="interrupted", ended=now())
-            checkpoint.save_json(record_path, record)
-            print(f"Stopped during epoch {epoch + 1}; {folder} holds the checkpoint after epoch "
-                  f"{epoch}. Resume with:\n  {resume_command(argv)}", file=sys.stderr)
+            run.interrupted()
+            print(f"Stopped during epoch {run.epoch + 1}; {folder} holds the checkpoint after "
+                  f"epoch {run.epoch}. Resume with:\n  {resume_command(argv)}", file=sys.stderr)
             return EXIT_SIGNAL[stop.received]
-        epoch += 1
         progress.end_epoch(statistics)
-        checkpoint.save_checkpoint(folder, net, statistics, epoch, computation)
-        checkpoint.save_results(folder, net, statistics)
-        record.update(epochs_done=epoch, peak_memory_mb=utils.peak_memory_mb())
-        checkpoint.save_json(record_path, record)
-    record.update(status="finished", ended=now())
-    checkpoint.save_json(record_path, record)
-    print(f"Finished {epoch} epochs; results in {folder}")
+        run.end_epoch(run.net)
+    run.finished()
+    print(f"Finished {run.epoch} epochs; results in {folder}")
     return EXIT_FINISHED
 
 

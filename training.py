@@ -62,7 +62,8 @@ class Progress:
 
     Each line (and the bar's note, as often) gives the accuracy and loss of the training
     batches since the previous line, as the forward pass computed them before each update
-    ("batches"), and the latest evaluation of the whole sets, with the batch it followed.
+    ("batches"), and the latest evaluation of the whole sets, with the batch it followed
+    (for a pack, each run's accuracies in the order of its runs).
     """
 
     def __init__(self, nb_epochs, nb_batches, stream=sys.stderr):
@@ -84,9 +85,13 @@ class Progress:
         if (batch_index + 1) % max(1, self.nb_batches // 10):
             return
         running = runner.running_statistics()
-        batches = (f"batches acc {running[0]:.4f} loss {running[1]:.4f}; "
-                   if running is not None else "")
-        note = batches + statistics.latest()
+        if running is None:
+            batches = ""
+        elif isinstance(running, tuple):
+            batches = f"batches acc {running[0]:.4f} loss {running[1]:.4f}; "
+        else:  # a pack's list, a pair per run
+            batches = "batches acc " + " ".join(f"{accuracy:.4f}" for accuracy, _ in running) + "; "
+        note = batches + latest(statistics)
         if self.bar is not None:
             self.bar.set_postfix_str(note, refresh=False)
             return
@@ -99,11 +104,25 @@ class Progress:
             self.bar.close()
             self.bar = None
         print(f"epoch {self.epoch + 1}/{self.nb_epochs} done in "
-              f"{time.monotonic() - self.started:.1f}s: {statistics.latest()}", flush=True)
+              f"{time.monotonic() - self.started:.1f}s: {latest(statistics)}", flush=True)
+
+
+def latest(statistics):
+    """Statistics.latest() of a single run; of a pack (a list), the test accuracies in order."""
+    if isinstance(statistics, Statistics):
+        return statistics.latest()
+    return "test acc " + " ".join(f"{run.values['test_acc'][-1]:.4f}" for run in statistics)
 
 
 class Diverged(RuntimeError):
-    """Weights, directions or statistics stopped being finite; the message says where."""
+    """Weights, directions or statistics stopped being finite; the message says where.
+
+    In a pack, `runs` maps the position of each run at fault to its own message.
+    """
+
+    def __init__(self, message, runs=None):
+        super().__init__(message)
+        self.runs = runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +140,46 @@ class StepSettings:
         """The step settings of run.py's parsed arguments."""
         return cls(args.algorithm, args.learning_rate, args.orthogonal_reg, args.log_alignment)
 
+    @classmethod
+    def of_pack(cls, settings):
+        """The settings of a pack from its runs' settings (one rule and alignment cadence;
+        lambda zero for all runs or for none): a learning rate and lambda per run, tuples."""
+        algorithms = {(each.algorithm, each.log_alignment, each.orthogonal_reg == 0)
+                      for each in settings}
+        if len(algorithms) > 1:
+            raise ValueError(f"the runs of a pack must share the rule, the alignment cadence and "
+                             f"whether lambda is zero, not {sorted(algorithms)}")
+        return cls(settings[0].algorithm, tuple(each.learning_rate for each in settings),
+                   tuple(each.orthogonal_reg for each in settings), settings[0].log_alignment)
+
+    def select(self, positions):
+        """A pack's settings for the runs at `positions`."""
+        return dataclasses.replace(
+            self, learning_rate=tuple(self.learning_rate[p] for p in positions),
+            orthogonal_reg=tuple(self.orthogonal_reg[p] for p in positions))
+
+    def on_backend(self):
+        """These settings as a step uses them: a pack's per-run learning rates and lambdas as
+        backend arrays of shape (runs, 1, 1) (lambda 0.0 when it is zero for every run)."""
+        if not isinstance(self.learning_rate, tuple):
+            return self
+
+        def per_run(values):
+            return backend.to_device(numpy.asarray(values, dtype=float).reshape(-1, 1, 1))
+        return dataclasses.replace(
+            self, learning_rate=per_run(self.learning_rate),
+            orthogonal_reg=per_run(self.orthogonal_reg) if any(self.orthogonal_reg) else 0.0)
+
+
+def runs_of(net, statistics):
+    """[(run network, its Statistics, take)] for each run of a pack (`take(array)` is the
+    run's part of a pack array); [(net, statistics, identity)] for a single run."""
+    if net.runs is None:
+        return [(net, statistics, lambda array: array)]
+    return [(net.run(position), statistics[position],
+             lambda array, position=position: array[position])
+            for position in range(net.runs)]
+
 
 def finiteness_sums(arrays, out=None):
     """Row sums of every array (a 1-d array counts as one row), one after another in `out`
@@ -132,7 +191,7 @@ def finiteness_sums(arrays, out=None):
     one reduction of a whole array would run in one block), no wait for the GPU.
     """
     xp = backend.array_module(arrays[0])
-    rows = [array.shape[0] if array.ndim > 1 else 1 for array in arrays]
+    rows = [array.size // array.shape[-1] if array.ndim > 1 else 1 for array in arrays]
     if out is None:
         out = xp.empty(sum(rows), dtype=arrays[0].dtype)
     start = 0
@@ -155,8 +214,20 @@ def check_finite(net, forward, weight_directions, bias_directions, statistics, w
     statistics are finite; the message names the first layer at fault and `where`.
 
     One wait for the GPU: the sums of `finiteness_sums`, read together; the arrays are
-    looked at one by one only when a sum is not finite.
+    looked at one by one only when a sum is not finite. A pack is checked run by run
+    (`statistics` a list), and Diverged names the runs at fault (its `runs`).
     """
+    if net.runs is not None:
+        faults = {}
+        for position, (run, run_statistics, take) in enumerate(runs_of(net, statistics)):
+            try:
+                check_finite(run, list(map(take, forward)), list(map(take, weight_directions)),
+                             list(map(take, bias_directions)), run_statistics, where)
+            except Diverged as diverged:
+                faults[position] = str(diverged)
+        if faults:
+            raise Diverged("; ".join(faults.values()), runs=faults)
+        return
     xp = backend.array_module(forward[-1])
     sums = finiteness_sums([forward[-1]] + list(weight_directions) + list(bias_directions))
     latest = [values[-1] for values in statistics.values.values() if values]
@@ -202,22 +273,36 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     Logs the alignment with BP when due; raises Diverged, before anything reaches the
     weights, if the output or a direction is not finite or a weight matrix is singular.
     Waits for the GPU once (the checks); `StepRunner` queues steps without waiting.
+    A pack (`settings.on_backend()`, `statistics` a list) is checked run by run.
     """
     try:
         forward, targets, weight_directions, bias_directions = rule_directions(
             net, settings, images, one_hot_labels)
     except numpy.linalg.LinAlgError as error:
-        raise Diverged(f"Training diverged at epoch {epoch + 1}, batch {batch_index}: a layer's "
-                       f"weights are singular and cannot be inverted ({error}). Try a smaller "
-                       f"--learning_rate, or a larger --orthogonal_reg, which keeps the weights "
-                       f"well conditioned.") from None
+        message = (f"Training diverged at epoch {epoch + 1}, batch {batch_index}: a layer's "
+                   f"weights are singular and cannot be inverted ({error}). Try a smaller "
+                   f"--learning_rate, or a larger --orthogonal_reg, which keeps the weights "
+                   f"well conditioned.")
+        raise Diverged(message, None if net.runs is None else {
+            position: message for position, (run, _, _) in enumerate(runs_of(net, statistics))
+            if not invertible(run)}) from None
     if settings.log_alignment and batch_index % settings.log_alignment == 0:
-        statistics.alignment.append([epoch, batch_index] + alignment_with_bp(
-            net, settings.algorithm, forward, targets))
+        for run, run_statistics, take in runs_of(net, statistics):
+            run_statistics.alignment.append([epoch, batch_index] + alignment_with_bp(
+                run, settings.algorithm, list(map(take, forward)), take(targets)))
     check_finite(net, forward, weight_directions, bias_directions, statistics,
                  f"epoch {epoch + 1}, batch {batch_index}")
     net.update_parameters(weight_directions, bias_directions, settings.learning_rate)
     return forward
+
+
+def invertible(net):
+    """Whether every weight matrix of a (single) network can be inverted."""
+    try:
+        net.update_inverse_model()
+    except numpy.linalg.LinAlgError:
+        return False
+    return True
 
 
 def _update_guard_on_host(sums, nb_sums, bounds, nb_bounds, tolerance, guard):
@@ -243,9 +328,9 @@ _UPDATE_GUARD = backend.Fused(
 
 def _tally_batch_on_host(outputs, labels, classes, width, tally):
     """Add each row's hit (argmax of its class outputs == its label) and squared error."""
-    scores = outputs[:, :classes]
-    tally[:, 0] += scores.argmax(axis=1) == labels.argmax(axis=1)
-    tally[:, 1] += ((scores - labels) ** 2).sum(axis=1)
+    scores = outputs[..., :classes]
+    tally[..., 0] += scores.argmax(axis=-1) == labels.argmax(axis=-1)
+    tally[..., 1] += ((scores - labels) ** 2).sum(axis=-1)
 
 
 _TALLY_BATCH = backend.Fused(
@@ -263,7 +348,7 @@ _TALLY_BATCH = backend.Fused(
 
 
 class StepRunner:
-    """Runs the training steps of one network, checked as `train_step` checks them.
+    """Runs the training steps of one network, or of a pack, checked as `train_step` checks them.
 
     On the host each step is `train_step`, checked at once. On a GPU (`deferred`) a step is
     queued without waiting for the GPU: its checks (`finiteness_sums`; the residuals of the
@@ -276,6 +361,12 @@ class StepRunner:
     steps after it are queued again. The queued step is captured once as a CUDA graph and
     replayed (`graphs`), after checking that a replay computes what the step does.
     Also keeps a running tally of the training batches' accuracy and loss.
+
+    A pack (`net.runs` not None, `settings` of `StepSettings.of_pack`, `statistics` a list
+    with one Statistics per run) shares one guard: a failed check of any run redoes the
+    step for all. A run found diverged leaves the pack alone: its position's message goes
+    to `diverged` (by the run's index in the pack as made, `run_ids` holds those of the runs
+    still training), the others go on from the same step; Diverged is raised when none is left.
     """
 
     CHECK_EVERY = 50
@@ -286,68 +377,119 @@ class StepRunner:
 
     def __init__(self, net, settings, deferred=None, graphs=None):
         self.net, self.settings = net, settings
+        self.step_settings = settings.on_backend()
+        self.run_ids = None if net.runs is None else list(range(net.runs))
+        self.diverged = {}
         self.xp = backend.array_module(net.layers[0].weight_matrix)
         self.deferred = self.xp is not numpy if deferred is None else deferred
         self.graphs = self.deferred and self.xp is not numpy if graphs is None else graphs
         self.graph, self.inputs, self.graph_difference = None, None, None
         self.window, self.queued_before, self.solver_failures = [], False, []
         self.steps_done, self.check_every, self.redone = 0, self.CHECK_EVERY, 0
-        self.kept, self.tally, self.tallied = [], None, 0
+        self.kept, self.tally, self.tallied, self.lu_only = [], None, 0, False
         if self.deferred:
             self._prepare_queue()
 
     def _prepare_queue(self):
         """The kept inverses, the checks vector, the guard: arrays a CUDA graph can keep."""
         net, xp = self.net, self.xp
-        if self.settings.algorithm != "BP":
+        if self.settings.algorithm != "BP" and not self.lu_only:
             net.keep_inverses()
         dtype = net.layers[0].weight_matrix.dtype
         self.kept = [layer.kept_inverse for layer in net.layers if layer.kept_inverse]
         self.sums = None  # made at the first queued step, when the batch size is known
-        self.bounds = xp.zeros(max(1, len(self.kept)), dtype=dtype)
+        runs = net.runs or 1
+        self.bounds = xp.zeros(max(1, len(self.kept)) * runs, dtype=dtype)
         for slot, kept in enumerate(self.kept):
-            kept.bound = self.bounds[slot:slot + 1]
+            kept.bound = self.bounds[slot * runs:(slot + 1) * runs]
         self.tolerance = self.kept[0].tolerance if self.kept else 0.0
         self.guard = xp.asarray(numpy.array([0, -1], dtype=numpy.int64))
 
     def step(self, images, one_hot_labels, statistics, epoch, batch_index):
-        """Train on one batch (device arrays): at once on the host, queued on a GPU."""
+        """Train on one batch (device arrays; a pack's stacked, one per run in `run_ids`): at
+        once on the host, queued on a GPU."""
         alignment_due = (self.settings.log_alignment
                          and batch_index % self.settings.log_alignment == 0)
         self.tallied += 1
         self.steps_done += 1
         if not self.deferred or alignment_due:
             self.settle(statistics)
-            forward = self._checked_step(images, one_hot_labels, statistics, epoch, batch_index)
+            forward, one_hot_labels = self._checked_step(images, one_hot_labels, statistics,
+                                                         epoch, batch_index, self.run_ids)
             self._tally(forward[-1], one_hot_labels)
             return
-        self.window.append((images, one_hot_labels, epoch, batch_index))
+        self.window.append((images, one_hot_labels, epoch, batch_index, self.run_ids))
         self._queue(images, one_hot_labels)
         if len(self.window) >= self.check_every:
             self.settle(statistics)
 
-    def _checked_step(self, images, one_hot_labels, statistics, epoch, batch_index):
-        """`train_step`, with LU solves (the kept inverses set aside for it)."""
-        for kept in self.kept:
-            kept.active = False
-        try:
-            return train_step(self.net, self.settings, images, one_hot_labels, statistics,
-                              epoch, batch_index)
-        finally:
-            for kept in self.kept:
-                kept.active = True
+    def _of_runs_now(self, arrays, run_ids):
+        """A pack's arrays (one row per run of `run_ids`) cut to the runs still training."""
+        if run_ids == self.run_ids:
+            return arrays
+        positions = [run_ids.index(run) for run in self.run_ids]
+        return [array[positions] for array in arrays]
+
+    def _checked_step(self, images, one_hot_labels, statistics, epoch, batch_index, run_ids):
+        """`train_step`, with LU solves (the kept inverses set aside for it); a pack's runs
+        found diverged are taken out and the step is done again for the others. Returns
+        the forward pass and the labels of the runs trained."""
+        while True:
+            images, one_hot_labels = self._of_runs_now((images, one_hot_labels), run_ids)
+            run_ids = self.run_ids
+            kept = self.kept
+            for each in kept:
+                each.active = False
+            try:
+                return train_step(self.net, self.step_settings, images, one_hot_labels,
+                                  statistics, epoch, batch_index), one_hot_labels
+            except Diverged as diverged:
+                if diverged.runs is None:
+                    raise
+                self._drop(diverged.runs, statistics)
+            finally:
+                for each in kept:
+                    each.active = True
+
+    def _drop(self, faults, statistics):
+        """Take the diverged runs at the positions of `faults` ({position: message}) out of
+        the pack (`remove`); raise Diverged when no run is left."""
+        for position, message in faults.items():
+            self.diverged[self.run_ids[position]] = message
+        if len(faults) == len(self.run_ids):
+            raise Diverged("every run of the pack diverged: " + "; ".join(faults.values()),
+                           runs=faults)
+        self.remove(faults, statistics)
+
+    def remove(self, positions, statistics):
+        """Take the runs at `positions` out of the pack (between steps: a run diverged or has
+        its epochs); the others go on as a pack of their own, their statistics list
+        shortened in place. With no run left, `run_ids` is empty and nothing else changes."""
+        keep = [position for position in range(len(self.run_ids)) if position not in positions]
+        if not keep:
+            self.run_ids = []
+            return
+        self.settle(statistics)
+        self.net = self.net.select(keep)
+        self.run_ids = [self.run_ids[position] for position in keep]
+        statistics[:] = [statistics[position] for position in keep]
+        self.settings = self.settings.select(keep)
+        self.step_settings = self.settings.on_backend()
+        self.graph, self.inputs, self.queued_before, self.tally = None, None, False, None
+        if self.deferred:
+            self._prepare_queue()
 
     def _queued_step(self, images, one_hot_labels):
         """The step without waiting: directions, checks into the guard, guarded update."""
         forward, _, weight_directions, bias_directions = rule_directions(
-            self.net, self.settings, images, one_hot_labels)
+            self.net, self.step_settings, images, one_hot_labels)
         self.sums = finiteness_sums([forward[-1]] + weight_directions + bias_directions,
                                     self.sums)
         _UPDATE_GUARD(self.sums, numpy.int32(len(self.sums)), self.bounds,
-                      numpy.int32(len(self.kept)), self.sums.dtype.type(self.tolerance),
-                      self.guard, size=1)
+                      numpy.int32(len(self.bounds) if self.kept else 0),
+                      self.sums.dtype.type(self.tolerance), self.guard, size=1)
         self.net.update_parameters(weight_directions, bias_directions,
-                                   self.settings.learning_rate, self.guard)
+                                   self.step_settings.learning_rate, self.guard)
         self._tally(forward[-1], one_hot_labels)
 
     def _queue(self, images, one_hot_labels):
@@ -423,7 +565,8 @@ class StepRunner:
         for layer in self.net.layers:  # a kept inverse may be garbage now
             if layer.kept_inverse is not None:
                 layer.kept_inverse.reset(layer.weight_matrix)
-        self._checked_step(*window[first_failed][:2], statistics, *window[first_failed][2:])
+        images, one_hot_labels, epoch, batch_index, run_ids = window[first_failed]
+        self._checked_step(images, one_hot_labels, statistics, epoch, batch_index, run_ids)
         # train_step found nothing wrong: a solve was not exact (or a sum overflowed)
         self.redone += 1
         failed_at = self.steps_done - len(window) + first_failed
@@ -431,51 +574,83 @@ class StepRunner:
         self.solver_failures.append(failed_at)
         if self.kept and len(self.solver_failures) > self.FAILURES_PER_100_STEPS:
             self.net.keep_inverses(False)
-            self.kept, self.graph, self.graphs = [], None, False
+            self.kept, self.graph, self.graphs, self.lu_only = [], None, False, True
             print("note: the weights are too badly conditioned for kept inverses; this run "
                   "solves by LU from now on.", file=sys.stderr)
-        for images, one_hot_labels, epoch, batch_index in window[first_failed + 1:]:
-            self.step(images, one_hot_labels, statistics, epoch, batch_index)
+        for images, one_hot_labels, epoch, batch_index, run_ids in window[first_failed + 1:]:
+            self.step(*self._of_runs_now((images, one_hot_labels), run_ids), statistics, epoch,
+                      batch_index)
         self.settle(statistics)
 
     def _tally(self, output, one_hot_labels):
         """Add each row's hit (argmax of the class outputs == label) and squared error."""
         if self.tally is None:
-            self.tally = self.xp.zeros((len(output), 2), dtype=output.dtype)
-        _TALLY_BATCH(output, one_hot_labels, numpy.int32(one_hot_labels.shape[1]),
-                     numpy.int32(output.shape[1]), self.tally, size=len(output))
+            self.tally = self.xp.zeros(output.shape[:-1] + (2,), dtype=output.dtype)
+        _TALLY_BATCH(output, one_hot_labels, numpy.int32(one_hot_labels.shape[-1]),
+                     numpy.int32(output.shape[-1]), self.tally,
+                     size=output.size // output.shape[-1])
 
     def running_statistics(self):
         """(accuracy, loss) of the training batches since the last call, as evaluate()
-        computes them for a data set, or None if there was none (waits for the GPU). Steps
-        redone after a failed check count twice."""
-        if not self.tallied:
+        computes them for a data set (a list of them, one per run, for a pack), or None if
+        there was none (waits for the GPU). Steps redone after a failed check count twice."""
+        if not self.tallied or self.tally is None:
             return None
-        hits, squared_error = (float(value) for value in backend.to_host(self.tally.sum(axis=0)))
-        samples = self.tallied * len(self.tally)
+        batch_size = self.tally.shape[-2]
+        sums = backend.to_host(self.tally.sum(axis=-2)).reshape(-1, 2)
+        samples = self.tallied * batch_size
         self.tally[...] = 0
         self.tallied = 0
-        return hits / samples, squared_error / samples
+        pairs = [(float(hits) / samples, float(squared_error) / samples)
+                 for hits, squared_error in sums]
+        return pairs[0] if self.run_ids is None else pairs
 
 
-def train_epoch(runner, train, train_targets, test, statistics, eval_interval, progress,
-                should_stop, epoch):
+class Feed:
+    """The data a StepRunner trains on: per run, (training set, one-hot training targets, test
+    set) as device arrays (`to_device_sets`); one such triple for a single run, one per run
+    of a pack (all training sets of one size)."""
+
+    def __init__(self, sets):
+        self.sets = list(sets)
+        sizes = {len(train[0]) for train, _, _ in self.sets}
+        if len(sizes) > 1:
+            raise ValueError(f"the training sets of a pack differ in size: {sorted(sizes)}")
+        self.batch_size, self.nb_batches = batch_layout(sizes.pop())
+
+    def batch(self, batch_index, run_ids):
+        """(images, one-hot labels) of batch `batch_index`: a single run's (run_ids None), or
+        the runs' batches stacked (runs, batch, units)."""
+        rows = slice(batch_index * self.batch_size, (batch_index + 1) * self.batch_size)
+        if run_ids is None:
+            (images, _), targets, _ = self.sets[0]
+            return images[rows], targets[rows]
+        xp = backend.array_module(self.sets[0][1])
+        return (xp.stack([self.sets[run][0][0][rows] for run in run_ids]),
+                xp.stack([self.sets[run][1][rows] for run in run_ids]))
+
+    def record(self, net, statistics, run_ids, evaluated_after):
+        """Evaluate each run on its own training and test sets; append to its Statistics."""
+        for position, (run, run_statistics, _) in enumerate(runs_of(net, statistics)):
+            train, _, test = self.sets[0 if run_ids is None else run_ids[position]]
+            run_statistics.record(run, train, test)
+            run_statistics.evaluated_after = evaluated_after
+
+
+def train_epoch(runner, feed, statistics, eval_interval, progress, should_stop, epoch):
     """Train one epoch over the batches in stored order; evaluate on the cadence.
 
     Returns False if `should_stop()` turned true at a batch boundary (epoch incomplete);
-    raises Diverged as soon as a step is found not finite, before it reaches the weights.
+    raises Diverged as soon as a step is found not finite, before it reaches the weights
+    (in a pack, when no run is left; see StepRunner).
     """
-    images, _ = train
-    batch_size, nb_batches = batch_layout(len(images))
-    for batch_index in range(nb_batches):
+    for batch_index in range(feed.nb_batches):
         if should_stop():
             return False
-        rows = slice(batch_index * batch_size, (batch_index + 1) * batch_size)
-        runner.step(images[rows], train_targets[rows], statistics, epoch, batch_index)
-        if evaluates_after(batch_index, eval_interval, nb_batches):
+        runner.step(*feed.batch(batch_index, runner.run_ids), statistics, epoch, batch_index)
+        if evaluates_after(batch_index, eval_interval, feed.nb_batches):
             runner.settle(statistics)
-            statistics.record(runner.net, train, test)
-            statistics.evaluated_after = (epoch, batch_index)
+            feed.record(runner.net, statistics, runner.run_ids, (epoch, batch_index))
         progress.batch_done(batch_index, statistics, runner)
     runner.settle(statistics)
     return True

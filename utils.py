@@ -43,7 +43,13 @@ def transfer_derivative(h, linear=False):
 
 
 def _add_biases_and_transfer_on_host(biases, activity, linear):
-    """activity = f(activity + biases) in place, in cache-sized row blocks shared among threads."""
+    """activity = f(activity + biases) in place, in cache-sized row blocks shared among threads;
+    a pack's runs (3-d activity, biases of shape (runs, 1, units)) one after another."""
+    if activity.ndim > 2:
+        for run_biases, run_activity in zip(biases, activity):
+            _add_biases_and_transfer_on_host(run_biases, run_activity, linear)
+        return
+
     def blocks_done(blocks):
         for block in blocks:
             block += biases
@@ -63,7 +69,8 @@ _ADD_BIASES_AND_TRANSFER = {
 
 
 def add_biases_and_transfer(activity, biases, linear=False):
-    """activity = f(activity + biases), in place (biases broadcast over the rows)."""
+    """activity = f(activity + biases), in place (biases broadcast over the rows: of shape
+    (units,) for a (rows, units) activity, (runs, 1, units) for a pack's (runs, rows, units))."""
     _ADD_BIASES_AND_TRANSFER[linear](biases, activity)
     return activity
 

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Train several runs as one pack, in one process: the command line of packs.
+
+Example (three seeds of GAIT on MNIST, trained at once):
+  ./pack.py --member "--algorithm=GAIT --seed=1 --nb_layers=4 --orthogonal_reg=0.1" \\
+            --member "--algorithm=GAIT --seed=2 --nb_layers=4 --orthogonal_reg=0.1" \\
+            --member "--algorithm=GAIT --seed=3 --nb_layers=4 --orthogonal_reg=0.1"
+Each --member takes run.py's flags (quoted, as one argument). The runs of a pack must be
+compatible (`pack_key`): one rule, network, transfer, dtype, backend and device, evaluation
+and alignment cadence, and lambda zero for all or for none; their data set, seed, learning
+rate, lambda, initialisation and number of epochs may differ. Every weight array of the
+pack has a leading run axis, so each product of a step is one batched product for all runs.
+
+Each run writes its own results folder exactly as `./run.py` with its flags would (run.json,
+checkpoint.npz, the statistics and weights); on NumPy its numbers are those of the single
+run, bit for bit. A run that diverges stops alone (its run.json says diverged; its last
+checkpoint stays) while the others go on; a run that reaches its --nb_epochs leaves the pack.
+Kill the pack at any moment and run the same command with --load in each member (or resume
+any member alone with run.py --load) to continue every run exactly.
+Exit statuses as run.py's: 0 every run finished, 1 failed, 2 bad input, 3 a run diverged (the
+others finished), 130/143 interrupted.
+"""
+import argparse
+import contextlib
+import os
+import shlex
+import sys
+import traceback
+import warnings
+
+import signal
+
+import run
+import run_folder
+from run_folder import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE
+
+if __name__ == "__main__":  # before the slow imports of main
+    for _signum in EXIT_SIGNAL:
+        signal.signal(_signum, run.stop_before_training)
+
+# Settings the runs of a pack must share (with "lambda is zero"); the rest may differ.
+SHARED = ("algorithm", "nb_layers", "tower", "linear", "dtype", "backend", "device",
+          "eval_interval", "log_alignment")
+
+
+def pack_key(settings):
+    """What makes runs compatible in a pack: their SHARED settings and whether lambda is zero
+    (the square network's depth does not matter for the tower)."""
+    key = {name: getattr(settings, name) for name in SHARED}
+    if settings.tower:
+        key["nb_layers"] = None
+    key["regularised"] = settings.orthogonal_reg != 0
+    return tuple(sorted(key.items()))
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"pack.py: {message}. Run ./pack.py --help; nothing was written.\n")
+
+
+def build_parser():
+    parser = Parser(description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog=__doc__.split("\n", 1)[1])
+    parser.add_argument("--member", action="append", required=True, metavar="'RUN.PY FLAGS'",
+                        help="one run of the pack: run.py's flags as one quoted argument")
+    return parser
+
+
+def parse_members(texts):
+    """[(run.py's Namespace, its argv)] of each --member, checked as run.py checks its flags
+    and for compatibility; raises run.UsageError naming the member at fault."""
+    members = []
+    for index, text in enumerate(texts):
+        argv = shlex.split(text)
+        parser = run.build_parser()
+
+        def error(message, index=index, text=text):
+            raise run.UsageError(f"--member {index + 1} ({text}): {message}")
+        parser.error = error
+        members.append((parser.parse_args(argv), argv))
+    keys = {pack_key(args) for args, _ in members}
+    if len(keys) > 1:
+        differing = sorted({name for key in keys for name, value in key
+                            if any(dict(other).get(name) != value for other in keys)})
+        raise run.UsageError(f"the members cannot share a pack: they differ in "
+                             f"{', '.join(differing)}. Give every member the same value of "
+                             f"these (or make one pack per value).")
+    folders = [run_folder.results_folder(args) for args, _ in members]
+    if len(set(folders)) < len(folders):
+        raise run.UsageError("two members would share a results folder: give each member its "
+                             "own settings (seed, data set, ...)")
+    return members
+
+
+def train_pack(runs, sets, command):
+    """Train `runs` (run.Run, begun, all at the same epoch) as one pack until each has its
+    epochs, has diverged or a signal stops them. Returns the exit status."""
+    import training
+    from inv_net import InvNet
+    args = runs[0].args
+    net = InvNet.stack([each.net for each in runs])
+    settings = training.StepSettings.of_pack([training.StepSettings.of(each.args)
+                                              for each in runs])
+    runner = training.StepRunner(net, settings)
+    statistics = [each.statistics for each in runs]
+    feed = training.Feed([sets[(each.args.dataset, each.args.data_dir)] for each in runs])
+    progress = training.Progress(max(each.args.nb_epochs for each in runs), feed.nb_batches)
+    reported, status = set(), EXIT_FINISHED
+
+    def stopped_at_once():
+        for each in runs:
+            each.interrupted(at_once=True)
+        print(f"Stopped at once; each results folder holds the checkpoint of its last completed "
+              f"epoch. Resume with:\n  {command}", file=sys.stderr, flush=True)
+    stop = run.StopSignal(stopped_at_once)
+    while runner.run_ids:
+        epoch = runs[runner.run_ids[0]].epoch
+        progress.start_epoch(epoch)
+        try:
+            completed = training.train_epoch(runner, feed, statistics, args.eval_interval,
+                                             progress, stop, epoch)
+        except training.Diverged:
+            completed = None  # every run left has diverged
+        for index, message in runner.diverged.items():
+            if index not in reported:
+                reported.add(index)
+                runs[index].diverged(message)
+                status = EXIT_DIVERGED
+        if completed is None:
+            break
+        if not completed:
+            for index in runner.run_ids:
+                runs[index].interrupted()
+            print(f"Stopped during epoch {epoch + 1}; each results folder holds the checkpoint "
+                  f"after its last completed epoch. Resume with:\n  {command}", file=sys.stderr)
+            return EXIT_SIGNAL[stop.received]
+        progress.end_epoch(statistics)
+        done = []
+        for position, index in enumerate(runner.run_ids):
+            runs[index].end_epoch(runner.net.run(position))
+            if runs[index].epoch >= runs[index].args.nb_epochs:
+                runs[index].finished()
+                print(f"Finished {runs[index].epoch} epochs; results in {runs[index].folder}")
+                done.append(position)
+        if done:
+            runner.remove(done, statistics)
+    return status
+
+
+def resume_line(members):
+    """The pack command that continues every member (--load in each)."""
+    texts = [shlex.join([arg for arg in argv if arg not in ("--load", "--overwrite")]
+                        + ["--load"]) for _, argv in members]
+    return shlex.join([sys.argv[0]] + [part for text in texts for part in ("--member", text)])
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    texts = build_parser().parse_args(argv).member
+    warnings.simplefilter("ignore")  # overflow and singular-matrix warnings: divergence is checked
+    import backend
+    import checkpoint
+    import data
+    import training
+    locks, folders, created = [], [], []
+    try:
+        members = parse_members(texts)
+        first = members[0][0]
+        print(f"Using {backend.select(first.backend, first.device, first.dtype)}; a pack of "
+              f"{len(members)} runs")
+        runs = []
+        for args, member_argv in members:
+            folder = run_folder.results_folder(args)
+            if args.load and not os.path.isdir(folder):
+                raise run.UsageError(f"--load was given, but there is no results folder "
+                                     f"{folder}. Drop --load from that member to start it.")
+            created.append(not os.path.isdir(folder))
+            os.makedirs(folder, exist_ok=True)
+            folders.append(folder)
+            locks.append(checkpoint.FolderLock(folder))
+            locks[-1].acquire()
+            stored = run.prepare_folder(folder, args)
+            runs.append(run.Run(args, member_argv, folder, stored))
+        sets = {}
+        for each in runs:
+            key = (each.args.dataset, each.args.data_dir)
+            if key not in sets:
+                train, test, train_targets = training.to_device_sets(*data.load_dataset(*key))
+                sets[key] = (train, train_targets, test)
+        for each in runs:
+            train, _, test = sets[(each.args.dataset, each.args.data_dir)]
+            each.begin(train, test)
+        status = EXIT_FINISHED
+        for epoch in sorted({each.epoch for each in runs}):
+            group = [each for each in runs if each.epoch == epoch
+                     and each.epoch < each.args.nb_epochs]
+            if group:
+                outcome = train_pack(group, sets, resume_line(members))
+                if outcome in EXIT_SIGNAL.values():
+                    return outcome
+                status = max(status, outcome)
+        for each in runs:
+            if each.record["status"] == "running":  # already at its epochs when resumed
+                each.finished()
+        return status
+    except run.UsageError as error:
+        print(f"pack.py: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except backend.BackendError as error:
+        print(f"pack.py: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (data.DataError, checkpoint.RunFolderError) as error:
+        print(f"pack.py: {error}", file=sys.stderr)
+        failed = EXIT_FAILED
+    except OSError as error:
+        print(f"pack.py: cannot write {error.filename}: {error.strerror}. Free disk space or fix "
+              f"the permissions, then resume (--load in each member); the last checkpoints are "
+              f"intact.", file=sys.stderr)
+        failed = EXIT_FAILED
+    except Exception:
+        details = traceback.format_exc().encode()
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                checkpoint.write_atomically(os.path.join(folder, run_folder.ERROR_LOG),
+                                            lambda file: file.write(details))
+        print(f"pack.py: unexpected error ({sys.exc_info()[1]!r}). The last checkpoints are "
+              f"intact; the traceback is in {run_folder.ERROR_LOG} of each member's folder. "
+              f"Please report it.", file=sys.stderr)
+        failed = EXIT_FAILED
+    finally:
+        for lock in locks:
+            lock.release()
+    for folder, was_created in zip(folders, created):
+        run.mark_failed(folder, was_created)
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
