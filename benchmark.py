@@ -19,8 +19,15 @@ evaluation at 80% of the large-product rate), and --profile adds where a step's 
 the GPU time of each phase (each captured and replayed as a CUDA graph alone) and the
 host's time to queue a step without a graph.
 
+Packs (pack.py): for each of the paper's settings (BP; GAIT, lambda 0.1; TP, lambda 1000)
+and each pack size of --packs, the milliseconds per step of the whole pack, the steps per
+second of each run in it, the pack step's time over one single run's step (target on a
+GPU: at most 2 for a pack of 8 GAIT runs), and the memory each run of the pack holds
+(weights, biases, moments, kept inverses; on a GPU also the step's temporaries, from the
+memory pool of its CUDA graph).
+
     ./benchmark.py [--backend auto|numpy|cupy] [--dtype float64 float32] [--profile]
-                   [--json FILE]
+                   [--packs 1 2 4 8 16] [--json FILE]
 """
 import argparse
 import json
@@ -31,7 +38,7 @@ import time
 import backend  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS
 import numpy
 import training
-from inv_net import SquareInvNet, TowerInvNet
+from inv_net import InvNet, SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot, peak_memory_mb
 
 BATCH, TRAIN, TEST, UNITS = 60, 60000, 10000, 784
@@ -41,6 +48,8 @@ ROWS = (("BP", "BP", 0.0, 1e-4), ("GAIT", "GAIT", 0.0, 1e-4), ("TP", "TP", 0.0, 
         ("GAIT lambda=0.1", "GAIT", 0.1, 1e-4), ("TP lambda=1000", "TP", 1000.0, 1e-5))
 GPU_TARGETS = {"ms_per_step": {"float64": 1.0, "float32": 0.8}, "evaluation_efficiency": 0.8}
 STEPS_PER_ROUND = {"numpy": 10, "cupy": 50}
+PACK_ROWS = ("BP", "GAIT lambda=0.1", "TP lambda=1000")  # the paper's settings
+PACK_TARGET = {"row": "GAIT lambda=0.1", "size": 8, "times_single_step": 2.0}
 
 
 def median_seconds(work, repeats, inner=1):
@@ -100,22 +109,27 @@ def evaluation_flops(widths, nb_samples):
     return 2 * nb_samples * (sum(w * w for w in layers[:-1]) + layers[-1] * 10)
 
 
-def training_batches(count):
-    """`count` synthetic batches (images in [0, 1], one-hot labels) as device arrays."""
+def training_batches(count, runs=None):
+    """`count` synthetic batches (images in [0, 1], one-hot labels) as device arrays; for a
+    pack of `runs` runs, each batch stacked (runs, batch, units), a different one per run."""
     generator = numpy.random.RandomState(1)
-    images = backend.to_device(generator.rand(count * BATCH, UNITS))
-    labels = backend.to_device(one_hot(generator.randint(0, 10, count * BATCH)))
-    return [(images[k * BATCH:(k + 1) * BATCH], labels[k * BATCH:(k + 1) * BATCH])
+    shape = (count * BATCH,) if runs is None else (runs, count * BATCH)
+    images = backend.to_device(generator.rand(*shape, UNITS))
+    labels = backend.to_device(one_hot(generator.randint(0, 10, numpy.prod(shape))).reshape(
+        shape + (10,)))
+    return [(images[..., k * BATCH:(k + 1) * BATCH, :], labels[..., k * BATCH:(k + 1) * BATCH, :])
             for k in range(count)]
 
 
 def time_step(net, settings, repeats):
     """(seconds per training step, runner): rounds of queued steps (on a GPU) or checked
-    steps (on the host) on rotating batches, each round ending in a settle; the median."""
+    steps (on the host) on rotating batches, each round ending in a settle; the median.
+    A pack (`net.runs`) steps all its runs at once."""
     steps = STEPS_PER_ROUND[backend.name()]
-    batches = training_batches(steps)
+    batches = training_batches(steps, net.runs)
     runner = training.StepRunner(net, settings)
-    record = training.Statistics()
+    record = (training.Statistics() if net.runs is None else
+              [training.Statistics() for _ in range(net.runs)])
     state = {"batch": 0}
 
     def round_of_steps():
@@ -138,7 +152,7 @@ def time_evaluation(net, repeats):
     return median_seconds(both_sets, repeats)
 
 
-def measure(dtype, repeats, profile=False):
+def measure(dtype, repeats, profile=False, pack_sizes=()):
     """Every figure for one dtype, as a dict.
 
     Two limits: `batch_gflops`, the median rate of the three batch-of-60 product shapes,
@@ -181,7 +195,37 @@ def measure(dtype, repeats, profile=False):
             "bp_step_vs_chunk_rate": bp_seconds / (bp_gflop / chunk_rate)}
         if profiles:
             result["networks"][label]["profile_ms"] = profiles
+    if pack_sizes:
+        square = result["networks"]["square, 4 hidden"]["steps"]
+        result["packs"] = time_packs(pack_sizes, {name: row["ms_per_step"]
+                                                  for name, row in square.items()}, repeats)
     return result
+
+
+def time_packs(sizes, single_ms, repeats):
+    """Per paper setting and pack size: ms per pack step, steps/s per run, the pack step over
+    one single run's step (`single_ms`, from the rows above) and MB held per run."""
+    figures = {}
+    for name, rule, ortho_weighting, learning_rate in ROWS:
+        if name not in PACK_ROWS:
+            continue
+        figures[name] = {}
+        for size in sizes:
+            net = InvNet.stack([SquareInvNet(UNITS, 4, 1 + 10 * run, True) for run in range(size)])
+            settings = training.StepSettings.of_pack(
+                [training.StepSettings(rule, learning_rate, ortho_weighting)] * size)
+            seconds, runner = time_step(net, settings, repeats)
+            held = sum(array.nbytes for array in runner.net.state().values()) + sum(
+                kept.inverse.nbytes for kept in runner.kept)
+            temporaries = None if runner.graph is None else runner.graph.pool.total_bytes()
+            figures[name][size] = {
+                "ms_per_pack_step": seconds * 1e3, "steps_per_s_per_run": size / seconds,
+                "times_single_step": seconds * 1e3 / single_ms[name],
+                "mb_per_run_state": held / size / 2**20,
+                "mb_per_run_step_temporaries": (None if temporaries is None
+                                                else temporaries / size / 2**20),
+                "redone_steps": runner.redone}
+    return figures
 
 
 def profile_step(net, settings, runner, replays=200):
@@ -266,6 +310,23 @@ def print_table(results, on_gpu):
                 print(f"    profile of {rule} (ms): " + ", ".join(
                     f"{name.strip()} {'failed' if value is None else f'{value:.3f}'}"
                     for name, value in phases.items()))
+        if "packs" in result:
+            print(f"  packs (square, 4 hidden; a different seed and batch per run): {'size':>5}"
+                  f"{'ms/pack step':>14}{'steps/s/run':>13}{'x single step':>15}"
+                  f"{'MB/run held':>13}{'MB/run step':>13}{'redone':>8}")
+        for name, sizes in result.get("packs", {}).items():
+            for size, row in sizes.items():
+                temporaries = row["mb_per_run_step_temporaries"]
+                verdict = ""
+                if on_gpu and (name, size) == (PACK_TARGET["row"], PACK_TARGET["size"]):
+                    verdict = (f"  target <= {PACK_TARGET['times_single_step']}: "
+                               + ("met" if row["times_single_step"]
+                                  <= PACK_TARGET["times_single_step"] else "MISSED"))
+                print(f"    {name:<52}{size:>5}{row['ms_per_pack_step']:>14.3f}"
+                      f"{row['steps_per_s_per_run']:>13.1f}{row['times_single_step']:>15.2f}"
+                      f"{row['mb_per_run_state']:>13.1f}"
+                      f"{'-' if temporaries is None else f'{temporaries:.1f}':>13}"
+                      f"{row['redone_steps']:>8}{verdict}")
 
 
 def main(argv=None):
@@ -278,13 +339,17 @@ def main(argv=None):
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--profile", action="store_true",
                         help="on a GPU: the time of each phase of each step")
+    parser.add_argument("--packs", type=int, nargs="*", metavar="SIZE",
+                        help="pack sizes to time (default 1 2 4 8 16 on a GPU, none on the "
+                             "host; --packs alone: none)")
     args = parser.parse_args(argv)
     try:
         print(backend.select(args.backend, args.device, args.dtype[0]))
     except backend.BackendError as error:
         sys.exit(f"benchmark.py: {error}")
-    results = [measure(dtype, args.repeats, args.profile) for dtype in args.dtype]
     on_gpu = backend.name() == "cupy"
+    pack_sizes = args.packs if args.packs is not None else ([1, 2, 4, 8, 16] if on_gpu else [])
+    results = [measure(dtype, args.repeats, args.profile, pack_sizes) for dtype in args.dtype]
     print_table(results, on_gpu)
     memory = peak_memory_mb()
     print(f"\npeak resident memory of this process: {memory:.0f} MB (synthetic data of both "
@@ -293,6 +358,7 @@ def main(argv=None):
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump({"backend": backend.name(), "device": backend.gpu_name(),
                        "dtypes": args.dtype, "targets": GPU_TARGETS if on_gpu else None,
+                       "pack_target": PACK_TARGET if on_gpu else None,
                        "results": results, "peak_memory_mb": memory}, file, indent=2)
 
 
