@@ -181,7 +181,8 @@ def main(argv=None):
             locks.append(checkpoint.FolderLock(folder))
             locks[-1].acquire()
             stored = run.prepare_folder(folder, args)
-            runs.append(run.Run(args, member_argv, folder, stored))
+            runs.append(run.Run(args, member_argv, folder, stored, command=shlex.join(
+                [os.path.join(os.path.dirname(sys.argv[0]), "run.py")] + member_argv)))
         sets = {}
         for each in runs:
             key = (each.args.dataset, each.args.data_dir)

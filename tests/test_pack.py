@@ -190,6 +190,7 @@ def test_pack_py_writes_exactly_what_single_runs_write(data_root, tmp_path):
         record = json.load(open(tmp_path / "pack" / name / "run.json"))
         assert (record["status"], record["epochs_done"]) == ("finished", 1)
         assert record["settings"]["dataset"] in name
+        assert "run.py --dataset=" in record["command"] and "pack.py" not in record["command"]
 
 
 def test_a_killed_pack_resumes_exactly(data_root, tmp_path):
@@ -338,10 +339,12 @@ def test_cupy_pack_steps_equal_single_runs(algorithm, cupy_float64):
 
 
 @gpu
-def test_cupy_pack_py_gait_accuracy_matches_single_runs(data_root, tmp_path):
+def test_cupy_pack_py_gait_accuracy_matches_single_runs(mnist_raw, tmp_path):
     """One GAIT (lambda 0.1) epoch on MNIST, 2 hidden layers, seeds 1 and 2, on the GPU: as a
     pack and alone, the final test accuracies agree within 0.5 percentage points."""
-    root = data_root.require("MNIST")
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(mnist_raw, "MNIST", "raw"), root / "MNIST" / "raw")
     flags = ["--algorithm=GAIT", "--orthogonal_reg=0.1", "--orthogonal_init", "--nb_layers=2",
              "--nb_epochs=1", "--eval_interval=0", "--backend=cupy", f"--data_dir={root}"]
     members = [flags + [f"--seed={seed}", f"--results_dir={tmp_path / 'pack'}"]
