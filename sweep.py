@@ -9,6 +9,9 @@ switches --linear, --tower, --orthogonal_init, which alone mean on); the runs ar
 product of all values. --preset paper sets, per algorithm, the paper's learning rate,
 orthogonal regulariser and initialisation; flags given explicitly override it.
 Re-running a sweep skips finished runs and resumes interrupted or failed ones (--load).
+--pack N trains up to N compatible runs (pack.pack_key: one algorithm, network, dtype and
+cadence; data set, seed, learning rate, lambda, initialisation and epochs may differ) in one
+pack.py process; each writes its own results folder and is counted, skipped and resumed alone.
 Exit statuses: 0 every run finished or was skipped, 1 a run failed or was not started,
 2 bad input, 130/143 the sweep was interrupted (SIGINT/SIGTERM).
 """
@@ -16,9 +19,11 @@ import argparse
 import itertools
 import os
 import re
+import shlex
 import sys
 
 import backend
+import pack
 import run
 import run_folder
 import sweep_launch
@@ -40,6 +45,7 @@ PRESETS = {"paper": {
     "TP": {"learning_rate": 1e-5, "orthogonal_reg": 1000.0, "orthogonal_init": True},
 }}
 RUN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
+PACK_PY = os.path.join(os.path.dirname(RUN_PY), "pack.py")
 
 
 class Parser(argparse.ArgumentParser):
@@ -66,17 +72,20 @@ def build_parser():
     shared.add_argument("--data_dir", default="./data")
     shared.add_argument("--backend", choices=backend.CHOICES, default="auto")
     control = parser.add_argument_group("execution")
-    control.add_argument("--jobs", type=int, help="runs at a time (default: one per --devices "
-                                                  "entry, else 1)")
+    control.add_argument("--jobs", type=int, help="processes (runs or packs) at a time "
+                                                  "(default: one per --devices entry, else 1)")
     control.add_argument("--devices", type=int, nargs="+", metavar="ID",
-                         help="GPU ids, given round-robin to the runs as --device")
+                         help="GPU ids, given round-robin to the processes as --device")
+    control.add_argument("--pack", type=int, default=1, metavar="N",
+                         help="train up to N compatible runs in one pack.py process (default "
+                              "1: each run alone)")
     control.add_argument("--dry-run", action="store_true",
                          help="print one command per line instead (with --slurm: write the "
                               "job files and print the sbatch command)")
     control.add_argument("--retry-diverged", action="store_true",
                          help="start diverged runs again from scratch (--overwrite)")
     control.add_argument("--log-dir", help="local runs' logs (default RESULTS_DIR/logs)")
-    slurm = parser.add_argument_group("SLURM (one job array, one run per array task)")
+    slurm = parser.add_argument_group("SLURM (one job array, one run or pack per array task)")
     slurm.add_argument("--slurm", action="store_true", help="submit with sbatch --array")
     slurm.add_argument("--slurm-dir", help="job script, commands and logs (default "
                                            "RESULTS_DIR/slurm)")
@@ -173,11 +182,50 @@ def command(settings, mode=None):
     return [sys.executable, RUN_PY] + flags
 
 
+def group_packs(jobs, size):
+    """The jobs in packs of at most `size` with equal pack.pack_key, each pack in grid order,
+    the packs in the order of their first runs."""
+    packs, last_pack = [], {}
+    for job in jobs:
+        key = pack.pack_key(job.settings)
+        if key not in last_pack or len(last_pack[key]) == size:
+            last_pack[key] = []
+            packs.append(last_pack[key])
+        last_pack[key].append(job)
+    return packs
+
+
+def launch_command(jobs):
+    """run.py's command line for one run; pack.py's for several, a --member of each run's
+    run.py flags."""
+    commands = [command(job.settings, job.mode) for job in jobs]
+    if len(commands) == 1:
+        return commands[0]
+    members = [part for each in commands for part in ("--member", shlex.join(each[2:]))]
+    return [sys.executable, PACK_PY] + members
+
+
+def make_launches(jobs, pack_size, devices):
+    """The processes that execute `jobs` (sweep_launch.Launch), the --devices given
+    round-robin to them."""
+    result = []
+    for index, members in enumerate(group_packs(jobs, pack_size)):
+        if devices:
+            for job in members:
+                job.settings.device = devices[index % len(devices)]
+        result.append(sweep_launch.Launch(members, launch_command(members)))
+    return result
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         if args.jobs is not None and args.jobs < 1:
             raise SweepError("--jobs must be at least 1")
+        if args.pack < 1:
+            raise SweepError(f"--pack must be at least 1, not {args.pack}: it is the most runs "
+                             f"trained together in one process (1, the default, trains each "
+                             f"run alone)")
         if args.max_parallel is not None and args.max_parallel < 1:
             raise SweepError("--max-parallel must be at least 1")
         if args.devices and min(args.devices) < 0:
@@ -189,21 +237,18 @@ def main(argv=None):
         runs = expand(args)
         jobs = args.jobs or (len(args.devices) if args.devices else 1)
         planned = [sweep_launch.plan(settings, args.retry_diverged) for settings in runs]
-        to_run = [job for job in planned if job.mode != "skip"]
-        for index, job in enumerate(to_run):
-            if args.devices:
-                job.settings.device = args.devices[index % len(args.devices)]
-            job.command = command(job.settings, job.mode)
+        launches = make_launches([job for job in planned if job.mode != "skip"], args.pack,
+                                 args.devices)
         report = sys.stderr if args.dry_run and not args.slurm else sys.stdout
         sweep_launch.report_plan(planned, report)
         if args.slurm:
-            status = sweep_launch.submit_slurm(to_run, args)
+            status = sweep_launch.submit_slurm(launches, args)
         elif args.dry_run:
-            sweep_launch.print_commands(to_run)
+            sweep_launch.print_commands(launches)
             status = 0
         else:
             log_dir = args.log_dir or os.path.join(os.path.abspath(args.results_dir), "logs")
-            status = sweep_launch.run_locally(to_run, jobs, log_dir)
+            status = sweep_launch.run_locally(launches, jobs, log_dir)
         return sweep_launch.summarize(planned, status)
     except SweepError as error:
         print(f"sweep.py: {error}. Nothing was run.", file=sys.stderr)

@@ -5,8 +5,13 @@ enough epochs, skipped; 'interrupted', 'failed' or a stale 'running' with a chec
 resumed with --load (without one, started again with --overwrite); 'diverged', skipped
 unless --retry-diverged (then started again with --overwrite, since resuming the same
 numbers would diverge the same way); a folder another process holds the lock of, skipped.
+
+The runs to execute are launched one process each (run.py), or several to a process
+(pack.py, sweep.py --pack); a pack's one exit status cannot say which run did what, so each
+member's outcome is read from its run.json.
 """
 import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -51,7 +56,6 @@ class Job:
     folder: str
     action: str = "new"  # new, resume, restart, finished, diverged, busy, conflict
     note: str = ""
-    command: list = None
     outcome: str = "planned"  # planned, done, failed, interrupted, not started, submitted, prepared
     returncode: int = None
     log: str = None
@@ -60,6 +64,29 @@ class Job:
     def mode(self):
         """run.py's extra flag ('load', 'overwrite' or None), or 'skip'."""
         return MODES.get(self.action, "skip")
+
+
+@dataclasses.dataclass
+class Launch:
+    """One process of the sweep: the run.py command of one run, or the pack.py command of a
+    pack of runs (its members), and what it did."""
+    jobs: list
+    command: list
+    log: str = None
+    process: object = None
+    started: float = None
+    index: int = None
+    records_before: list = None  # each run's run.json text when the process started
+
+    @property
+    def is_pack(self):
+        return len(self.jobs) > 1
+
+    @property
+    def name(self):
+        """The first run's folder name, with '+N' for the N other members of a pack."""
+        first = os.path.basename(self.jobs[0].folder)
+        return f"{first}+{len(self.jobs) - 1}" if self.is_pack else first
 
 
 def plan(settings, retry_diverged=False):
@@ -114,11 +141,17 @@ def report_plan(jobs, stream):
             print(f"{verbs[job.action]}: {job.folder}: {job.note}", file=stream)
 
 
-def print_commands(jobs):
+def print_commands(launches):
     """One shell command per line on stdout, for GNU parallel or any other runner."""
+    for launch in launches:
+        print(shlex.join(launch.command))
+        set_outcome(launch.jobs, "prepared")
+
+
+def set_outcome(jobs, outcome):
+    """Give every job of `jobs` the same outcome."""
     for job in jobs:
-        print(shlex.join(job.command))
-        job.outcome = "prepared"
+        job.outcome = outcome
 
 
 def thread_environment(parallel):
@@ -137,11 +170,11 @@ def describe_exit(code):
     return f"exit {code} ({EXIT_MEANING.get(code, 'error')})"
 
 
-def run_locally(jobs, parallel, log_dir):
-    """Run the jobs, `parallel` at a time, each logging to LOG_DIR/<folder name>.log.
+def run_locally(launches, parallel, log_dir):
+    """Run the launches, `parallel` at a time, each logging to LOG_DIR/<Launch.name>.log.
 
-    A SIGINT or SIGTERM to the sweep is forwarded once to every run (which stops at the
-    next batch boundary, checkpoint intact) and no further run starts. Returns 0, or
+    A SIGINT or SIGTERM to the sweep is forwarded once to every process (whose runs stop at
+    the next batch boundary, checkpoints intact) and no further one starts. Returns 0, or
     130/143 when the sweep was interrupted.
     """
     os.makedirs(log_dir, exist_ok=True)
@@ -150,58 +183,118 @@ def run_locally(jobs, parallel, log_dir):
 
     def forward(signum, frame):
         received.append(signum)
-        for job in running:
-            job.process.send_signal(signum)
+        for launch in running:
+            launch.process.send_signal(signum)
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT,
                                                                       signal.SIGTERM)}
-    pending, count = list(jobs), 0
+    pending, count = list(launches), 0
     try:
         while running or (pending and not received):
             while pending and len(running) < parallel and not received:
-                job, count = pending.pop(0), count + 1
-                job.log = os.path.join(log_dir, os.path.basename(job.folder) + ".log")
-                with open(job.log, "a") as log:
-                    log.write(f"$ {shlex.join(job.command)}\n")
-                    log.flush()
-                    job.process = subprocess.Popen(job.command, stdout=log,
-                                                   stderr=subprocess.STDOUT, env=environment,
-                                                   start_new_session=True)
-                job.started, job.index = time.monotonic(), count
-                print(f"[{count}/{len(jobs)}] {job.action}: {job.folder}", flush=True)
-                running.append(job)
+                launch, count = pending.pop(0), count + 1
+                start(launch, count, len(launches), log_dir, environment)
+                running.append(launch)
             time.sleep(0.2)
-            for job in [job for job in running if job.process.poll() is not None]:
-                running.remove(job)
-                finish(job, len(jobs))
+            for launch in [launch for launch in running if launch.process.poll() is not None]:
+                running.remove(launch)
+                finish(launch, len(launches))
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    for job in pending:
-        job.outcome = "not started"
+    for launch in pending:
+        set_outcome(launch.jobs, "not started")
     return EXIT_SIGNAL[received[0]] if received else EXIT_FINISHED
 
 
-def finish(job, total):
-    """Record a finished local run's exit status and print it (with its log's last lines)."""
-    job.returncode = job.process.returncode
-    if job.returncode == EXIT_FINISHED:
-        job.outcome = "done"
-    elif job.returncode in EXIT_SIGNAL.values():
-        job.outcome = "interrupted"
+def start(launch, index, total, log_dir, environment):
+    """Start a launch's process, its output appended to its log, and print what it runs."""
+    launch.log = os.path.join(log_dir, launch.name + ".log")
+    launch.records_before = [record_text(job.folder) for job in launch.jobs]
+    with open(launch.log, "a") as log:
+        if launch.is_pack:
+            log.write(f"# a pack of {len(launch.jobs)} runs: "
+                      f"{', '.join(job.folder for job in launch.jobs)}\n")
+        log.write(f"$ {shlex.join(launch.command)}\n")
+        log.flush()
+        launch.process = subprocess.Popen(launch.command, stdout=log, stderr=subprocess.STDOUT,
+                                          env=environment, start_new_session=True)
+    launch.started, launch.index = time.monotonic(), index
+    for job in launch.jobs:
+        job.log = launch.log
+    if launch.is_pack:
+        print(f"[{index}/{total}] a pack of {len(launch.jobs)} runs:" + "".join(
+            f"\n    {job.action}: {job.folder}" for job in launch.jobs), flush=True)
     else:
+        print(f"[{index}/{total}] {launch.jobs[0].action}: {launch.jobs[0].folder}", flush=True)
+
+
+def record_text(folder):
+    """A results folder's run.json as text, or None where there is none (or it is unreadable)."""
+    try:
+        with open(os.path.join(folder, RUN_RECORD), errors="replace") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+def exit_outcome(code):
+    """A run's outcome from its process's exit status: done, interrupted or failed."""
+    if code == EXIT_FINISHED:
+        return "done"
+    return "interrupted" if code in EXIT_SIGNAL.values() else "failed"
+
+
+def settle_member(job, record_before, code):
+    """Decide a pack member's outcome from its run.json; where the pack did not rewrite it (it
+    stopped before this run began) or left it 'running', from the pack's exit status `code`.
+    job.returncode becomes what run.py would have exited with: 3 if the run diverged, else
+    `code`. Returns the status read, for the report."""
+    text = record_text(job.folder)
+    if text is None or text == record_before:
+        status = "run.json not written"
+    else:
+        try:
+            status = json.loads(text).get("status", "no status")
+        except (ValueError, AttributeError):
+            status = "run.json unreadable"
+    job.returncode = EXIT_DIVERGED if status == "diverged" else code
+    if status == "finished":
+        job.outcome = "done"
+    elif status == "interrupted":
+        job.outcome = "interrupted"
+    elif status in ("diverged", "failed"):
         job.outcome = "failed"
-    elapsed = time.monotonic() - job.started
-    print(f"[{job.index}/{total}] {describe_exit(job.returncode)} after {elapsed:.0f}s: "
-          f"{job.folder}", flush=True)
-    if job.returncode != 0:
-        with open(job.log, errors="replace") as log:
+    else:
+        job.outcome = "interrupted" if code in EXIT_SIGNAL.values() else "failed"
+    return status
+
+
+def finish(launch, total):
+    """Record a finished launch's outcome for each of its runs and print it (with its log's
+    last lines when it failed)."""
+    code = launch.process.returncode
+    elapsed = time.monotonic() - launch.started
+    if launch.is_pack:
+        statuses = [settle_member(job, before, code)
+                    for job, before in zip(launch.jobs, launch.records_before)]
+        print(f"[{launch.index}/{total}] {describe_exit(code)} after {elapsed:.0f}s: a pack of "
+              f"{len(launch.jobs)} runs" + "".join(f"\n    {status}: {job.folder}" for job, status
+                                                   in zip(launch.jobs, statuses)), flush=True)
+    else:
+        job = launch.jobs[0]
+        job.returncode, job.outcome = code, exit_outcome(code)
+        print(f"[{launch.index}/{total}] {describe_exit(code)} after {elapsed:.0f}s: "
+              f"{job.folder}", flush=True)
+    if code != 0:
+        with open(launch.log, errors="replace") as log:
             tail = log.read().splitlines()[-3:]
-        print("".join(f"    {line}\n" for line in tail) + f"    (log: {job.log})", flush=True)
+        print("".join(f"    {line}\n" for line in tail) + f"    (log: {launch.log})", flush=True)
 
 
-def submit_slurm(jobs, args):
-    """Write a job script and a commands file and submit them as one `sbatch --array`."""
-    if not jobs:
+def submit_slurm(launches, args):
+    """Write a job script and a commands file (a line per launch) and submit them as one
+    `sbatch --array`."""
+    if not launches:
         return EXIT_FINISHED
     if not args.dry_run and shutil.which("sbatch") is None:
         raise SweepError("--slurm needs sbatch, which is not on PATH: run the sweep on a SLURM "
@@ -213,7 +306,7 @@ def submit_slurm(jobs, args):
         stem += "x"
     commands, script = (os.path.join(folder, stem + suffix) for suffix in (".commands", ".sh"))
     with open(commands, "w") as file:
-        file.writelines(shlex.join(job.command) + "\n" for job in jobs)
+        file.writelines(shlex.join(launch.command) + "\n" for launch in launches)
     options = {name: getattr(args, name.replace("-", "_")) for name in
                ("partition", "time", "gpus-per-task", "mem", "cpus-per-task")}
     with open(script, "w") as file:
@@ -225,22 +318,22 @@ def submit_slurm(jobs, args):
             thread_exports=" ".join(f"{name}=${{SLURM_CPUS_PER_TASK:-1}}"
                                     for name in THREAD_VARIABLES)))
     os.chmod(script, 0o755)
-    array = f"0-{len(jobs) - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
+    array = f"0-{len(launches) - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
     sbatch = ["sbatch", "--parsable", f"--array={array}", script]
+    jobs = [job for launch in launches for job in launch.jobs]
     if args.dry_run:
         print(shlex.join(sbatch))
-        for job in jobs:
-            job.outcome = "prepared"
+        set_outcome(jobs, "prepared")
         return EXIT_FINISHED
     result = subprocess.run(sbatch, capture_output=True, text=True)
     if result.returncode != 0:
         raise SweepError(f"sbatch refused the job array: {result.stderr.strip()} (script "
                          f"{script}; check --partition, --time and the other resources)")
     job_id = result.stdout.strip().split(";")[0]
-    for job in jobs:
-        job.outcome = "submitted"
-    print(f"Submitted job array {job_id}: {len(jobs)} runs (tasks {array}); script {script}, "
-          f"logs {os.path.join(folder, stem)}_{job_id}_<task>.log. Follow it with "
+    set_outcome(jobs, "submitted")
+    packed = f" in {len(launches)} array tasks" if len(launches) < len(jobs) else ""
+    print(f"Submitted job array {job_id}: {len(jobs)} runs{packed} (tasks {array}); script "
+          f"{script}, logs {os.path.join(folder, stem)}_{job_id}_<task>.log. Follow it with "
           f"`squeue -j {job_id}`; once it ends, run this sweep again to resume any run the "
           f"time limit stopped.")
     return EXIT_FINISHED

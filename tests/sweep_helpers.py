@@ -1,4 +1,5 @@
-"""Shared by test_sweep.py and test_summarize.py: MNIST, one real local sweep, a real SLURM.
+"""Shared by test_sweep.py and test_summarize.py: MNIST, one real local sweep, a real SLURM,
+fabricated results folders and a fake pack.py that fabricates its members' folders.
 
 The real sweep (2 seeds, no hidden layer, 1 epoch, evaluation once an epoch) takes about
 a minute on two busy cores, so it runs once per test session, whichever file asks first.
@@ -13,6 +14,8 @@ import sys
 import time
 
 import pytest
+
+import run_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(REPO, os.pardir, "shared", "data", "MNIST", "raw")
@@ -79,6 +82,44 @@ def record(folder):
     """A results folder's run.json."""
     with open(os.path.join(folder, "run.json")) as file:
         return json.load(file)
+
+
+def fabricate(settings, status, epochs_done=1, with_checkpoint=False, **stored_changes):
+    """A results folder whose run.json (and checkpoint.npz marker) say `status`."""
+    folder = run_folder.results_folder(settings)
+    os.makedirs(folder)
+    stored = {**vars(settings), **stored_changes}
+    with open(os.path.join(folder, "run.json"), "w") as file:
+        json.dump({"settings": stored, "status": status, "epochs_done": epochs_done,
+                   "nb_epochs": settings.nb_epochs, "message": "Training diverged"}, file)
+    if with_checkpoint:
+        with open(os.path.join(folder, "checkpoint.npz"), "wb") as file:
+            file.write(b"a marker, not a checkpoint")
+    return folder
+
+
+FAKE_PACK = """import json, os, sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+import pack
+from sweep_helpers import fabricate
+statuses = json.loads(os.environ.get("FAKE_PACK_STATUSES", "{{}}"))
+print("fake pack.py", sys.argv[1:])
+for settings, _ in pack.parse_members(pack.build_parser().parse_args(sys.argv[1:]).member):
+    status = statuses.get(str(settings.seed))
+    if status:
+        fabricate(settings, status, with_checkpoint=status != "running")
+sys.exit(int(os.environ.get("FAKE_PACK_EXIT", "0")))
+"""
+
+
+def fake_pack(folder):
+    """A stand-in for pack.py in `folder` (returns its path): it parses its members as pack.py
+    does, fabricates the folder of each member whose seed $FAKE_PACK_STATUSES (JSON) maps to a
+    status, with a checkpoint unless that is 'running', and exits with $FAKE_PACK_EXIT."""
+    path = os.path.join(folder, "pack.py")
+    with open(path, "w") as file:
+        file.write(FAKE_PACK.format(repo=REPO, tests=os.path.dirname(os.path.abspath(__file__))))
+    return path
 
 
 def free_ports(count):

@@ -8,11 +8,12 @@ import subprocess
 
 import pytest
 
+import pack
 import run
 import run_folder
 import sweep
-from sweep_helpers import (TINY_RUN, mnist_root, real_sweep, record, run_folders, start_slurm,
-                           sweep_command, wait_for)
+from sweep_helpers import (TINY_RUN, fabricate, fake_pack, mnist_root, real_sweep, record,
+                           run_folders, start_slurm, sweep_command, wait_for)
 
 
 def expand(*arguments):
@@ -20,16 +21,32 @@ def expand(*arguments):
     return sweep.expand(sweep.build_parser().parse_args([str(a) for a in arguments]))
 
 
-def dry_run(capsys, *arguments):
-    """(exit status, run.py Namespaces of the printed commands, stderr) of a --dry-run."""
+def member_flags(line):
+    """(script name, each run's run.py flags) of a printed command: run.py's or pack.py's."""
+    tokens = shlex.split(line)
+    script = os.path.basename(tokens[1])
+    if script == "pack.py":
+        return script, [shlex.split(text) for text in
+                        pack.build_parser().parse_args(tokens[2:]).member]
+    return script, [tokens[2:]]
+
+
+def dry_run_launches(capsys, *arguments):
+    """(exit status, [(script name, run.py Namespaces)] of the printed commands, stderr) of a
+    --dry-run."""
     status = sweep.main([str(a) for a in arguments] + ["--dry-run"])
     out, err = capsys.readouterr()
-    parsed = []
+    launches = []
     for line in out.splitlines():
-        tokens = shlex.split(line)
-        start = next(i for i, token in enumerate(tokens) if token.endswith("run.py")) + 1
-        parsed.append(run.build_parser().parse_args(tokens[start:]))
-    return status, parsed, err
+        script, flags = member_flags(line)
+        launches.append((script, [run.build_parser().parse_args(each) for each in flags]))
+    return status, launches, err
+
+
+def dry_run(capsys, *arguments):
+    """(exit status, run.py Namespaces of the printed commands' runs, stderr) of a --dry-run."""
+    status, launches, err = dry_run_launches(capsys, *arguments)
+    return status, [settings for _, members in launches for settings in members], err
 
 
 def test_grid_is_the_product_of_the_values_with_seeds_innermost():
@@ -90,7 +107,7 @@ def test_dry_run_prints_commands_run_py_accepts(capsys, tmp_path):
 @pytest.mark.parametrize("arguments", [
     ["--seed", "5-1"], ["--dataset", "CIFAR"], ["--learning_rate", "-1"], ["--linear", "maybe"],
     ["--nb_layers", "two"], ["--eval_interval", "0", "10"], ["--jobs", "0"], ["--nosuch"],
-    ["--algorithm"], ["--devices", "-1"], ["--slurm", "--jobs", "2"]])
+    ["--algorithm"], ["--devices", "-1"], ["--slurm", "--jobs", "2"], ["--pack", "0"]])
 def test_bad_input_exits_2_with_one_message(capsys, tmp_path, arguments):
     try:
         status = sweep.main(arguments + ["--results_dir", str(tmp_path), "--dry-run"])
@@ -99,20 +116,6 @@ def test_bad_input_exits_2_with_one_message(capsys, tmp_path, arguments):
     out, err = capsys.readouterr()
     assert status == 2 and out == ""
     assert err.startswith("sweep.py: ") and err.count("\n") == 1
-
-
-def fabricate(settings, status, epochs_done=1, with_checkpoint=False, **stored_changes):
-    """A results folder whose run.json (and checkpoint.npz marker) say `status`."""
-    folder = run_folder.results_folder(settings)
-    os.makedirs(folder)
-    stored = {**vars(settings), **stored_changes}
-    with open(os.path.join(folder, "run.json"), "w") as file:
-        json.dump({"settings": stored, "status": status, "epochs_done": epochs_done,
-                   "nb_epochs": settings.nb_epochs, "message": "Training diverged"}, file)
-    if with_checkpoint:
-        with open(os.path.join(folder, "checkpoint.npz"), "wb") as file:
-            file.write(b"a marker, not a checkpoint")
-    return folder
 
 
 def test_rerun_skips_finished_resumes_interrupted_and_reports_the_rest(capsys, tmp_path):
@@ -236,3 +239,121 @@ def test_slurm_job_array_runs_the_sweep(slurm_cluster, tmp_path, tmp_path_factor
                            env=slurm_cluster, timeout=120)
     assert again.returncode == 0 and "Submitted" not in again.stdout
     assert "skipped as finished 2" in again.stdout
+
+
+def test_packs_hold_runs_of_one_key_in_grid_order_at_most_n_each(capsys, tmp_path):
+    status, launches, err = dry_run_launches(
+        capsys, "--orthogonal_reg", "0.1", "0", "0.2", "--learning_rate", "1e-4", "1e-3",
+        "--seed", "1-2", "--pack", "3", "--results_dir", tmp_path)
+    assert status == 0 and "prepared 12 (12 new)" in err
+    members = [(script, [(r.orthogonal_reg, r.learning_rate, r.seed) for r in runs])
+               for script, runs in launches]
+    assert members == [  # lambda 0.1 and 0.2 share a key, lambda 0 has its own
+        ("pack.py", [(0.1, 1e-4, 1), (0.1, 1e-4, 2), (0.1, 1e-3, 1)]),
+        ("pack.py", [(0.1, 1e-3, 2), (0.2, 1e-4, 1), (0.2, 1e-4, 2)]),
+        ("pack.py", [(0.0, 1e-4, 1), (0.0, 1e-4, 2), (0.0, 1e-3, 1)]),
+        ("run.py", [(0.0, 1e-3, 2)]),  # a chunk of one: a plain run.py command
+        ("pack.py", [(0.2, 1e-3, 1), (0.2, 1e-3, 2)])]
+    for _, runs in launches:
+        assert len({pack.pack_key(r) for r in runs}) == 1
+
+
+def test_devices_go_round_robin_to_packs_and_pack_1_changes_nothing(capsys, tmp_path):
+    arguments = ["--preset", "paper", "--algorithm", "BP", "GAIT", "--seed", "1-3",
+                 "--results_dir", tmp_path, "--devices", "0", "1"]
+    status, launches, _ = dry_run_launches(capsys, *arguments, "--pack", "2")
+    assert status == 0
+    assert [(script, [(r.algorithm, r.seed, r.device) for r in runs])
+            for script, runs in launches] == [
+        ("pack.py", [("BP", 1, 0), ("BP", 2, 0)]), ("run.py", [("BP", 3, 1)]),
+        ("pack.py", [("GAIT", 1, 0), ("GAIT", 2, 0)]), ("run.py", [("GAIT", 3, 1)])]
+    printed = []
+    for extra in ([], ["--pack", "1"]):
+        assert sweep.main([str(a) for a in arguments + extra] + ["--dry-run"]) == 0
+        printed.append(capsys.readouterr())
+    assert printed[0] == printed[1] and "pack.py" not in printed[0].out
+
+
+def test_pack_members_are_run_py_flags_with_their_own_mode(capsys, tmp_path):
+    arguments = ["--seed", "1-5", "--nb_epochs", "2", "--pack", "2", "--results_dir", tmp_path]
+    runs = {r.seed: r for r in expand(*arguments)}
+    fabricate(runs[1], "finished", epochs_done=2)
+    fabricate(runs[2], "interrupted", with_checkpoint=True)
+    fabricate(runs[4], "failed", epochs_done=0)
+    assert sweep.main([str(a) for a in arguments] + ["--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "prepared 4 (2 new, 1 resumed, 1 restarted); skipped as finished 1" in err
+    packs = [member_flags(line) for line in out.splitlines()]
+    assert packs == [
+        ("pack.py", [sweep.command(runs[2], "load")[2:], sweep.command(runs[3])[2:]]),
+        ("pack.py", [sweep.command(runs[4], "overwrite")[2:], sweep.command(runs[5])[2:]])]
+    assert packs[0][1][0][-1] == "--load" and packs[1][1][0][-1] == "--overwrite"
+    texts = shlex.split(out.splitlines()[0])[3::2]
+    assert [settings.seed for settings, _ in pack.parse_members(texts)] == [2, 3]
+
+
+def test_a_packs_runs_are_judged_by_their_run_json(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "PACK_PY", fake_pack(tmp_path))
+    arguments = ["--seed", "1-4", "--nb_epochs", "1", "--results_dir", tmp_path / "r",
+                 "--backend", "numpy"]
+    monkeypatch.setenv("FAKE_PACK_STATUSES", json.dumps(
+        {"1": "finished", "2": "diverged", "3": "interrupted", "4": "running"}))
+    monkeypatch.setenv("FAKE_PACK_EXIT", "1")
+    assert sweep.main([str(a) for a in arguments] + ["--pack", "4"]) == 1
+    out, _ = capsys.readouterr()
+    assert ("Sweep of 4 runs: completed 1 (1 new); failed 2 (exit 1 (failed): 1, exit 3 "
+            "(diverged): 1); interrupted 1 (run the sweep again to resume).") in out
+    first = os.path.basename(run_folder.results_folder(expand(*arguments)[0]))
+    log = open(tmp_path / "r" / "logs" / f"{first}+3.log").read()
+    assert log.startswith("# a pack of 4 runs: ") and "fake pack.py" in log
+
+    def modes(launches):
+        return [(script, [(r.seed, "load" if r.load else "overwrite" if r.overwrite else "new")
+                          for r in runs]) for script, runs in launches]
+    status, launches, err = dry_run_launches(capsys, *arguments, "--pack", "2")
+    assert modes(launches) == [("pack.py", [(3, "load"), (4, "overwrite")])]
+    assert "skipped as finished 1; skipped as diverged 1" in err
+    status, launches, _ = dry_run_launches(capsys, *arguments, "--pack", "2", "--retry-diverged")
+    assert modes(launches) == [("pack.py", [(2, "overwrite"), (3, "load")]),
+                               ("run.py", [(4, "overwrite")])]
+    monkeypatch.setenv("FAKE_PACK_STATUSES", "{}")  # the pack stops before its runs begin
+    for code, summary in ((2, "failed 2 (exit 2 (bad input): 2)"), (130, "interrupted 2")):
+        monkeypatch.setenv("FAKE_PACK_EXIT", str(code))
+        assert sweep.main([str(a) for a in arguments] + ["--pack", "2"]) == 1
+        assert summary in capsys.readouterr().out
+
+
+def test_slurm_array_task_per_pack(capsys, tmp_path):
+    arguments = ["--seed", "1-3", "--pack", "2", "--results_dir", tmp_path / "r", "--slurm",
+                 "--slurm-dir", tmp_path / "s", "--dry-run"]
+    assert sweep.main([str(a) for a in arguments]) == 0
+    out, err = capsys.readouterr()
+    sbatch = shlex.split(out.splitlines()[0])
+    assert sbatch[2] == "--array=0-1" and "prepared 3 (3 new)" in err
+    lines = open(sbatch[3][:-len(".sh")] + ".commands").read().splitlines()
+    assert [(script, [run.build_parser().parse_args(each).seed for each in flags])
+            for script, flags in map(member_flags, lines)] == [("pack.py", [1, 2]),
+                                                                ("run.py", [3])]
+
+
+def test_real_pack_sweep_matches_the_separate_runs_then_skips_them(finished_sweep, tmp_path,
+                                                                   tmp_path_factory):
+    arguments = ["--seed", "1-2", "--pack", "2", "--data_dir", mnist_root(tmp_path_factory),
+                 "--results_dir", tmp_path, *TINY_RUN]
+    process = subprocess.run(sweep_command(*arguments), capture_output=True, text=True,
+                             timeout=600)
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert "a pack of 2 runs" in process.stdout and "completed 2 (2 new)" in process.stdout
+    folders = run_folders(tmp_path)
+    assert [(record(f)["status"], record(f)["epochs_done"]) for f in folders] == [
+        ("finished", 1), ("finished", 1)]
+    assert os.path.exists(tmp_path / "logs" / (os.path.basename(folders[0]) + "+1.log"))
+    for folder in folders:  # the same numbers as the runs of the unpacked sweep
+        alone = os.path.join(finished_sweep[0], os.path.basename(folder))
+        for name in run_folder.STATISTICS:
+            with open(os.path.join(folder, run_folder.statistics_file(name))) as packed, \
+                    open(os.path.join(alone, run_folder.statistics_file(name))) as single:
+                assert packed.read() == single.read(), (folder, name)
+    again = subprocess.run(sweep_command(*arguments), capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "skipped as finished 2" in again.stdout
