@@ -93,9 +93,10 @@ def parse_members(texts):
     return members
 
 
-def train_pack(runs, sets, command):
+def train_pack(runs, sets, command, stop):
     """Train `runs` (run.Run, begun, all at the same epoch) as one pack until each has its
-    epochs, has diverged or a signal stops them. Returns the exit status."""
+    epochs, has diverged or a signal stops them (`stop`, a run.StopSignal). Returns the exit
+    status."""
     import training
     from inv_net import InvNet
     args = runs[0].args
@@ -107,13 +108,6 @@ def train_pack(runs, sets, command):
     feed = training.Feed([sets[(each.args.dataset, each.args.data_dir)] for each in runs])
     progress = training.Progress(max(each.args.nb_epochs for each in runs), feed.nb_batches)
     reported, status = set(), EXIT_FINISHED
-
-    def stopped_at_once():
-        for each in runs:
-            each.interrupted(at_once=True)
-        print(f"Stopped at once; each results folder holds the checkpoint of its last completed "
-              f"epoch. Resume with:\n  {command}", file=sys.stderr, flush=True)
-    stop = run.StopSignal(stopped_at_once)
     while runner.run_ids:
         epoch = runs[runner.run_ids[0]].epoch
         progress.start_epoch(epoch)
@@ -189,6 +183,15 @@ def main(argv=None):
             if key not in sets:
                 train, test, train_targets = training.to_device_sets(*data.load_dataset(*key))
                 sets[key] = (train, train_targets, test)
+        command = resume_line(members)
+
+        def stopped_at_once():
+            """A second Ctrl-C / SIGTERM: the files are whole; record the runs as interrupted."""
+            for each in runs:
+                each.interrupted(at_once=True)
+            print(f"Stopped at once; each results folder holds the checkpoint of its last "
+                  f"completed epoch. Resume with:\n  {command}", file=sys.stderr, flush=True)
+        stop = run.StopSignal(stopped_at_once)
         for each in runs:
             train, _, test = sets[(each.args.dataset, each.args.data_dir)]
             each.begin(train, test)
@@ -197,8 +200,10 @@ def main(argv=None):
             group = [each for each in runs if each.epoch == epoch
                      and each.epoch < each.args.nb_epochs]
             if group:
-                outcome = train_pack(group, sets, resume_line(members))
+                outcome = train_pack(group, sets, command, stop)
                 if outcome in EXIT_SIGNAL.values():
+                    for each in runs:  # the runs of later groups, too
+                        each.interrupted()
                     return outcome
                 status = max(status, outcome)
         for each in runs:

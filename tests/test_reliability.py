@@ -574,7 +574,7 @@ def test_signal_inside_the_multiprocessing_import_exits_cleanly():
             "import run\n"
             "for name in ('multiprocessing', 'multiprocessing.process'):\n"
             "    sys.modules[name] = types.ModuleType(name)\n"
-            "run._stop_before_training(signal.SIGTERM, None)\n")
+            "run.stop_before_training(signal.SIGTERM, None)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(checkpoint.__file__),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 143, done.stderr
