@@ -21,18 +21,16 @@ Exit statuses as run.py's: 0 every run finished, 1 failed, 2 bad input, 3 a run 
 others finished), 130/143 interrupted.
 """
 import argparse
-import contextlib
 import os
 import shlex
 import sys
-import traceback
 import warnings
 
 import signal
 
 import run
 import run_folder
-from run_folder import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE
+from run_folder import EXIT_DIVERGED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE
 
 if __name__ == "__main__":  # before the slow imports of main
     for _signum in EXIT_SIGNAL:
@@ -153,93 +151,57 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     texts = build_parser().parse_args(argv).member
     warnings.simplefilter("ignore")  # overflow and singular-matrix warnings: divergence is checked
+    folders = run.Folders()
+    return run.guarded("pack.py", folders, lambda: train_members(texts, folders))
+
+
+def train_members(texts, folders):
+    """Open every member's results folder (`folders`), load the data sets, begin each run,
+    and train the runs in packs of runs at the same epoch. Returns the exit status."""
     import backend
-    import checkpoint
     import data
     import training
-    locks, folders, created = [], [], []
-    try:
-        members = parse_members(texts)
-        first = members[0][0]
-        print(f"Using {backend.select(first.backend, first.device, first.dtype)}; a pack of "
-              f"{len(members)} runs")
-        runs = []
-        for args, member_argv in members:
-            folder = run_folder.results_folder(args)
-            if args.load and not os.path.isdir(folder):
-                raise run.UsageError(f"--load was given, but there is no results folder "
-                                     f"{folder}. Drop --load from that member to start it.")
-            created.append(not os.path.isdir(folder))
-            os.makedirs(folder, exist_ok=True)
-            folders.append(folder)
-            locks.append(checkpoint.FolderLock(folder))
-            locks[-1].acquire()
-            stored = run.prepare_folder(folder, args)
-            runs.append(run.Run(args, member_argv, folder, stored, command=shlex.join(
-                [os.path.join(os.path.dirname(sys.argv[0]), "run.py")] + member_argv)))
-        sets = {}
-        for each in runs:
-            key = (each.args.dataset, each.args.data_dir)
-            if key not in sets:
-                train, test, train_targets = training.to_device_sets(*data.load_dataset(*key))
-                sets[key] = (train, train_targets, test)
-        command = resume_line(members)
+    members = parse_members(texts)
+    first = members[0][0]
+    print(f"Using {backend.select(first.backend, first.device, first.dtype)}; a pack of "
+          f"{len(members)} runs")
+    runs = []
+    for args, member_argv in members:
+        folder, stored = folders.open(args)
+        runs.append(run.Run(args, member_argv, folder, stored, command=shlex.join(
+            [os.path.join(os.path.dirname(sys.argv[0]), "run.py")] + member_argv)))
+    sets = {}
+    for each in runs:
+        key = (each.args.dataset, each.args.data_dir)
+        if key not in sets:
+            train, test, train_targets = training.to_device_sets(*data.load_dataset(*key))
+            sets[key] = (train, train_targets, test)
+    command = resume_line(members)
 
-        def stopped_at_once():
-            """A second Ctrl-C / SIGTERM: the files are whole; record the runs as interrupted."""
-            for each in runs:
-                each.interrupted(at_once=True)
-            print(f"Stopped at once; each results folder holds the checkpoint of its last "
-                  f"completed epoch. Resume with:\n  {command}", file=sys.stderr, flush=True)
-        stop = run.StopSignal(stopped_at_once)
+    def stopped_at_once():
+        """A second Ctrl-C / SIGTERM: the files are whole; record the runs as interrupted."""
         for each in runs:
-            train, _, test = sets[(each.args.dataset, each.args.data_dir)]
-            each.begin(train, test)
-        status = EXIT_FINISHED
-        for epoch in sorted({each.epoch for each in runs}):
-            group = [each for each in runs if each.epoch == epoch
-                     and each.epoch < each.args.nb_epochs]
-            if group:
-                outcome = train_pack(group, sets, command, stop)
-                if outcome in EXIT_SIGNAL.values():
-                    for each in runs:  # the runs of later groups, too
-                        each.interrupted()
-                    return outcome
-                status = max(status, outcome)
-        for each in runs:
-            if each.record["status"] == "running":  # already at its epochs when resumed
-                each.finished()
-        return status
-    except run.UsageError as error:
-        print(f"pack.py: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except backend.BackendError as error:
-        print(f"pack.py: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (data.DataError, checkpoint.RunFolderError) as error:
-        print(f"pack.py: {error}", file=sys.stderr)
-        failed = EXIT_FAILED
-    except OSError as error:
-        print(f"pack.py: cannot write {error.filename}: {error.strerror}. Free disk space or fix "
-              f"the permissions, then resume (--load in each member); the last checkpoints are "
-              f"intact.", file=sys.stderr)
-        failed = EXIT_FAILED
-    except Exception:
-        details = traceback.format_exc().encode()
-        for folder in folders:
-            with contextlib.suppress(OSError):
-                checkpoint.write_atomically(os.path.join(folder, run_folder.ERROR_LOG),
-                                            lambda file: file.write(details))
-        print(f"pack.py: unexpected error ({sys.exc_info()[1]!r}). The last checkpoints are "
-              f"intact; the traceback is in {run_folder.ERROR_LOG} of each member's folder. "
-              f"Please report it.", file=sys.stderr)
-        failed = EXIT_FAILED
-    finally:
-        for lock in locks:
-            lock.release()
-    for folder, was_created in zip(folders, created):
-        run.mark_failed(folder, was_created)
-    return failed
+            each.interrupted(at_once=True)
+        print(f"Stopped at once; each results folder holds the checkpoint of its last "
+              f"completed epoch. Resume with:\n  {command}", file=sys.stderr, flush=True)
+    stop = run.StopSignal(stopped_at_once)
+    for each in runs:
+        train, _, test = sets[(each.args.dataset, each.args.data_dir)]
+        each.begin(train, test)
+    status = EXIT_FINISHED
+    for epoch in sorted({each.epoch for each in runs}):
+        group = [each for each in runs if each.epoch == epoch and each.epoch < each.args.nb_epochs]
+        if group:
+            outcome = train_pack(group, sets, command, stop)
+            if outcome in EXIT_SIGNAL.values():
+                for each in runs:  # the runs of later groups, too
+                    each.interrupted()
+                return outcome
+            status = max(status, outcome)
+    for each in runs:
+        if each.record["status"] == "running":  # already at its epochs when resumed
+            each.finished()
+    return status
 
 
 if __name__ == "__main__":

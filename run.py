@@ -331,50 +331,89 @@ def train_run(args, argv, folder, stored):
     return EXIT_FINISHED
 
 
+class Folders:
+    """The results folders a process trains in (one for run.py, one per run for pack.py):
+    opened and locked one by one (`open`), released at the end (`release`) and, after a
+    failure, marked failed (`mark_failed`)."""
+
+    def __init__(self):
+        self.folders, self.created, self.locks = [], [], []
+
+    def open(self, args):
+        """Make and lock the results folder of run.py's arguments `args` and check it against
+        --load / --overwrite (prepare_folder); returns (folder, stored checkpoint or None)."""
+        folder = run_folder.results_folder(args)
+        if args.load and not os.path.isdir(folder):
+            raise UsageError(f"--load was given, but there is no results folder {folder}. Drop "
+                             f"--load to start this run (or check --results_dir).")
+        self.created.append(not os.path.isdir(folder))
+        os.makedirs(folder, exist_ok=True)
+        self.folders.append(folder)
+        self.locks.append(checkpoint.FolderLock(folder))
+        self.locks[-1].acquire()
+        return folder, prepare_folder(folder, args)
+
+    def described(self):
+        """The folder's path, or "each results folder" for several ("the results folder"
+        before any is open)."""
+        if len(self.folders) == 1:
+            return self.folders[0]
+        return "each results folder" if self.folders else "the results folder"
+
+    def release(self):
+        """Let go of the locks."""
+        for lock in self.locks:
+            lock.release()
+
+    def mark_failed(self):
+        """After a failure: `mark_failed` for each folder."""
+        for folder, created in zip(self.folders, self.created):
+            mark_failed(folder, created)
+
+
+def guarded(program, folders, work):
+    """work()'s exit status, with bad input and failures turned into a one-paragraph message
+    and run.py's exit statuses (2 bad input, 1 failed). `folders` (Folders) are released;
+    after a failure each run is marked failed, and an unexpected error's traceback goes to
+    error.log in each folder. Nothing stored is lost: checkpoints are written atomically."""
+    try:
+        return work()
+    except (UsageError, backend.BackendError) as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (data.DataError, RunFolderError) as error:
+        print(f"{program}: {error}", file=sys.stderr)
+    except OSError as error:
+        where = folders.described()
+        print(f"{program}: cannot write {error.filename or where}: {error.strerror}. Free disk "
+              f"space or fix the permissions (or choose another --results_dir), then resume "
+              f"with --load; the last checkpoint in {where} is intact.", file=sys.stderr)
+    except Exception:
+        details = traceback.format_exc().encode()
+        for folder in folders.folders:
+            with contextlib.suppress(OSError):
+                checkpoint.write_atomically(os.path.join(folder, run_folder.ERROR_LOG),
+                                            lambda file: file.write(details))
+        print(f"{program}: unexpected error ({sys.exc_info()[1]!r}). The last checkpoint in "
+              f"{folders.described()} is intact; the traceback is in {run_folder.ERROR_LOG} "
+              f"there. Please report it.", file=sys.stderr)
+    finally:
+        folders.release()
+    folders.mark_failed()
+    return EXIT_FAILED
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     warnings.simplefilter("ignore")  # overflow and singular-matrix warnings: divergence is checked
-    folder, lock, created = run_folder.results_folder(args), None, False
-    try:
+    folders = Folders()
+
+    def work():
         print(f"Using {backend.select(args.backend, args.device, args.dtype)}")
-        if args.load and not os.path.isdir(folder):
-            raise UsageError(f"--load was given, but there is no results folder {folder}. Drop "
-                             f"--load to start this run (or check --results_dir).")
-        created = not os.path.isdir(folder)
-        os.makedirs(folder, exist_ok=True)
-        lock = checkpoint.FolderLock(folder)
-        lock.acquire()
-        stored = prepare_folder(folder, args)
+        folder, stored = folders.open(args)
         return train_run(args, argv, folder, stored)
-    except UsageError as error:
-        print(f"run.py: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except backend.BackendError as error:
-        print(f"run.py: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (data.DataError, RunFolderError) as error:
-        print(f"run.py: {error}", file=sys.stderr)
-        failed = EXIT_FAILED
-    except OSError as error:
-        where = error.filename or folder
-        print(f"run.py: cannot write {where}: {error.strerror}. Free disk space or fix the "
-              f"permissions (or choose another --results_dir), then resume with --load; the "
-              f"last checkpoint in {folder} is intact.", file=sys.stderr)
-        failed = EXIT_FAILED
-    except Exception:
-        log = os.path.join(folder, run_folder.ERROR_LOG)
-        with contextlib.suppress(OSError):
-            details = traceback.format_exc().encode()
-            checkpoint.write_atomically(log, lambda file: file.write(details))
-        print(f"run.py: unexpected error ({sys.exc_info()[1]!r}). The last checkpoint in "
-              f"{folder} is intact; the traceback is in {log}. Please report it.", file=sys.stderr)
-        failed = EXIT_FAILED
-    finally:
-        if lock is not None:
-            lock.release()
-    mark_failed(folder, created)
-    return failed
+    return guarded("run.py", folders, work)
 
 
 def mark_failed(folder, created):
