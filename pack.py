@@ -23,10 +23,9 @@ others finished), 130/143 interrupted.
 import argparse
 import os
 import shlex
+import signal
 import sys
 import warnings
-
-import signal
 
 import run
 import run_folder

@@ -275,8 +275,8 @@ class Run:
         checkpoint.save_statistics(self.folder, self.statistics)
         self.record.update(status="diverged", ended=now(), message=message)
         checkpoint.save_json(self.record_path, self.record)
-        print(f"run.py: {message} The checkpoint after epoch {self.epoch} and the statistics so "
-              f"far are in {self.folder}.", file=sys.stderr)
+        print(f"{os.path.basename(sys.argv[0])}: {message} The checkpoint after epoch "
+              f"{self.epoch} and the statistics so far are in {self.folder}.", file=sys.stderr)
 
     def interrupted(self, at_once=False):
         """Record the run as interrupted (a signal); the checkpoint is that of the last epoch."""
