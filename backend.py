@@ -199,7 +199,10 @@ def solve_right(matrix, rhs):
 def _cublas():
     """The cuBLAS library CuPy loaded, through ctypes: CuPy's handle and a second one for
     `Branch`'s stream, each with a workspace of its own; None where that fails or a trial
-    product (on either stream) disagrees with CuPy's.
+    product (on either stream) disagrees with CuPy's. Its "batched" entry says whether the
+    strided batched products (a pack's stacks) passed their own trials; where they did not,
+    stacks go to CuPy's matmul (packs then run without CUDA graphs) and single runs keep
+    the direct products.
 
     CuPy refuses any cuBLAS call while a stream is captured into a CUDA graph (its
     setStream raises); cuBLAS itself supports capture. Products called here directly are
@@ -215,21 +218,13 @@ def _cublas():
             path = next(line.split()[-1] for line in maps
                         if "/libcublas.so" in line and "libcublasLt" not in line)
         library = ctypes.CDLL(path)
-        for name, batched_name, scalar in _GEMM.values():
+        for name, _, scalar in _GEMM.values():
             function = getattr(library, name)
             function.restype = ctypes.c_int
             function.argtypes = ([ctypes.c_void_p] + [ctypes.c_int] * 5
                                  + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int,
                                     ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(scalar),
                                     ctypes.c_void_p, ctypes.c_int])
-            # the same, with a stride (in elements) after each matrix and the batch count
-            batched = getattr(library, batched_name)
-            batched.restype = ctypes.c_int
-            batched.argtypes = ([ctypes.c_void_p] + [ctypes.c_int] * 5
-                                + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int,
-                                   ctypes.c_longlong, ctypes.c_void_p, ctypes.c_int,
-                                   ctypes.c_longlong, ctypes.POINTER(scalar), ctypes.c_void_p,
-                                   ctypes.c_int, ctypes.c_longlong, ctypes.c_int])
         library.cublasSetStream_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         library.cublasSetPointerMode_v2.argtypes = [ctypes.c_void_p, ctypes.c_int]
         library.cublasSetWorkspace_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
@@ -244,33 +239,58 @@ def _cublas():
                 return None
         # a handle (and workspace) per stream: Branch's stream runs beside the current one
         candidate = {"library": library, "handle": handle, "side_handle": side_handle.value,
-                     "workspaces": workspaces}
+                     "workspaces": workspaces, "batched": False}
         _state["cublas"] = candidate
-        generator = numpy.random.RandomState(0)
-        for dtype in (numpy.float64, numpy.float32):
-            a = cupy.asarray(generator.randn(70, 50), dtype=dtype)
-            b = cupy.asarray(generator.randn(50, 40), dtype=dtype)
-            tolerance = 100 * numpy.finfo(dtype).eps
-            stacked_a = cupy.stack([a, 2 * a, -a])
-            stacked_b = cupy.stack([b, b + 1, 3 * b])
-            for left, right in ((a, b), (a.T.copy().T, b), (a, b.T.copy().T),
-                                (a[:, :30], b[:30]), (b.T, a.T), (stacked_a, stacked_b),
-                                (stacked_b.swapaxes(1, 2), stacked_a.swapaxes(1, 2)),
-                                (stacked_a[:, :, :30], stacked_b[:, :30])):
-                expected = left.__matmul__(right)
-                cupy.cuda.Device().synchronize()
-                for stream in (cupy.cuda.get_current_stream(), side_stream()):
-                    with stream:
-                        product = matmul(left, right)
-                    stream.synchronize()
-                    error = float(cupy.abs(product - expected).max())
-                    if not error <= tolerance * float(cupy.abs(expected).max()):
-                        raise RuntimeError(f"trial product off by {error}")
+        _trial_products(stacked=False)
     except Exception as error:  # no such library or function, or a wrong result: CuPy's matmul
         print(f"note: direct cuBLAS products unavailable ({error!r}); using CuPy's matmul, "
               f"without CUDA graphs.", file=sys.stderr)
         _state["cublas"] = None
-    return _state["cublas"]
+        return None
+    try:
+        for _, batched_name, scalar in _GEMM.values():
+            # gemm's arguments with a stride (in elements) after each matrix, and the count
+            batched = getattr(library, batched_name)
+            batched.restype = ctypes.c_int
+            batched.argtypes = ([ctypes.c_void_p] + [ctypes.c_int] * 5
+                                + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int,
+                                   ctypes.c_longlong, ctypes.c_void_p, ctypes.c_int,
+                                   ctypes.c_longlong, ctypes.POINTER(scalar), ctypes.c_void_p,
+                                   ctypes.c_int, ctypes.c_longlong, ctypes.c_int])
+        candidate["batched"] = True
+        _trial_products(stacked=True)
+    except Exception as error:
+        print(f"note: direct cuBLAS batched products unavailable ({error!r}); packs use CuPy's "
+              f"matmul, without CUDA graphs.", file=sys.stderr)
+        candidate["batched"] = False
+    return candidate
+
+
+def _trial_products(stacked):
+    """Check `matmul` against CuPy's products, on both streams, in both dtypes, for the
+    layouts the package uses (of 2-d arrays, or of stacks); raise RuntimeError if one is off."""
+    cupy = _state["xp"]
+    generator = numpy.random.RandomState(0)
+    for dtype in (numpy.float64, numpy.float32):
+        a = cupy.asarray(generator.randn(70, 50), dtype=dtype)
+        b = cupy.asarray(generator.randn(50, 40), dtype=dtype)
+        if stacked:
+            a, b = cupy.stack([a, 2 * a, -a]), cupy.stack([b, b + 1, 3 * b])
+        for left, right in ((a, b), (a.swapaxes(-1, -2).copy().swapaxes(-1, -2), b),
+                            (a, b.swapaxes(-1, -2).copy().swapaxes(-1, -2)),
+                            (a[..., :30], b[..., :30, :]),
+                            (b.swapaxes(-1, -2), a.swapaxes(-1, -2))):
+            expected = cupy.matmul(left, right)
+            cupy.cuda.Device().synchronize()
+            for stream in (cupy.cuda.get_current_stream(), side_stream()):
+                with stream:
+                    product = matmul(left, right)
+                stream.synchronize()
+                error = float(cupy.abs(product - expected).max())
+                tolerance = 100 * numpy.finfo(dtype).eps * float(cupy.abs(expected).max())
+                if not error <= tolerance:
+                    raise RuntimeError(f"trial product of shapes {left.shape} @ {right.shape} "
+                                       f"off by {error}")
 
 
 def _stored(array):
@@ -310,7 +330,7 @@ def matmul(left, right):
     cublas = None if xp is numpy else _cublas()
     if cublas is None or left.dtype != right.dtype or left.dtype.type not in _GEMM or not (
             left.size and right.size) or left.ndim != right.ndim or left.ndim not in (2, 3) or (
-            left.shape[:-2] != right.shape[:-2]):
+            left.shape[:-2] != right.shape[:-2]) or (left.ndim == 3 and not cublas["batched"]):
         return xp.matmul(left, right)
     transa, transb, m, n, k, a, lda, b, ldb, ldc = gemm_plan(left, right)
     out = xp.empty(left.shape[:-1] + right.shape[-1:], dtype=left.dtype)

@@ -275,6 +275,7 @@ def test_cupy_batched_products_equal_cupy_matmul_also_in_a_graph(cupy_float64):
     for every layout a pack's step uses, eagerly and replayed from a CUDA graph."""
     backend = cupy_float64
     xp = backend.xp()
+    assert backend._cublas()["batched"], "the batched trial products failed (see stderr)"
     generator = numpy.random.RandomState(0)
     weights = backend.to_device(generator.randn(3, 40, 40))
     activity = backend.to_device(generator.randn(3, 6, 40))
