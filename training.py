@@ -283,9 +283,14 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
                    f"weights are singular and cannot be inverted ({error}). Try a smaller "
                    f"--learning_rate, or a larger --orthogonal_reg, which keeps the weights "
                    f"well conditioned.")
-        raise Diverged(message, None if net.runs is None else {
-            position: message for position, (run, _, _) in enumerate(runs_of(net, statistics))
-            if not invertible(run)}) from None
+        if net.runs is None:
+            raise Diverged(message) from None
+        runs = runs_of(net, statistics)
+        # the runs whose weights are singular; all of them if none alone is (never a retry
+        # without a run taken out)
+        faults = {position: message for position, (run, _, _) in enumerate(runs)
+                  if not invertible(run)}
+        raise Diverged(message, faults or dict.fromkeys(range(len(runs)), message)) from None
     if settings.log_alignment and batch_index % settings.log_alignment == 0:
         for run, run_statistics, take in runs_of(net, statistics):
             run_statistics.alignment.append([epoch, batch_index] + alignment_with_bp(

@@ -134,6 +134,17 @@ def test_a_pack_whose_runs_all_diverge_raises():
         train_packed([SquareInvNet(48, 2, seed, True) for seed in (1, 2)], settings, sets, 30)
 
 
+def test_a_singular_solve_that_no_run_explains_stops_every_run(monkeypatch):
+    """A run's zero weights make GAIT's solve fail; were no run found singular alone, every
+    run is taken out (never the same step retried for ever)."""
+    monkeypatch.setattr(training, "invertible", lambda run: True)
+    nets = [SquareInvNet(48, 2, seed, True) for seed in (1, 2)]
+    nets[1].layers[1].weight_matrix[...] = 0.0
+    settings = [training.StepSettings("GAIT", 1e-4)] * 2
+    with pytest.raises(training.Diverged, match="every run of the pack diverged"):
+        train_packed(nets, settings, synthetic_sets(2), 3)
+
+
 def test_runs_with_other_rules_cannot_share_a_pack():
     with pytest.raises(ValueError, match="must share the rule"):
         training.StepSettings.of_pack([training.StepSettings("BP", 1e-4),
