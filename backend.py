@@ -219,12 +219,7 @@ def _cublas():
                         if "/libcublas.so" in line and "libcublasLt" not in line)
         library = ctypes.CDLL(path)
         for name, _, scalar in _GEMM.values():
-            function = getattr(library, name)
-            function.restype = ctypes.c_int
-            function.argtypes = ([ctypes.c_void_p] + [ctypes.c_int] * 5
-                                 + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int,
-                                    ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(scalar),
-                                    ctypes.c_void_p, ctypes.c_int])
+            _declare_gemm(getattr(library, name), scalar, strided=False)
         library.cublasSetStream_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         library.cublasSetPointerMode_v2.argtypes = [ctypes.c_void_p, ctypes.c_int]
         library.cublasSetWorkspace_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
@@ -249,14 +244,7 @@ def _cublas():
         return None
     try:
         for _, batched_name, scalar in _GEMM.values():
-            # gemm's arguments with a stride (in elements) after each matrix, and the count
-            batched = getattr(library, batched_name)
-            batched.restype = ctypes.c_int
-            batched.argtypes = ([ctypes.c_void_p] + [ctypes.c_int] * 5
-                                + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int,
-                                   ctypes.c_longlong, ctypes.c_void_p, ctypes.c_int,
-                                   ctypes.c_longlong, ctypes.POINTER(scalar), ctypes.c_void_p,
-                                   ctypes.c_int, ctypes.c_longlong, ctypes.c_int])
+            _declare_gemm(getattr(library, batched_name), scalar, strided=True)
         candidate["batched"] = True
         _trial_products(stacked=True)
     except Exception as error:
@@ -264,6 +252,19 @@ def _cublas():
               f"matmul, without CUDA graphs.", file=sys.stderr)
         candidate["batched"] = False
     return candidate
+
+
+def _declare_gemm(function, scalar, strided):
+    """Declare a cuBLAS gemm's ctypes signature: (handle, transa, transb, m, n, k, alpha, A,
+    lda, B, ldb, beta, C, ldc); strided batched: a stride (in elements) after each of A, B
+    and C's leading dimensions, and the batch count last."""
+    stride = [ctypes.c_longlong] if strided else []
+    function.restype = ctypes.c_int
+    function.argtypes = ([ctypes.c_void_p] + [ctypes.c_int] * 5
+                         + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int] + stride
+                         + [ctypes.c_void_p, ctypes.c_int] + stride
+                         + [ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int] + stride
+                         + ([ctypes.c_int] if strided else []))
 
 
 def _trial_products(stacked):
@@ -398,15 +399,16 @@ def sum_of_squares(array, runs=False):
     runs=True, one sum per run of a pack (over all axes but the first), a 1-d array. On a
     GPU in two passes, row sums then their sums: one reduction kernel would use one block."""
     xp = array_module(array)
-    flat = array.reshape(len(array) if runs else 1, -1)
+    count = len(array) if runs else 1
     if xp is numpy:
+        flat = array.reshape(count, -1)
         return numpy.einsum("ij,ij->i", flat, flat) if runs else numpy.asarray(
             numpy.dot(flat[0], flat[0]))
     if "sum_of_squares" not in _state:
         _state["sum_of_squares"] = xp.ReductionKernel(
             "T x", "T y", "x * x", "a + b", "y = a", "0", "sum_of_squares")
-    rows = array.reshape(len(flat), -1, array.shape[-1]) if array.ndim > 1 + runs else (
-        flat.reshape(len(flat), 1, -1))
+    rows = array.reshape(count, -1, array.shape[-1]) if array.ndim > 1 + runs else (
+        array.reshape(count, 1, -1))
     row_sums = _state["sum_of_squares"](rows, axis=2)
     return row_sums.sum(axis=1) if runs else row_sums.sum()
 

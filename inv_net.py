@@ -71,11 +71,10 @@ class MomentOptimizer:
         xp = backend.array_module(parameters[0])
         arrays = list(zip(parameters, directions, self.first_moments, self.second_moments))
         if xp is not numpy:
-            rate = parameters[0].dtype.type(learning_rate) if numpy.ndim(learning_rate) == 0 \
-                else learning_rate
+            per_run = numpy.ndim(learning_rate) > 0
             for p, u, m, v in arrays:
-                rates = rate if numpy.ndim(rate) == 0 else rate.reshape((runs,) + (1,) * (
-                    p.ndim - 1))
+                rates = (learning_rate.reshape((runs,) + (1,) * (p.ndim - 1)) if per_run
+                         else p.dtype.type(learning_rate))
                 if guard is None:
                     _MOMENT_STEP(u, rates, p, m, v)
                 else:
@@ -84,8 +83,8 @@ class MomentOptimizer:
         if guard is not None and guard[1] >= 0:
             return
         if runs is not None:  # each run's arrays with its own learning rate, as a single run's
-            rates = numpy.broadcast_to(learning_rate, (runs,) + numpy.shape(learning_rate)[1:])
-            arrays = [(p[run], u[run], m[run], v[run], rates.reshape(runs, -1)[run, 0])
+            rates = numpy.broadcast_to(numpy.ravel(learning_rate), (runs,))
+            arrays = [(p[run], u[run], m[run], v[run], rates[run])
                       for p, u, m, v in arrays for run in range(runs)]
         else:
             arrays = [quadruple + (learning_rate,) for quadruple in arrays]

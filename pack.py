@@ -27,13 +27,18 @@ import signal
 import sys
 import warnings
 
-import run
-import run_folder
-from run_folder import EXIT_DIVERGED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE
+import run  # first: its imports (NumPy, the package) are the slow ones
 
-if __name__ == "__main__":  # before the slow imports of main
-    for _signum in EXIT_SIGNAL:
+if __name__ == "__main__":  # before the data sets load, as run.py's
+    for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, run.stop_before_training)
+
+import backend  # noqa: E402
+import data  # noqa: E402
+import run_folder  # noqa: E402
+import training  # noqa: E402
+from inv_net import InvNet  # noqa: E402
+from run_folder import EXIT_DIVERGED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE  # noqa: E402
 
 # Settings the runs of a pack must share (with "lambda is zero"); the rest may differ.
 SHARED = ("algorithm", "nb_layers", "tower", "linear", "dtype", "backend", "device",
@@ -94,8 +99,6 @@ def train_pack(runs, sets, command, stop):
     """Train `runs` (run.Run, begun, all at the same epoch) as one pack until each has its
     epochs, has diverged or a signal stops them (`stop`, a run.StopSignal). Returns the exit
     status."""
-    import training
-    from inv_net import InvNet
     args = runs[0].args
     net = InvNet.stack([each.net for each in runs])
     settings = training.StepSettings.of_pack([training.StepSettings.of(each.args)
@@ -157,9 +160,6 @@ def main(argv=None):
 def train_members(texts, folders):
     """Open every member's results folder (`folders`), load the data sets, begin each run,
     and train the runs in packs of runs at the same epoch. Returns the exit status."""
-    import backend
-    import data
-    import training
     members = parse_members(texts)
     first = members[0][0]
     print(f"Using {backend.select(first.backend, first.device, first.dtype)}; a pack of "

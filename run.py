@@ -226,7 +226,7 @@ class Run:
     and each run of a pack (pack.py) keep their folders alike through this class."""
 
     def __init__(self, args, argv, folder, stored, command=None):
-        self.args, self.argv, self.folder, self.stored = args, argv, folder, stored
+        self.args, self.folder, self.stored = args, folder, stored
         self.record_path = os.path.join(folder, run_folder.RUN_RECORD)
         self.computation = run_folder.computation_settings(args)
         self.net, self.epoch, self.statistics = build_net(args), 0, None
