@@ -32,13 +32,24 @@ def now():
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+def creation_mode():
+    """The mode a plain open() gives a new file: 0666 without the process's umask bits."""
+    umask = os.umask(0o022)  # reading the umask means setting it; set it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomically(path, write):
-    """Call `write(file)` on a temporary binary file beside `path`, then rename it to `path`."""
+    """Call `write(file)` on a temporary binary file beside `path`, then rename it to `path`.
+
+    The file gets the mode a plain open() would give it (`creation_mode`), not mkstemp's
+    0600, so that the rest of a group can read the results on a shared machine."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path),
                                          suffix=".partial")
     try:
         with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), creation_mode())
             write(file)
             file.flush()
             os.fsync(file.fileno())

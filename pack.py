@@ -95,10 +95,11 @@ def parse_members(texts):
     return members
 
 
-def train_pack(runs, sets, command, stop):
+def train_pack(runs, sets, command, stop, until=None):
     """Train `runs` (run.Run, begun, all at the same epoch) as one pack until each has its
-    epochs, has diverged or a signal stops them (`stop`, a run.StopSignal). Returns the exit
-    status."""
+    epochs, has diverged or a signal stops them (`stop`, a run.StopSignal), or they reach
+    epoch `until` (each run's `net` is then its state in the pack, to go on in another).
+    Returns the exit status."""
     args = runs[0].args
     net = InvNet.stack([each.net for each in runs])
     settings = training.StepSettings.of_pack([training.StepSettings.of(each.args)
@@ -132,13 +133,16 @@ def train_pack(runs, sets, command, stop):
         progress.end_epoch(statistics)
         done = []
         for position, index in enumerate(runner.run_ids):
-            runs[index].end_epoch(runner.net.run(position))
+            runs[index].net = runner.net.run(position)
+            runs[index].end_epoch(runs[index].net)
             if runs[index].epoch >= runs[index].args.nb_epochs:
                 runs[index].finished()
                 print(f"Finished {runs[index].epoch} epochs; results in {runs[index].folder}")
                 done.append(position)
         if done:
             runner.remove(done, statistics)
+        if runner.run_ids and runs[runner.run_ids[0]].epoch == until:
+            break
     return status
 
 
@@ -187,21 +191,36 @@ def train_members(texts, folders):
     for each in runs:
         train, _, test = sets[(each.args.dataset, each.args.data_dir)]
         each.begin(train, test)
+    return train_in_packs(runs, lambda group, until: train_pack(group, sets, command, stop,
+                                                                until))
+
+
+def training_left(run_):
+    """Whether `run_` (a run.Run) still trains in this process: it is running (not diverged)
+    and short of its epochs."""
+    return run_.record["status"] == "running" and run_.epoch < run_.args.nb_epochs
+
+
+def train_in_packs(runs, train_group):
+    """Train `runs` (run.Run, begun) in packs of runs at one epoch: the runs at the earliest
+    epoch train as a pack (`train_group(group, until)`, an exit status) until they reach
+    `until`, the epoch of the next runs, which then join them in one pack. A run that has
+    diverged never trains again; a run already at its epochs is recorded finished. Returns
+    the exit status (the worst; a signal's at once, every run left recorded interrupted)."""
     status = EXIT_FINISHED
-    for epoch in sorted({each.epoch for each in runs}):
-        group = [each for each in runs if each.epoch == epoch and each.epoch < each.args.nb_epochs]
-        if group:
-            outcome = train_pack(group, sets, command, stop)
-            if outcome in EXIT_SIGNAL.values():
-                for each in runs:  # the runs of later groups, too
-                    each.interrupted()
-                return outcome
-            status = max(status, outcome)
+    while any(map(training_left, runs)):
+        epochs = sorted({each.epoch for each in runs if training_left(each)})
+        group = [each for each in runs if training_left(each) and each.epoch == epochs[0]]
+        outcome = train_group(group, epochs[1] if len(epochs) > 1 else None)
+        if outcome in EXIT_SIGNAL.values():
+            for each in runs:  # the runs of later groups, too
+                each.interrupted()
+            return outcome
+        status = max(status, outcome)
     for each in runs:
-        if each.record["status"] == "running":  # already at its epochs when resumed
+        if each.record["status"] == "running":  # at its epochs (maybe already when resumed)
             each.finished()
     return status
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -251,13 +251,13 @@ class Run:
             checkpoint.save_results(folder, self.net, self.statistics)
             self.epoch = meta["epoch"]
             print(f"Resuming {folder} from the checkpoint after epoch {self.epoch}.")
+        record["epochs_done"] = self.epoch
         checkpoint.save_json(self.record_path, record)
         if self.stored is None:
             self.statistics = training.Statistics()
             self.statistics.record(self.net, train, test)
             checkpoint.save_checkpoint(folder, self.net, self.statistics, 0, self.computation)
             checkpoint.save_results(folder, self.net, self.statistics)
-        record["epochs_done"] = self.epoch
         return self.statistics
 
     def end_epoch(self, net):

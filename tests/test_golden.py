@@ -1,4 +1,5 @@
-"""The published code's fingerprints (../shared/golden/published_steps.npz), reproduced.
+"""The published code's fingerprints (published_steps.npz in $GAITPROP_GOLDEN, by default
+../shared/golden beside the repository), reproduced.
 
 Setup as the golden README gives it: SquareInvNet(784, 4, start_seed=1), leaky ReLU, the
 first 5 batches of 60 genuine MNIST training images in file order scaled by 1/255, output
@@ -13,9 +14,9 @@ import pytest
 
 import inv_net
 import utils
+from helpers import GOLDEN_ROOT, require_files
 
-GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      os.pardir, "shared", "golden", "published_steps.npz")
+GOLDEN = "published_steps.npz"
 BATCH, NB_BATCHES = 60, 5
 
 # name: (rule, orthogonal_init, lambda, learning rate)
@@ -40,11 +41,9 @@ def read_idx(path, header, count, row_size):
 
 @pytest.fixture(scope="module")
 def golden():
-    if not os.path.exists(GOLDEN):
-        if os.environ.get("CI"):
-            pytest.fail(f"golden file missing: {GOLDEN}")
-        pytest.skip(f"golden file missing: {GOLDEN}")
-    return dict(np.load(GOLDEN))
+    """The fingerprints; fails (CI set) or skips (otherwise) without the file."""
+    require_files(GOLDEN_ROOT, GOLDEN)
+    return dict(np.load(os.path.join(GOLDEN_ROOT, GOLDEN)))
 
 
 @pytest.fixture

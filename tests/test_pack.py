@@ -15,7 +15,7 @@ import pytest
 import pack
 import training
 from inv_net import InvNet, SquareInvNet, TowerInvNet
-from test_run import ENV, REPO, assert_clean, cli
+from helpers import ENV, REPO, assert_clean, cli
 from utils import one_hot
 
 PACK_PY = os.path.join(REPO, "pack.py")
@@ -236,6 +236,82 @@ def test_a_killed_pack_resumes_exactly(data_root, tmp_path):
     for name in folders:
         assert folder_files(tmp_path / "killed" / name) == folder_files(
             tmp_path / "whole" / name), name
+
+
+# pack.py that prints the seeds of each pack's runs at each epoch, and makes the weights of
+# the run of seed argv[1] NaN once, at the start of epoch 2
+POISONED_PACK_PY = """
+import sys
+import pack
+import training
+seed, train_epoch, poisoned = int(sys.argv[1]), training.train_epoch, []
+
+
+def poisoning(runner, feed, statistics, eval_interval, progress, stop, epoch):
+    seeds = runner.net.layers[0].seed
+    print(f"pack of seeds {seeds} in epoch {epoch + 1}", flush=True)
+    if epoch == 1 and seed in seeds and not poisoned:
+        runner.net.layers[0].weight_matrix[seeds.index(seed)] = float("nan")
+        poisoned.append(seed)
+    return train_epoch(runner, feed, statistics, eval_interval, progress, stop, epoch)
+
+
+training.train_epoch = poisoning
+sys.exit(pack.main(sys.argv[2:]))
+"""
+
+
+def test_runs_resumed_at_other_epochs_merge_and_a_diverged_run_never_trains_again(
+        data_root, tmp_path):
+    """Run A starts at epoch 0, B resumes after epoch 1; A diverges at the start of epoch 2.
+    A trains epoch 1 alone, then B joins it in one pack for epoch 2; A is never trained
+    again: its run.json says diverged after 1 epoch, its checkpoint is that of epoch 1. Every
+    file gets the mode a plain open() gives."""
+    import checkpoint
+    root = data_root.require("MNIST")
+    results = tmp_path / "pack"
+    members = {seed: member_flags(root, results, "MNIST", seed, epochs=2) for seed in (1, 2)}
+    assert_clean(cli(member_flags(root, results, "MNIST", 2, epochs=1)), 0)
+    members[2].append("--load")
+    done = subprocess.run([sys.executable, "-c", POISONED_PACK_PY, "1"]
+                          + [part for flags in members.values()
+                             for part in ("--member", " ".join(map(str, flags)))],
+                          env=ENV, capture_output=True, text=True, timeout=900, cwd=REPO)
+    output = done.stdout + done.stderr
+    assert done.returncode == 3, output
+    assert "Traceback" not in output
+    packs = [line for line in done.stdout.splitlines() if line.startswith("pack of seeds")]
+    assert packs == ["pack of seeds [1] in epoch 1", "pack of seeds [1, 2] in epoch 2"], output
+    folders = {seed: next(name for name in os.listdir(results) if f"_{seed}Seed_" in name)
+               for seed in (1, 2)}
+    record = json.load(open(results / folders[1] / "run.json"))
+    assert (record["status"], record["epochs_done"]) == ("diverged", 1), record
+    assert "epoch 2, batch 0" in record["message"]
+    with numpy.load(results / folders[1] / "checkpoint.npz") as stored:
+        assert json.loads(str(stored["meta"]))["epoch"] == 1
+        assert numpy.isfinite(stored["W0"]).all()
+    record = json.load(open(results / folders[2] / "run.json"))
+    assert (record["status"], record["epochs_done"]) == ("finished", 2)
+    mode = checkpoint.creation_mode()
+    for folder in folders.values():
+        for name in os.listdir(results / folder):
+            if name != "run.lock":
+                assert os.stat(results / folder / name).st_mode & 0o777 == mode, name
+
+
+def test_a_pack_member_that_diverges_logs_each_batch_once_in_the_others():
+    """Alignment logged at every batch; run 1 diverges early: runs 0 and 2 log one row per
+    batch, the rows of their single runs."""
+    sets = synthetic_sets(3)
+    settings = [training.StepSettings("GAIT", rate, 0.1, log_alignment=1)
+                for rate in (1e-3, 1e300, 2e-3)]
+    runner, statistics = train_packed([SquareInvNet(48, 2, seed, True) for seed in (1, 2, 3)],
+                                      settings, sets, 12)
+    assert runner.run_ids == [0, 2]
+    for position, run in ((0, 0), (1, 2)):
+        _, single = train_alone(SquareInvNet(48, 2, run + 1, True), settings[run], sets[run], 12)
+        assert [row[1] for row in statistics[position].alignment] == list(range(12))
+        numpy.testing.assert_array_equal(statistics[position].alignment, single.alignment)
 
 
 def test_pack_py_refuses_incompatible_members_and_writes_nothing(tmp_path):

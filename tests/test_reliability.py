@@ -6,6 +6,7 @@ a 1-layer network (--nb_layers 0), 2 epochs, an evaluation every 50 batches.
 """
 import concurrent.futures
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -21,12 +22,11 @@ import time
 import numpy
 import pytest
 
-from test_run import (NO_NETWORK, RAW_STEMS, STATISTICS, assert_clean, cli, line_count, run,
-                      spawn)
-
-import checkpoint  # noqa: E402
-import run_folder  # noqa: E402
-from inv_layer import InvLayer  # noqa: E402
+import checkpoint
+import run
+import run_folder
+from helpers import NO_NETWORK, RAW_STEMS, STATISTICS, assert_clean, cli, line_count, spawn
+from inv_layer import InvLayer
 
 SMALL = ["--nb_layers", "0", "--eval_interval", "50"]
 NB_EPOCHS = 2
@@ -538,20 +538,64 @@ def test_full_disk_at_an_epoch_end_keeps_the_last_checkpoint(reference, mnist, s
     assert not [name for name in os.listdir(folder) if name.endswith(".partial")]
 
 
-@pytest.mark.parametrize("signum, status, delay", [(signal.SIGINT, 130, 0.0),
-                                                   (signal.SIGTERM, 143, 0.0),
-                                                   (signal.SIGINT, 130, 1.0),
-                                                   (signal.SIGTERM, 143, 1.0)])
-def test_signal_before_training_exits_cleanly(mnist, tmp_path, signum, status, delay):
-    """Ctrl-C or SIGTERM while the libraries and the data load: 130 / 143, no traceback."""
-    watched = Watched(small_run(mnist, tmp_path / "results"))
-    assert watched.wait_for_line(r"^Using backend")
-    time.sleep(delay)
-    assert not (tmp_path / "results" / NAME / run_folder.RUN_RECORD).exists(), "too late"
-    watched.process.send_signal(signum)
-    assert watched.finish() == status, watched.output
+def held_training_images(mnist, root):
+    """A data root at `root` like `mnist`, but whose training images are a named pipe
+    (train-images-idx3-ubyte.gz, nothing unpacked beside it): the child reading the data
+    opens it first and waits there, before training, until the pipe's write end closes.
+    Returns the pipe's path."""
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw)
+    for stem in RAW_STEMS[1:]:
+        os.symlink(os.path.join(mnist, "MNIST", "raw", stem), os.path.join(raw, stem))
+    pipe = os.path.join(raw, RAW_STEMS[0] + ".gz")
+    os.mkfifo(pipe)
+    return pipe
+
+
+def open_once_read(pipe, watched, timeout=600):
+    """The write end of `pipe`, opened once the run's data-reading child has opened it to
+    read (until then a non-blocking open for writing fails with ENXIO)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO:
+                raise
+        assert watched.process.poll() is None, watched.output
+        assert time.monotonic() < deadline, f"nothing read {pipe}: {watched.output}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("moment", ["backend_selected", "data_being_read"])
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_before_training_exits_cleanly(mnist, tmp_path, signum, status, moment):
+    """Ctrl-C or SIGTERM while the libraries and the data load: 130 / 143, no traceback. The
+    signal goes once run.py has printed its backend, or once the child reading the data has
+    opened the training images (a named pipe, which keeps it reading until the run ends)."""
+    record = tmp_path / "results" / NAME / run_folder.RUN_RECORD
+    root, pipe, writer = mnist, None, None
+    if moment == "data_being_read":
+        root = str(tmp_path / "data")
+        pipe = held_training_images(mnist, root)
+    watched = Watched(small_run(root, tmp_path / "results"))
+    try:
+        assert watched.wait_for_line(r"^Using backend"), watched.output
+        if pipe:
+            writer = open_once_read(pipe, watched)
+        assert not record.exists(), "too late"
+        watched.process.send_signal(signum)
+        assert watched.finish() == status, watched.output
+    finally:
+        if watched.process.poll() is None:
+            watched.process.kill()
+            watched.finish()
+        if writer is not None:
+            os.close(writer)
     assert "Traceback" not in watched.output and "unexpected error" not in watched.output
     assert "before training started" in watched.output, watched.output
+    assert not record.exists(), "the run got as far as its run record"
 
 
 def test_a_second_signal_stops_at_once_and_records_the_run_interrupted(mnist, tmp_path):

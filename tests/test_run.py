@@ -2,122 +2,30 @@
 cadence, and one-epoch end-to-end runs of BP, GAIT and TP on genuine MNIST and
 Fashion-MNIST (issue 2, item 8: "the CLI" and "end to end on real data").
 
-The helpers at the top (DataRoot, behind conftest's `data_root` fixture; `cli`) are shared
-with test_reliability.py.
-Runs are subprocesses `python run.py ...` with single-threaded BLAS (several run side by
-side on a small machine; timings are never asserted).
+Runs are subprocesses `python run.py ...` (helpers.cli) with single-threaded BLAS (several
+run side by side on a small machine; timings are never asserted).
 """
 import concurrent.futures
-import gzip
+import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 
 import numpy
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-import run  # noqa: E402
-import run_folder  # noqa: E402
-import training  # noqa: E402
-
-RUN_PY = os.path.join(REPO, "run.py")
-RAW_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-# Where the genuine data lives: shared MNIST .gz files, Debian's dataset-fashion-mnist.
-SOURCES = {"MNIST": ("MNIST", os.path.normpath(os.path.join(REPO, os.pardir, "shared", "data",
-                                                             "MNIST", "raw"))),
-           "FMNIST": ("FashionMNIST", "/usr/share/datasets/fashion-mnist")}
-# Single-threaded BLAS: runs go side by side on few cores; no network for the data sets.
-ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-           PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
-NO_NETWORK = {name: "http://127.0.0.1:9" for name in
-              ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
-STATISTICS = ("training_acc", "training_loss", "test_acc", "test_loss")
+import run
+import run_folder
+import training
+from helpers import ENV, RUN_PY, STATISTICS, assert_clean, cli, copy_raw, line_count, missing_data
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def missing_data(message):
-    """Fail when CI is set, skip otherwise."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def copy_raw(dataset, root, unpack=True):
-    """Copy a data set's four .gz files into `<root>/<Name>/raw` (and unpack them).
-
-    Returns None, or a text naming the missing source files.
-    """
-    name, source = SOURCES[dataset]
-    files = [os.path.join(source, stem + ".gz") for stem in RAW_STEMS]
-    missing = [path for path in files if not os.path.isfile(path)]
-    if missing:
-        return f"{dataset} data files missing: {', '.join(missing)}"
-    raw = os.path.join(root, name, "raw")
-    os.makedirs(raw, exist_ok=True)
-    for path in files:
-        target = os.path.join(raw, os.path.basename(path))
-        shutil.copyfile(path, target)
-        if unpack:
-            with gzip.open(target, "rb") as packed, open(target[:-3], "wb") as plain:
-                shutil.copyfileobj(packed, plain, 1 << 22)
-    return None
-
-
-class DataRoot:
-    """One data root for the session: MNIST and Fashion-MNIST, copied once and unpacked."""
-
-    def __init__(self, path):
-        self.path = path
-        self.missing = {dataset: copy_raw(dataset, path) for dataset in SOURCES}
-
-    def require(self, dataset):
-        """The root, after failing (CI) or skipping unless `dataset` is there."""
-        if self.missing[dataset]:
-            missing_data(self.missing[dataset])
-        return self.path
-
-
-def cli(args, cwd=None, env=None, timeout=900):
-    """Run `python run.py *args` to the end; returns CompletedProcess with `.output`."""
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, RUN_PY, *map(str, args)], cwd=cwd,
-                          env=dict(ENV, **(env or {})), capture_output=True, text=True,
-                          timeout=timeout)
-    done.output = done.stdout + done.stderr
-    done.seconds = time.monotonic() - started
-    return done
-
-
-def spawn(args, cwd=None, env=None):
-    """Start `python run.py *args` with stdout and stderr merged into one pipe."""
-    return subprocess.Popen([sys.executable, RUN_PY, *map(str, args)], cwd=cwd,
-                            env=dict(ENV, **(env or {})), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def assert_clean(done, status):
-    """Exit status as expected, and no traceback anywhere in the output."""
-    assert done.returncode == status, (done.returncode, done.output)
-    assert "Traceback" not in done.output, done.output
-
-
 def read_statistics(folder):
     return {name: numpy.loadtxt(os.path.join(folder, name + ".txt"), ndmin=1)
             for name in STATISTICS}
-
-
-def line_count(path):
-    with open(path) as file:
-        return sum(1 for line in file if line.strip())
 
 
 def assert_results_files(folder, nb_layers, nb_lines):
@@ -434,3 +342,28 @@ def test_one_epoch_on_real_data_beats_threshold(end_to_end, dataset, algorithm):
     assert statistics["test_loss"][-1] < statistics["test_loss"][0]
     assert os.path.isfile(os.path.join(folder, "checkpoint.npz"))
     assert os.path.isfile(os.path.join(folder, "run.json"))
+
+
+def test_a_resumed_run_records_its_epochs_before_it_trains(tmp_path):
+    """The run.json a resumed run writes as it begins says the epochs its checkpoint holds,
+    so that a SIGKILL in the first epoch after --load leaves that record, not epochs_done 0."""
+    import checkpoint
+    import run
+    import run_folder
+    import training
+    flags = ["--nb_layers=0", "--nb_epochs=3", f"--results_dir={tmp_path}"]
+    args = run.build_parser().parse_args(flags)
+    folder = run_folder.results_folder(args)
+    os.makedirs(folder)
+    statistics = training.Statistics({name: [0.5, 0.5, 0.5] for name in STATISTICS})
+    checkpoint.save_checkpoint(folder, run.build_net(args), statistics, 2,
+                               run_folder.computation_settings(args))
+    resumed = run.build_parser().parse_args(flags + ["--load"])
+    folders = run.Folders()
+    try:
+        opened, stored = folders.open(resumed)
+        run.Run(resumed, flags + ["--load"], opened, stored).begin(None, None)
+    finally:
+        folders.release()
+    record = json.load(open(os.path.join(folder, "run.json")))
+    assert (record["status"], record["epochs_done"]) == ("running", 2)
