@@ -198,15 +198,19 @@ def solve_right(matrix, rhs):
 
 def _cublas():
     """The cuBLAS library CuPy loaded, through ctypes: CuPy's handle and a second one for
-    `Branch`'s stream, each with a workspace of its own; None where that fails or a trial
-    product (on either stream) disagrees with CuPy's. Its "batched" entry says whether the
-    strided batched products (a pack's stacks) passed their own trials; where they did not,
-    stacks go to CuPy's matmul (packs then run without CUDA graphs) and single runs keep
-    the direct products.
+    `Branch`'s stream; None where that fails or a trial product (on either stream) disagrees
+    with CuPy's. Its "batched" entry says whether the strided batched products (a pack's
+    stacks) passed their own trials; where they did not, stacks go to CuPy's matmul (packs
+    then run without CUDA graphs) and single runs keep the direct products.
 
     CuPy refuses any cuBLAS call while a stream is captured into a CUDA graph (its
     setStream raises); cuBLAS itself supports capture. Products called here directly are
-    captured, and cost the host less than CuPy's matmul.
+    captured, and cost the host less than CuPy's matmul. The library is the mapped
+    libcublas whose version is the one CuPy's handle reports (`_matching_cublas`): a handle
+    must go to the copy that made it. The handles keep cuBLAS's default workspace:
+    cublasSetStream, which `matmul` calls before every product, resets a handle's workspace
+    to that default, so a workspace set once would be dropped at the first product (every
+    GPU figure in docs/ was measured with the default).
     """
     if "cublas" in _state:
         return _state["cublas"]
@@ -215,26 +219,15 @@ def _cublas():
     try:
         handle = cupy.cuda.device.get_cublas_handle()
         with open("/proc/self/maps", encoding="utf-8") as maps:
-            path = next(line.split()[-1] for line in maps
-                        if "/libcublas.so" in line and "libcublasLt" not in line)
-        library = ctypes.CDLL(path)
+            paths = _mapped_cublas_paths(maps)
+        library, side_handle = _matching_cublas(paths, cupy.cuda.cublas.getVersion(handle))
         for name, _, scalar in _GEMM.values():
             _declare_gemm(getattr(library, name), scalar, strided=False)
         library.cublasSetStream_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         library.cublasSetPointerMode_v2.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        library.cublasSetWorkspace_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
-                                                  ctypes.c_size_t]
-        library.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
-        side_handle = ctypes.c_void_p()
-        if library.cublasCreate_v2(ctypes.byref(side_handle)):
-            return None
-        workspaces = [cupy.empty(32 << 20, dtype=numpy.uint8) for _ in range(2)]
-        for owner, workspace in zip((handle, side_handle.value), workspaces):
-            if library.cublasSetWorkspace_v2(owner, workspace.data.ptr, workspace.nbytes):
-                return None
-        # a handle (and workspace) per stream: Branch's stream runs beside the current one
-        candidate = {"library": library, "handle": handle, "side_handle": side_handle.value,
-                     "workspaces": workspaces, "batched": False}
+        # a handle per stream: Branch's stream runs beside the current one
+        candidate = {"library": library, "handle": handle, "side_handle": side_handle,
+                     "batched": False}
         _state["cublas"] = candidate
         _trial_products(stacked=False)
     except Exception as error:  # no such library or function, or a wrong result: CuPy's matmul
@@ -252,6 +245,53 @@ def _cublas():
               f"matmul, without CUDA graphs.", file=sys.stderr)
         candidate["batched"] = False
     return candidate
+
+
+def _mapped_cublas_paths(maps):
+    """The distinct paths of libcublas.so* (not libcublasLt) among the lines of
+    /proc/self/maps, in the order they appear."""
+    paths = []
+    for line in maps:
+        fields = line.split()
+        path = fields[-1] if len(fields) >= 6 else ""
+        if os.path.basename(path).startswith("libcublas.so") and path not in paths:
+            paths.append(path)
+    return paths
+
+
+def _cublas_version(library):
+    """(version, handle) of a loaded libcublas (ctypes.CDLL): a handle it creates, and the
+    version it reports through that handle (cublasGetVersion_v2, CuPy's own query)."""
+    library.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    library.cublasGetVersion_v2.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+    library.cublasDestroy_v2.argtypes = [ctypes.c_void_p]
+    handle, version = ctypes.c_void_p(), ctypes.c_int()
+    if library.cublasCreate_v2(ctypes.byref(handle)):
+        raise RuntimeError("cublasCreate_v2 failed")
+    if library.cublasGetVersion_v2(handle, ctypes.byref(version)):
+        library.cublasDestroy_v2(handle)
+        raise RuntimeError("cublasGetVersion_v2 failed")
+    return version.value, handle.value
+
+
+def _matching_cublas(paths, wanted, load=ctypes.CDLL, version_of=_cublas_version):
+    """(library, a handle of its own) of the first of `paths` whose cuBLAS version is
+    `wanted` (the version CuPy reports); RuntimeError naming each one's version otherwise
+    (two copies of cuBLAS are loaded and none is CuPy's: the caller falls back)."""
+    found = []
+    for path in paths:
+        library = load(path)
+        try:
+            version, handle = version_of(library)
+        except RuntimeError as error:
+            found.append(f"{path} ({error})")
+            continue
+        if version == wanted:
+            return library, handle
+        library.cublasDestroy_v2(handle)
+        found.append(f"{path} (version {version})")
+    raise RuntimeError(f"no mapped libcublas has CuPy's version {wanted}: "
+                       f"{', '.join(found) or 'none is mapped'}")
 
 
 def _declare_gemm(function, scalar, strided):

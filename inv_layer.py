@@ -45,14 +45,17 @@ class KeptInverse:
     """An inverse X of a layer's W kept between training steps, and solves refined against it.
 
     Each `solve(W, y)` first brings X up to date for the current W by one Newton-Schulz step,
-    X' = X + X R with R = I - W X (then I - W X' = R^2: W moves a little each step), solves
-    z W = y by z = y X' and three refinements z <- z + (y - z W) X', and bounds the relative
-    residual of the result: |y - z W| <= |r| |R|_F^2, r the residual before the last
-    refinement. `bound` (a 1-element array, read later) holds that bound squared over |y|^2; the
-    solve is as exact as an LU solve when the bound is at rounding level (`acceptable`): an
-    LU solve's relative residual is about 100 machine epsilons, the tolerance 128 (a
-    refined solve's is about 3 once X is close; in a run's first steps, whose updates move
-    W most, the bound can miss, and the caller redoes the step with LU solves).
+    X' = X + S X with S = I - X W (the same matrix as X + X (I - W X); W moves a little each
+    step), solves z W = y by z = y X' and three refinements z <- z + (y - z W) X'. A
+    refinement multiplies the residual y - z W on the right by I - X' W = S^2, so the
+    result's residual is bounded by |y - z W| <= |r| |S|_F^2, r the residual before the last
+    refinement. (I - W X is not the matrix that bounds it: S = X (I - W X) X^-1 can be
+    cond(X) times larger.) `bound` (a 1-element array, read later) holds the bound squared
+    over |y|^2; the solve is as exact as an LU solve when the bound is at rounding level
+    (`acceptable`): an LU solve's relative residual is about 100 machine epsilons, the
+    tolerance 128 (a refined solve's is about 3 once X is close; in a run's first steps,
+    whose updates move W most, the bound can miss, and the caller redoes the step with LU
+    solves).
     All work writes into arrays made here, so that a CUDA graph can replay it. For a pack,
     X holds one inverse per run and `bound` one value per run.
     """
@@ -90,9 +93,9 @@ class KeptInverse:
         """z with z W = y (z = y @ inv(W)), refined against X; see the class."""
         xp = backend.array_module(y)
         inverse = self.inverse
-        inverse_error = backend.matmul(weight_matrix, inverse)
-        xp.subtract(self.identity, inverse_error, out=inverse_error)
-        inverse += backend.matmul(inverse, inverse_error)
+        inverse_error = backend.matmul(inverse, weight_matrix)
+        xp.subtract(self.identity, inverse_error, out=inverse_error)  # S = I - X W
+        inverse += backend.matmul(inverse_error, inverse)
         solution = backend.matmul(y, inverse)
         for _ in range(self.REFINEMENTS):
             residual = y - backend.matmul(solution, weight_matrix)

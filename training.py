@@ -270,8 +270,9 @@ def rule_directions(net, settings, images, one_hot_labels):
 def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_index):
     """One training step on one batch: forward pass, the rule's directions, the update.
 
-    Logs the alignment with BP when due; raises Diverged, before anything reaches the
-    weights, if the output or a direction is not finite or a weight matrix is singular.
+    Raises Diverged, before anything reaches the weights or the logs, if the output or a
+    direction is not finite or a weight matrix is singular; then logs the alignment with BP
+    when due (one row per run and batch, only for a step that passed its checks).
     Waits for the GPU once (the checks); `StepRunner` queues steps without waiting.
     A pack (`settings.on_backend()`, `statistics` a list) is checked run by run.
     """
@@ -291,12 +292,12 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
         faults = {position: message for position, (run, _, _) in enumerate(runs)
                   if not invertible(run)}
         raise Diverged(message, faults or dict.fromkeys(range(len(runs)), message)) from None
+    check_finite(net, forward, weight_directions, bias_directions, statistics,
+                 f"epoch {epoch + 1}, batch {batch_index}")
     if settings.log_alignment and batch_index % settings.log_alignment == 0:
         for run, run_statistics, take in runs_of(net, statistics):
             run_statistics.alignment.append([epoch, batch_index] + alignment_with_bp(
                 run, settings.algorithm, list(map(take, forward)), take(targets)))
-    check_finite(net, forward, weight_directions, bias_directions, statistics,
-                 f"epoch {epoch + 1}, batch {batch_index}")
     net.update_parameters(weight_directions, bias_directions, settings.learning_rate)
     return forward
 
@@ -310,24 +311,29 @@ def invertible(net):
     return True
 
 
+# Why a queued step failed its checks (bits of guard[2]).
+SUMS_NOT_FINITE, SOLVE_NOT_EXACT = 1, 2
+
+
 def _update_guard_on_host(sums, nb_sums, bounds, nb_bounds, tolerance, guard):
-    """The guard's update on the host: count the step; note it if it is the first that failed
-    (a non-finite sum, or a solve's residual bound above the tolerance)."""
-    ok = (numpy.isfinite(sums[:nb_sums].sum())
-          and bool(numpy.all(bounds[:nb_bounds] <= tolerance)))
-    if guard[1] < 0 and not ok:
-        guard[1] = guard[0]
+    """The guard's update on the host: count the step; if it is the first that failed, note
+    it (guard[1]) and why (guard[2]: SUMS_NOT_FINITE if a sum is not finite, SOLVE_NOT_EXACT
+    if a solve's residual bound is above the tolerance). Each sum is looked at alone, so
+    finite sums whose total would overflow pass."""
+    reason = ((0 if numpy.isfinite(sums[:nb_sums]).all() else SUMS_NOT_FINITE)
+              | (0 if numpy.all(bounds[:nb_bounds] <= tolerance) else SOLVE_NOT_EXACT))
+    if guard[1] < 0 and reason:
+        guard[1], guard[2] = guard[0], reason
     guard[0] += 1
 
 
 _UPDATE_GUARD = backend.Fused(
     _update_guard_on_host,
     "raw T sums, int32 nb_sums, raw T bounds, int32 nb_bounds, T tolerance", "raw int64 guard",
-    """T total = 0;
-    for (int k = 0; k < nb_sums; ++k) total += sums[k];
-    bool ok = isfinite(total);
-    for (int k = 0; k < nb_bounds; ++k) ok = ok && bounds[k] <= tolerance;
-    if (guard[1] < 0 && !ok) guard[1] = guard[0];
+    f"""long long reason = 0;
+    for (int k = 0; k < nb_sums; ++k) if (!isfinite(sums[k])) reason |= {SUMS_NOT_FINITE};
+    for (int k = 0; k < nb_bounds; ++k) if (!(bounds[k] <= tolerance)) reason |= {SOLVE_NOT_EXACT};
+    if (guard[1] < 0 && reason) {{ guard[1] = guard[0]; guard[2] = reason; }}
     guard[0] += 1""", "update_guard")
 
 
@@ -358,13 +364,17 @@ class StepRunner:
     On the host each step is `train_step`, checked at once. On a GPU (`deferred`) a step is
     queued without waiting for the GPU: its checks (`finiteness_sums`; the residuals of the
     kept inverses, `inv_layer.KeptInverse`, that replace LU solves) go into a guard that
-    stays on the GPU. guard = [steps queued, index of the first that failed or -1]; once a
-    step has failed, the optimiser leaves the weights alone for the rest of the window. At
-    `settle()` (before every evaluation, alignment log and epoch end, and every
-    CHECK_EVERY steps) the host reads the guard; if a step failed, that step is redone by
-    `train_step` (LU solves, exact checks: Diverged names its layer and batch) and the
-    steps after it are queued again. The queued step is captured once as a CUDA graph and
-    replayed (`graphs`), after checking that a replay computes what the step does.
+    stays on the GPU. guard = [steps queued, index of the first that failed or -1, why it
+    failed: SUMS_NOT_FINITE | SOLVE_NOT_EXACT]; once a step has failed, the optimiser leaves
+    the weights alone for the rest of the window. At `settle()` (before every evaluation,
+    alignment log and epoch end, and every CHECK_EVERY steps) the host reads the guard; if a
+    step failed, that step is redone by `train_step` (LU solves, exact checks: Diverged
+    names its layer and batch) and the steps after it are queued again. Only a solve that
+    was not exact counts towards the switch to LU solves (FAILURES_PER_100_STEPS, counted
+    by step number: a step queued again is the same step). A queued LU solve (after that
+    switch) that finds W singular makes the step a checked one, which says where. The
+    queued step is captured once as a CUDA graph and replayed (`graphs`), after checking
+    that a replay computes what the step does.
     Also keeps a running tally of the training batches' accuracy and loss.
 
     A pack (`net.runs` not None, `settings` of `StepSettings.of_pack`, `statistics` a list
@@ -408,25 +418,35 @@ class StepRunner:
         for slot, kept in enumerate(self.kept):
             kept.bound = self.bounds[slot * runs:(slot + 1) * runs]
         self.tolerance = self.kept[0].tolerance if self.kept else 0.0
-        self.guard = xp.asarray(numpy.array([0, -1], dtype=numpy.int64))
+        self.guard = xp.asarray(numpy.array([0, -1, 0], dtype=numpy.int64))
 
     def step(self, images, one_hot_labels, statistics, epoch, batch_index):
         """Train on one batch (device arrays; a pack's stacked, one per run in `run_ids`): at
         once on the host, queued on a GPU."""
+        self.steps_done += 1
+        self._step(images, one_hot_labels, statistics, epoch, batch_index, self.steps_done - 1)
+
+    def _step(self, images, one_hot_labels, statistics, epoch, batch_index, step_number):
+        """`step` of the step numbered `step_number` (0-based, in this runner's life): a new
+        one, or one queued again after a failed step of its window (`settle`)."""
         alignment_due = (self.settings.log_alignment
                          and batch_index % self.settings.log_alignment == 0)
         self.tallied += 1
-        self.steps_done += 1
-        if not self.deferred or alignment_due:
-            self.settle(statistics)
-            forward, one_hot_labels = self._checked_step(images, one_hot_labels, statistics,
-                                                         epoch, batch_index, self.run_ids)
-            self._tally(forward[-1], one_hot_labels)
-            return
-        self.window.append((images, one_hot_labels, epoch, batch_index, self.run_ids))
-        self._queue(images, one_hot_labels)
-        if len(self.window) >= self.check_every:
-            self.settle(statistics)
+        if self.deferred and not alignment_due:
+            self.window.append((images, one_hot_labels, epoch, batch_index, self.run_ids,
+                                step_number))
+            try:
+                self._queue(images, one_hot_labels)
+            except numpy.linalg.LinAlgError:  # an LU solve (no kept inverses) found W singular
+                self.window.pop()  # nothing of it was queued: check it (Diverged says where)
+            else:
+                if len(self.window) >= self.check_every:
+                    self.settle(statistics)
+                return
+        self.settle(statistics)
+        forward, one_hot_labels = self._checked_step(images, one_hot_labels, statistics,
+                                                     epoch, batch_index, self.run_ids)
+        self._tally(forward[-1], one_hot_labels)
 
     def _of_runs_now(self, arrays, run_ids):
         """A pack's arrays (one row per run of `run_ids`) cut to the runs still training."""
@@ -480,7 +500,9 @@ class StepRunner:
         statistics[:] = [statistics[position] for position in keep]
         self.settings = self.settings.select(keep)
         self.step_settings = self.settings.on_backend()
-        self.graph, self.inputs, self.queued_before, self.tally = None, None, False, None
+        self.graph, self.inputs, self.queued_before = None, None, False
+        if self.tally is not None:  # the survivors' tally goes on (a copy: no graph has it)
+            self.tally = self.tally[keep]
         if self.deferred:
             self._prepare_queue()
 
@@ -553,13 +575,13 @@ class StepRunner:
 
     def reset_guard(self):
         """Start a new window: no step queued, none failed."""
-        self.guard[0], self.guard[1] = 0, -1
+        self.guard[0], self.guard[1], self.guard[2] = 0, -1, 0
 
     def settle(self, statistics):
         """Wait for the queued steps and read the guard; redo from a failed step (see class)."""
         if not self.window:
             return
-        steps, first_failed = (int(value) for value in backend.to_host(self.guard))
+        steps, first_failed, reason = (int(value) for value in backend.to_host(self.guard))
         window, self.window = self.window, []
         self.reset_guard()
         assert steps == len(window), (steps, len(window))
@@ -570,22 +592,30 @@ class StepRunner:
         for layer in self.net.layers:  # a kept inverse may be garbage now
             if layer.kept_inverse is not None:
                 layer.kept_inverse.reset(layer.weight_matrix)
-        images, one_hot_labels, epoch, batch_index, run_ids = window[first_failed]
+        images, one_hot_labels, epoch, batch_index, run_ids, failed_at = window[first_failed]
         self._checked_step(images, one_hot_labels, statistics, epoch, batch_index, run_ids)
-        # train_step found nothing wrong: a solve was not exact (or a sum overflowed)
+        # train_step found nothing wrong: a solve was not exact, or a sum of finite values
+        # overflowed (not the solver's failure)
         self.redone += 1
-        failed_at = self.steps_done - len(window) + first_failed
-        self.solver_failures = [step for step in self.solver_failures if step > failed_at - 100]
-        self.solver_failures.append(failed_at)
+        if reason & SOLVE_NOT_EXACT:
+            self._solver_failed(failed_at)
+        for images, one_hot_labels, epoch, batch_index, run_ids, number in (
+                window[first_failed + 1:]):
+            self._step(*self._of_runs_now((images, one_hot_labels), run_ids), statistics, epoch,
+                       batch_index, number)
+        self.settle(statistics)
+
+    def _solver_failed(self, step_number):
+        """Note a kept inverse's failed solve at step `step_number`; past
+        FAILURES_PER_100_STEPS of them within 100 steps, solve by LU from now on."""
+        self.solver_failures = [step for step in self.solver_failures
+                                if step > step_number - 100]
+        self.solver_failures.append(step_number)
         if self.kept and len(self.solver_failures) > self.FAILURES_PER_100_STEPS:
             self.net.keep_inverses(False)
             self.kept, self.graph, self.graphs, self.lu_only = [], None, False, True
             print("note: the weights are too badly conditioned for kept inverses; this run "
                   "solves by LU from now on.", file=sys.stderr)
-        for images, one_hot_labels, epoch, batch_index, run_ids in window[first_failed + 1:]:
-            self.step(*self._of_runs_now((images, one_hot_labels), run_ids), statistics, epoch,
-                      batch_index)
-        self.settle(statistics)
 
     def _tally(self, output, one_hot_labels):
         """Add each row's hit (argmax of the class outputs == label) and squared error."""

@@ -1,5 +1,7 @@
 """The backend shim: dtype selection, float32 soundness, CuPy against NumPy (GPU only)."""
+import concurrent.futures
 import os
+import shutil
 import threading
 
 import numpy
@@ -7,6 +9,7 @@ import pytest
 
 import backend
 import training
+from helpers import assert_clean, cli
 from inv_net import SquareInvNet, output_targets
 from utils import one_hot
 
@@ -139,28 +142,82 @@ def test_float32_directions_agree_with_float64(rule, orthogonal, restore_backend
 
 def test_float32_training_matches_float64_accuracy_on_mnist(tmp_path, mnist_raw):
     """One epoch of GAIT (2 hidden layers, orthogonal init, no regulariser, which only costs
-    time here) in float32 reaches float64's test accuracy within 0.5 points."""
-    import run
-    import shutil
+    time here) in float32 reaches float64's test accuracy within 0.5 points. Both runs are
+    `python run.py` subprocesses, side by side: run.main's signal handlers, warnings filter
+    and backend selection stay out of this process."""
     data = tmp_path / "data" / "MNIST" / "raw"
     shutil.copytree(f"{mnist_raw}/MNIST/raw", data)
+
+    def one_epoch(dtype):
+        return cli(["--algorithm=GAIT", "--nb_layers=2", "--nb_epochs=1", "--eval_interval=0",
+                    "--orthogonal_reg=0", f"--dtype={dtype}", "--backend=numpy",
+                    f"--data_dir={tmp_path / 'data'}", f"--results_dir={tmp_path / dtype}"],
+                   timeout=3600)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        runs = dict(zip(("float64", "float32"), pool.map(one_epoch, ("float64", "float32"))))
     accuracies = {}
-    for dtype in ("float64", "float32"):
-        status = run.main(["--algorithm=GAIT", "--nb_layers=2", "--nb_epochs=1",
-                           "--eval_interval=0", "--orthogonal_reg=0",
-                           f"--dtype={dtype}", "--backend=numpy",
-                           f"--data_dir={tmp_path / 'data'}",
-                           f"--results_dir={tmp_path / dtype}"])
-        assert status == 0
+    for dtype, done in runs.items():
+        assert_clean(done, 0)
         folder = next((tmp_path / dtype).iterdir())
         accuracies[dtype] = numpy.loadtxt(folder / "test_acc.txt")[-1]
     print("one-epoch test accuracy", accuracies)
     assert accuracies["float64"] > 0.9
     assert abs(accuracies["float32"] - accuracies["float64"]) <= 0.005
-    backend.select("numpy", dtype="float64")
+
+
+class FakeCublas:
+    """A stand-in for a loaded libcublas: its version, and the handles it destroyed."""
+
+    def __init__(self, path, version):
+        self.path, self.version, self.destroyed = path, version, []
+
+    def cublasDestroy_v2(self, handle):
+        self.destroyed.append(handle)
+
+
+def test_direct_cublas_takes_the_mapped_library_of_cupys_version():
+    """Two copies of libcublas mapped: the one whose version is CuPy's is used (with a handle
+    of its own), whatever the order; none of CuPy's version: an error naming each one."""
+    maps = ["7f00-7f10 r-xp 0 08:01 11 /opt/a/libcublasLt.so.12",
+            "7f10-7f20 r-xp 0 08:01 12 /opt/a/libcublas.so.12",
+            "7f20-7f30 r--p 0 08:01 12 /opt/a/libcublas.so.12",
+            "7f30-7f40 rw-p 0 00:00 0",
+            "7f40-7f50 r-xp 0 08:01 13 /opt/b/libcublas.so.13.1"]
+    paths = backend._mapped_cublas_paths(maps)
+    assert paths == ["/opt/a/libcublas.so.12", "/opt/b/libcublas.so.13.1"]
+    libraries = {"/opt/a/libcublas.so.12": FakeCublas("a", 120905),
+                 "/opt/b/libcublas.so.13.1": FakeCublas("b", 130100)}
+
+    def version_of(library):
+        return library.version, f"handle of {library.path}"
+    library, handle = backend._matching_cublas(paths, 130100, libraries.get, version_of)
+    assert (library.path, handle) == ("b", "handle of b")
+    assert libraries["/opt/a/libcublas.so.12"].destroyed == ["handle of a"]
+    with pytest.raises(RuntimeError, match=r"no mapped libcublas has CuPy's version 110000: "
+                                           r"/opt/a/libcublas.so.12 \(version 120905\), "
+                                           r"/opt/b/libcublas.so.13.1 \(version 130100\)"):
+        backend._matching_cublas(paths, 110000, libraries.get, version_of)
 
 
 gpu = pytest.mark.skipif(backend._import_cupy() is None, reason="no GPU with CuPy here")
+
+
+@gpu
+def test_cupy_direct_products_use_the_cublas_of_cupys_handle(restore_backend):
+    """The library called directly reports CuPy's cuBLAS version, and no workspace is set
+    by hand (cublasSetStream before each product would drop it: cuBLAS's default is used)."""
+    import ctypes
+    backend.select("cupy", dtype="float64")
+    cublas = backend._cublas()
+    assert cublas is not None and cublas["batched"]
+    cupy = backend.xp()
+    version = ctypes.c_int()
+    cublas["library"].cublasGetVersion_v2(cublas["side_handle"], ctypes.byref(version))
+    assert version.value == cupy.cuda.cublas.getVersion(cupy.cuda.device.get_cublas_handle())
+    assert "workspaces" not in cublas
+    left, right = cupy.random.rand(60, 784), cupy.random.rand(784, 784)
+    for _ in range(3):  # a stream set again before each product
+        assert float(cupy.abs(backend.matmul(left, right) - left @ right).max()) <= 1e-10
 
 
 @gpu
@@ -326,7 +383,6 @@ def test_cupy_evaluations_never_change_what_a_run_trains(tmp_path, mnist_raw, re
     (the published cadence) or only at the end, the weights after the epoch are the same
     bits. (The published cadence's last evaluation follows batch 990, not the epoch's end:
     its last accuracy is not the end-of-epoch one.)"""
-    import shutil
     import subprocess
     import sys
     shutil.copytree(f"{mnist_raw}/MNIST/raw", tmp_path / "data" / "MNIST" / "raw")

@@ -13,7 +13,7 @@ import pytest
 import backend
 import training
 from inv_layer import KeptInverse
-from inv_net import SquareInvNet, TowerInvNet
+from inv_net import InvNet, SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot
 
 PAPER = {"BP": (0.0, 1e-4), "GAIT": (0.1, 1e-4), "TP": (1000.0, 1e-5)}  # (lambda, lr)
@@ -118,19 +118,56 @@ def test_a_failed_solve_is_redone_by_lu():
     assert relative_difference(net.parameters(), checked.parameters()) <= 1e-10
 
 
-def test_many_failed_solves_switch_the_run_to_lu():
-    data = batches(30)
-    net = SquareInvNet(784, 2, start_seed=1, orthogonal_init=True)
-    runner = training.StepRunner(net, training.StepSettings("TP", 1e-5, 1000.0), deferred=True)
+def switched_to_lu(steps=30, algorithm="TP"):
+    """(net, runner, statistics, data) after `steps` queued steps of a small network whose
+    every kept-inverse solve fails its check (tolerance -1)."""
+    data = batches(steps, units=48)
+    net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
+    ortho_weighting, learning_rate = PAPER[algorithm]
+    runner = training.StepRunner(net, training.StepSettings(algorithm, learning_rate,
+                                                            ortho_weighting), deferred=True)
     runner.tolerance = -1.0  # every solve fails its check
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
-        runner.step(images, labels, statistics, 0, index)
+        runner.step(backend.to_device(images), backend.to_device(labels), statistics, 0, index)
     runner.settle(statistics)
-    checked, _ = trained("TP", data, deferred=False)
-    assert len(runner.solver_failures) == runner.FAILURES_PER_100_STEPS + 1
+    return net, runner, statistics, data
+
+
+def test_many_failed_solves_switch_the_run_to_lu():
+    """Steps 0 to 20 fail (each once, though the steps after a failure are queued again):
+    the 21st failure within 100 steps switches to LU; the run ends where LU steps end."""
+    net, runner, _, data = switched_to_lu()
+    checked, _ = trained("TP", data, deferred=False,
+                         net=SquareInvNet(48, 2, start_seed=1, orthogonal_init=True))
+    assert runner.steps_done == len(data)
+    assert runner.solver_failures == list(range(runner.FAILURES_PER_100_STEPS + 1))
     assert not runner.kept and all(layer.kept_inverse is None for layer in net.layers)
     assert relative_difference(net.parameters(), checked.parameters()) <= 1e-10
+
+
+def test_a_singular_weight_matrix_met_by_a_queued_lu_solve_is_a_divergence():
+    """After the switch to LU, a queued step's LU solve that finds W singular ends the run as
+    a checked step does (Diverged naming the batch), not with numpy's LinAlgError."""
+    net, runner, statistics, data = switched_to_lu(algorithm="GAIT")
+    assert runner.lu_only
+    net.layers[1].weight_matrix[...] = 0.0
+    with pytest.raises(training.Diverged, match=r"epoch 1, batch 30: a layer's weights are "
+                                                r"singular"):
+        runner.step(*map(backend.to_device, data[0]), statistics, 0, 30)
+
+
+def test_finite_sums_that_overflow_are_redone_but_not_counted_as_failed_solves():
+    """Two output units near the largest float64 (the labels never read them): every row sum
+    of the output overflows, so each queued step is redone by a checked one, which finds
+    nothing wrong; the kept inverses stay (an overflowing sum is not a solver failure)."""
+    data = batches(30, units=48)
+    net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
+    net.layers[-1].biases[[20, 30]] = 1e308
+    net, runner = trained("GAIT", data, deferred=True, net=net)
+    assert runner.redone == len(data)
+    assert runner.solver_failures == [] and runner.kept and not runner.lu_only
+    assert numpy.isfinite(net.layers[0].weight_matrix).all()
 
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
@@ -162,6 +199,27 @@ def test_check_finite_ignores_finite_values_whose_sum_overflows():
     forward = net.forward_pass(numpy.ones((3, 6)))
     huge = numpy.full((6, 6), 1e307)
     training.check_finite(net, forward, [huge], [numpy.ones(6)], training.Statistics(), "here")
+    huge[4, 1] = numpy.inf  # the positive control: one infinity among them is found
+    with pytest.raises(training.Diverged, match="at here: the update directions of layer 0 "):
+        training.check_finite(net, forward, [huge], [numpy.ones(6)], training.Statistics(),
+                              "here")
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
+def test_a_diverging_step_logs_no_alignment_row(deferred):
+    """Alignment due at every second batch; batch 6 holds a NaN: rows for batches 0, 2 and 4
+    only, all finite (the row of a step is written after its checks)."""
+    data = batches(9, units=48)
+    data[6][0][3, 5] = numpy.nan
+    net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
+    runner = training.StepRunner(net, training.StepSettings("GAIT", 1e-4, 0.1, log_alignment=2),
+                                 deferred=deferred)
+    statistics = training.Statistics()
+    with pytest.raises(training.Diverged, match="batch 6"):
+        for index, (images, labels) in enumerate(data):
+            runner.step(images, labels, statistics, 0, index)
+    assert [row[:2] for row in statistics.alignment] == [[0, 0], [0, 2], [0, 4]]
+    assert numpy.isfinite(statistics.alignment).all()
 
 
 def test_running_statistics_are_the_batches_accuracy_and_loss_before_each_update():
@@ -179,6 +237,34 @@ def test_running_statistics_are_the_batches_accuracy_and_loss_before_each_update
     assert accuracy == pytest.approx(expected[0], abs=1e-12)
     assert loss == pytest.approx(expected[1], rel=1e-12)
     assert runner.running_statistics() is None  # the tally starts again
+
+
+def test_running_statistics_of_a_pack_go_on_after_a_run_leaves():
+    """A pack of three: after 4 batches run 1 leaves (its epochs done); after 2 more the
+    batches' accuracy and loss of runs 0 and 2 are those of their single runs' 6 batches."""
+    generator = numpy.random.RandomState(5)
+    sets = [(generator.rand(6, 60, 48), one_hot(generator.randint(0, 10, 360)).reshape(6, 60, 10))
+            for _ in range(3)]
+    settings = [training.StepSettings("BP", rate) for rate in (1e-3, 2e-3, 3e-3)]
+    nets = [SquareInvNet(48, 1, seed, True) for seed in (1, 2, 3)]
+    singles = []
+    for net, setting, (images, labels) in zip(nets, settings, sets):
+        runner = training.StepRunner(net, setting)
+        for batch in range(6):
+            runner.step(images[batch], labels[batch], training.Statistics(), 0, batch)
+        singles.append(runner.running_statistics())
+    pack = training.StepRunner(InvNet.stack([SquareInvNet(48, 1, seed, True)
+                                             for seed in (1, 2, 3)]),
+                               training.StepSettings.of_pack(settings))
+    statistics = [training.Statistics() for _ in range(3)]
+    for batch in range(6):
+        if batch == 4:
+            pack.remove([1], statistics)
+        images = numpy.stack([sets[run][0][batch] for run in pack.run_ids])
+        labels = numpy.stack([sets[run][1][batch] for run in pack.run_ids])
+        pack.step(images, labels, statistics, 0, batch)
+    for got, expected in zip(pack.running_statistics(), (singles[0], singles[2])):
+        assert got == pytest.approx(expected, rel=1e-12)
 
 
 def test_progress_lines_show_the_batches_and_the_latest_evaluation():
@@ -207,16 +293,21 @@ def test_step_settings_of_run_arguments():
 
 
 def test_guard_on_the_host_counts_steps_and_keeps_the_first_failure():
-    guard = numpy.array([0, -1])
+    guard = numpy.array([0, -1, 0])
     bounds = numpy.array([0.5, 0.25])
     for sums, bound in (([1.0, 2.0], 0.5), ([1.0, 2.0], 0.5), ([1.0, numpy.nan], 0.5),
                         ([1.0, 2.0], 2.0), ([1.0, 2.0], 0.5)):
         bounds[1] = bound
         training._UPDATE_GUARD(numpy.array(sums), 2, bounds, 2, 1.0, guard)
-    assert list(guard) == [5, 2]
-    guard[:] = [0, -1]
+    assert list(guard) == [5, 2, training.SUMS_NOT_FINITE]
+    guard[:] = [0, -1, 0]
     training._UPDATE_GUARD(numpy.array([1.0]), 1, numpy.array([2.0]), 1, 1.0, guard)
-    assert list(guard) == [1, 0]  # a bound above the tolerance fails the step too
+    assert list(guard) == [1, 0, training.SOLVE_NOT_EXACT]  # a bound above the tolerance
+    guard[:] = [0, -1, 0]
+    training._UPDATE_GUARD(numpy.array([1e308, 1e308]), 2, bounds, 2, 1.0, guard)
+    assert list(guard) == [1, -1, 0]  # finite sums whose total overflows pass
+    training._UPDATE_GUARD(numpy.array([numpy.inf]), 1, numpy.array([numpy.nan]), 1, 1.0, guard)
+    assert list(guard) == [2, 1, training.SUMS_NOT_FINITE | training.SOLVE_NOT_EXACT]
 
 
 def test_gemm_plan_reads_every_layout():
@@ -277,3 +368,43 @@ def test_steps_replayed_from_a_captured_graph_are_the_steps(monkeypatch, capture
         assert isinstance(runner.graph, ReplayedPython) and runner.graph_difference == 0.0
     else:
         assert runner.graph is None and not runner.graphs
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+gpu = pytest.mark.skipif(backend._import_cupy() is None, reason="no GPU with CuPy here")
+
+
+@pytest.fixture
+def cupy_float64():
+    """The CuPy backend in float64 for one test; NumPy again after it, whatever happens."""
+    backend.select("cupy", dtype="float64")
+    try:
+        yield
+    finally:
+        backend.select("numpy", dtype="float64")
+
+
+@gpu
+def test_cupy_failed_solves_are_counted_once_each_and_switch_the_run_to_lu(cupy_float64):
+    """As on the host: steps 0 to 20 fail once each (steps queued again are not counted
+    again), then LU solves; a singular W met by a queued LU solve is a Diverged naming
+    the batch (not CuPy's LinAlgError, exit 1)."""
+    net, runner, statistics, data = switched_to_lu(algorithm="GAIT")
+    assert runner.steps_done == len(data)
+    assert runner.solver_failures == list(range(runner.FAILURES_PER_100_STEPS + 1))
+    assert runner.lu_only and not runner.kept
+    net.layers[1].weight_matrix[...] = 0.0
+    with pytest.raises(training.Diverged, match=r"batch 30: a layer's weights are singular"):
+        runner.step(*map(backend.to_device, data[0]), statistics, 0, 30)
+
+
+@gpu
+def test_cupy_finite_sums_that_overflow_are_not_solver_failures(cupy_float64):
+    """The guard's kernel tells an overflowing sum of finite values from a failed solve."""
+    data = [tuple(map(backend.to_device, batch)) for batch in batches(30, units=48)]
+    net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
+    net.layers[-1].biases[[20, 30]] = 1e308
+    net, runner = trained("GAIT", data, deferred=True, net=net)
+    assert runner.redone == len(data)
+    assert runner.solver_failures == [] and runner.kept and not runner.lu_only
