@@ -222,5 +222,6 @@ def train_in_packs(runs, train_group):
             each.finished()
     return status
 
+
 if __name__ == "__main__":
     sys.exit(main())
