@@ -20,7 +20,7 @@ import numpy
 import backend
 import run_folder
 from run_folder import ALIGNMENT, CHECKPOINT, LOCK
-from training import Statistics
+from run_statistics import Statistics
 
 
 class RunFolderError(RuntimeError):

@@ -27,18 +27,20 @@ import signal
 import sys
 import warnings
 
-import run  # first: its imports (NumPy, the package) are the slow ones
+from stopping import StopSignal, stop_before_training
 
-if __name__ == "__main__":  # before the data sets load, as run.py's
+if __name__ == "__main__":  # before the slow imports and the data sets, as run.py's
     for _signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_signum, run.stop_before_training)
+        signal.signal(_signum, stop_before_training)
 
 import backend  # noqa: E402
 import data  # noqa: E402
 import run_folder  # noqa: E402
 import training  # noqa: E402
+from folders import Folders, Run, UsageError, guarded  # noqa: E402
 from inv_net import InvNet  # noqa: E402
 from run_folder import EXIT_DIVERGED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE  # noqa: E402
+from settings import build_parser as build_run_parser  # noqa: E402
 
 # Settings the runs of a pack must share (with "lambda is zero"); the rest may differ.
 SHARED = ("algorithm", "nb_layers", "tower", "linear", "dtype", "backend", "device",
@@ -71,33 +73,33 @@ def build_parser():
 
 def parse_members(texts):
     """[(run.py's Namespace, its argv)] of each --member, checked as run.py checks its flags
-    and for compatibility; raises run.UsageError naming the member at fault."""
+    and for compatibility; raises UsageError naming the member at fault."""
     members = []
     for index, text in enumerate(texts):
         argv = shlex.split(text)
-        parser = run.build_parser()
+        parser = build_run_parser()
 
         def error(message, index=index, text=text):
-            raise run.UsageError(f"--member {index + 1} ({text}): {message}")
+            raise UsageError(f"--member {index + 1} ({text}): {message}")
         parser.error = error
         members.append((parser.parse_args(argv), argv))
     keys = {pack_key(args) for args, _ in members}
     if len(keys) > 1:
         differing = sorted({name for key in keys for name, value in key
                             if any(dict(other).get(name) != value for other in keys)})
-        raise run.UsageError(f"the members cannot share a pack: they differ in "
+        raise UsageError(f"the members cannot share a pack: they differ in "
                              f"{', '.join(differing)}. Give every member the same value of "
                              f"these (or make one pack per value).")
     folders = [run_folder.results_folder(args) for args, _ in members]
     if len(set(folders)) < len(folders):
-        raise run.UsageError("two members would share a results folder: give each member its "
+        raise UsageError("two members would share a results folder: give each member its "
                              "own settings (seed, data set, ...)")
     return members
 
 
 def train_pack(runs, sets, command, stop, until=None):
-    """Train `runs` (run.Run, begun, all at the same epoch) as one pack until each has its
-    epochs, has diverged or a signal stops them (`stop`, a run.StopSignal), or they reach
+    """Train `runs` (folders.Run, begun, all at the same epoch) as one pack until each has its
+    epochs, has diverged or a signal stops them (`stop`, a stopping.StopSignal), or they reach
     epoch `until` (each run's `net` is then its state in the pack, to go on in another).
     Returns the exit status."""
     args = runs[0].args
@@ -157,8 +159,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     texts = build_parser().parse_args(argv).member
     warnings.simplefilter("ignore")  # overflow and singular-matrix warnings: divergence is checked
-    folders = run.Folders()
-    return run.guarded("pack.py", folders, lambda: train_members(texts, folders))
+    folders = Folders()
+    return guarded("pack.py", folders, lambda: train_members(texts, folders))
 
 
 def train_members(texts, folders):
@@ -171,7 +173,7 @@ def train_members(texts, folders):
     runs = []
     for args, member_argv in members:
         folder, stored = folders.open(args)
-        runs.append(run.Run(args, member_argv, folder, stored, command=shlex.join(
+        runs.append(Run(args, member_argv, folder, stored, command=shlex.join(
             [os.path.join(os.path.dirname(sys.argv[0]), "run.py")] + member_argv)))
     sets = {}
     for each in runs:
@@ -187,7 +189,7 @@ def train_members(texts, folders):
             each.interrupted(at_once=True)
         print(f"Stopped at once; each results folder holds the checkpoint of its last "
               f"completed epoch. Resume with:\n  {command}", file=sys.stderr, flush=True)
-    stop = run.StopSignal(stopped_at_once)
+    stop = StopSignal(stopped_at_once)
     for each in runs:
         train, _, test = sets[(each.args.dataset, each.args.data_dir)]
         each.begin(train, test)
@@ -196,13 +198,13 @@ def train_members(texts, folders):
 
 
 def training_left(run_):
-    """Whether `run_` (a run.Run) still trains in this process: it is running (not diverged)
+    """Whether `run_` (a folders.Run) still trains in this process: it is running (not diverged)
     and short of its epochs."""
     return run_.record["status"] == "running" and run_.epoch < run_.args.nb_epochs
 
 
 def train_in_packs(runs, train_group):
-    """Train `runs` (run.Run, begun) in packs of runs at one epoch: the runs at the earliest
+    """Train `runs` (folders.Run, begun) in packs of runs at one epoch: the runs at the earliest
     epoch train as a pack (`train_group(group, until)`, an exit status) until they reach
     `until`, the epoch of the next runs, which then join them in one pack. A run that has
     diverged never trains again; a run already at its epochs is recorded finished. Returns

@@ -24,10 +24,10 @@ import sys
 
 import backend
 import pack
-import run
 import run_folder
 import sweep_launch
 from run_folder import EXIT_USAGE
+from settings import build_parser as build_run_parser
 from sweep_launch import SweepError
 
 # Grid flags, outermost first: the seeds of one setting are adjacent.
@@ -98,7 +98,7 @@ def build_parser():
 
 def run_parser():
     """run.py's own parser, raising SweepError instead of exiting."""
-    parser = run.build_parser()
+    parser = build_run_parser()
 
     def error(message):
         raise SweepError(message)
@@ -169,7 +169,7 @@ def command(settings, mode=None):
     It names the data set, algorithm, seed, epochs and folders, and every other setting
     that differs from run.py's default.
     """
-    defaults = vars(run.build_parser().parse_args([]))
+    defaults = vars(build_run_parser().parse_args([]))
     flags = []
     for name in GRID + ("device", "backend", "data_dir", "results_dir"):
         value = getattr(settings, name, None)

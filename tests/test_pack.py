@@ -17,6 +17,7 @@ import training
 from inv_net import InvNet, SquareInvNet, TowerInvNet
 from helpers import ENV, REPO, assert_clean, cli
 from utils import one_hot
+from settings import build_parser
 
 PACK_PY = os.path.join(REPO, "pack.py")
 
@@ -327,7 +328,7 @@ def test_pack_py_refuses_incompatible_members_and_writes_nothing(tmp_path):
 
 
 def test_pack_keys_group_what_may_share_a_pack():
-    parser = pack.run.build_parser()
+    parser = build_parser()
     key = pack.pack_key
     assert key(parser.parse_args(["--seed=1"])) == key(parser.parse_args(
         ["--seed=2", "--dataset=FMNIST", "--learning_rate=0.001", "--nb_epochs=3"]))
@@ -340,12 +341,12 @@ def test_pack_keys_group_what_may_share_a_pack():
 
 # ----------------------------------------------------------------------------- on a GPU
 
-gpu = pytest.mark.skipif(pack.run.backend._import_cupy() is None, reason="no GPU with CuPy here")
+gpu = pytest.mark.skipif(pack.backend._import_cupy() is None, reason="no GPU with CuPy here")
 
 
 @pytest.fixture
 def cupy_float64():
-    backend = pack.run.backend
+    backend = pack.backend
     backend.select("cupy", dtype="float64")
     yield backend
     backend.select("numpy", dtype="float64")

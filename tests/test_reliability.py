@@ -23,10 +23,11 @@ import numpy
 import pytest
 
 import checkpoint
-import run
 import run_folder
 from helpers import NO_NETWORK, RAW_STEMS, STATISTICS, assert_clean, cli, line_count, spawn
 from inv_layer import InvLayer
+from folders import prepare_folder
+from settings import build_parser
 
 SMALL = ["--nb_layers", "0", "--eval_interval", "50"]
 NB_EPOCHS = 2
@@ -364,9 +365,9 @@ def test_planted_pickle_in_a_checkpoint_is_refused_and_never_run(tmp_path):
         assert "checkpoint.npz" in done.stderr, done.stderr
         assert not marker.exists(), "the pickled object was loaded"
     # --overwrite replaces the unreadable checkpoint without reading it
-    args = run.build_parser().parse_args(SMALL + ["--results_dir", str(results), "--overwrite"])
+    args = build_parser().parse_args(SMALL + ["--results_dir", str(results), "--overwrite"])
     assert run_folder.results_folder(args) == str(folder)
-    assert run.prepare_folder(str(folder), args) is None
+    assert prepare_folder(str(folder), args) is None
     assert not marker.exists() and not (folder / run_folder.CHECKPOINT).exists()
     # the planted file really was dangerous: loading it with pickles runs the command
     plant(str(tmp_path / "check.npz"), marker)
@@ -615,10 +616,10 @@ def test_signal_inside_the_multiprocessing_import_exits_cleanly():
     """The handler when the signal lands while `multiprocessing` is half imported (a module
     in sys.modules without active_children yet): still status 143, no traceback."""
     code = ("import signal, sys, types\n"
-            "import run\n"
+            "import stopping\n"
             "for name in ('multiprocessing', 'multiprocessing.process'):\n"
             "    sys.modules[name] = types.ModuleType(name)\n"
-            "run.stop_before_training(signal.SIGTERM, None)\n")
+            "stopping.stop_before_training(signal.SIGTERM, None)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(checkpoint.__file__),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 143, done.stderr

@@ -15,10 +15,10 @@ import sys
 import numpy
 import pytest
 
-import run
 import run_folder
 import training
 from helpers import ENV, RUN_PY, STATISTICS, assert_clean, cli, copy_raw, line_count, missing_data
+from settings import build_net, build_parser
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -70,7 +70,7 @@ DEFAULTS = {"algorithm": "BP", "seed": 1, "orthogonal_reg": 0.0, "device": 0,
 
 def parser_options():
     """(option string, argparse action) for every flag of run.py but --help."""
-    return [(option, action) for action in run.build_parser()._actions
+    return [(option, action) for action in build_parser()._actions
             for option in action.option_strings if option not in ("-h", "--help")]
 
 
@@ -91,7 +91,7 @@ def test_published_flags_exist_with_their_defaults():
     for flag in PUBLISHED_FLAGS + ("eval_interval", "overwrite", "data_dir", "results_dir"):
         assert f"--{flag}" in options, flag
     assert "--orthogona_reg" in options  # the published README's spelling
-    args = run.build_parser().parse_args([])
+    args = build_parser().parse_args([])
     for name, value in DEFAULTS.items():
         assert getattr(args, name) == value and type(getattr(args, name)) is type(value), name
 
@@ -99,7 +99,7 @@ def test_published_flags_exist_with_their_defaults():
 @pytest.mark.parametrize("option", [option for option, _ in parser_options()])
 def test_every_flag_parses_in_both_forms(option):
     action = dict(parser_options())[option]
-    parser = run.build_parser()
+    parser = build_parser()
     value = sample(action)
     if value is None:
         args = parser.parse_args([option])
@@ -117,7 +117,7 @@ def test_every_flag_parses_in_both_forms(option):
 
 
 def test_published_spelling_of_the_regulariser_flag():
-    parser = run.build_parser()
+    parser = build_parser()
     for argv in (["--orthogona_reg=0.1"], ["--orthogona_reg", "0.1"]):
         args = parser.parse_args(argv)
         assert args.orthogonal_reg == 0.1
@@ -129,7 +129,7 @@ def test_published_spelling_of_the_regulariser_flag():
                                   ["--dataset=KMNIST"], ["--seed=-3"], ["--nb_layers=0"]])
 def test_every_allowed_value_parses(argv):
     name, text = argv[0][2:].split("=")
-    assert str(getattr(run.build_parser().parse_args(argv), name)) == text
+    assert str(getattr(build_parser().parse_args(argv), name)) == text
 
 
 BAD = [  # (argv, a word the message must contain)
@@ -161,7 +161,7 @@ def assert_one_paragraph(message, word):
 @pytest.mark.parametrize("argv, word", BAD)
 def test_bad_value_is_a_usage_error(argv, word, capsys):
     with pytest.raises(SystemExit) as stopped:
-        run.build_parser().parse_args(argv)
+        build_parser().parse_args(argv)
     assert stopped.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -221,9 +221,9 @@ def test_run_py_is_executable_and_helps():
      "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_1L"),
 ])
 def test_results_folder_is_named_as_published(argv, name):
-    args = run.build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     assert run_folder.results_folder(args) == "results/" + name
-    elsewhere = run.build_parser().parse_args(argv + ["--results_dir=/data/runs"])
+    elsewhere = build_parser().parse_args(argv + ["--results_dir=/data/runs"])
     assert run_folder.results_folder(elsewhere) == "/data/runs/" + name
 
 
@@ -327,7 +327,7 @@ def test_one_epoch_on_real_data_beats_threshold(end_to_end, dataset, algorithm):
     nb_layers, threshold = E2E[(dataset, algorithm)]
     done = end_to_end.result((dataset, algorithm))
     assert_clean(done, 0)
-    args = run.build_parser().parse_args(done.argv)
+    args = build_parser().parse_args(done.argv)
     folder = run_folder.results_folder(args)
     assert os.path.isdir(folder), (folder, os.listdir(end_to_end.results))
     assert_results_files(folder, nb_layers, nb_lines=2)
@@ -348,21 +348,21 @@ def test_a_resumed_run_records_its_epochs_before_it_trains(tmp_path):
     """The run.json a resumed run writes as it begins says the epochs its checkpoint holds,
     so that a SIGKILL in the first epoch after --load leaves that record, not epochs_done 0."""
     import checkpoint
-    import run
     import run_folder
     import training
+    from folders import Folders, Run
     flags = ["--nb_layers=0", "--nb_epochs=3", f"--results_dir={tmp_path}"]
-    args = run.build_parser().parse_args(flags)
+    args = build_parser().parse_args(flags)
     folder = run_folder.results_folder(args)
     os.makedirs(folder)
     statistics = training.Statistics({name: [0.5, 0.5, 0.5] for name in STATISTICS})
-    checkpoint.save_checkpoint(folder, run.build_net(args), statistics, 2,
+    checkpoint.save_checkpoint(folder, build_net(args), statistics, 2,
                                run_folder.computation_settings(args))
-    resumed = run.build_parser().parse_args(flags + ["--load"])
-    folders = run.Folders()
+    resumed = build_parser().parse_args(flags + ["--load"])
+    folders = Folders()
     try:
         opened, stored = folders.open(resumed)
-        run.Run(resumed, flags + ["--load"], opened, stored).begin(None, None)
+        Run(resumed, flags + ["--load"], opened, stored).begin(None, None)
     finally:
         folders.release()
     record = json.load(open(os.path.join(folder, "run.json")))

@@ -2,8 +2,8 @@
 comparison of a stored run's settings with the ones asked for."""
 import pytest
 
-import run
 import run_folder
+from settings import build_parser
 
 
 @pytest.mark.parametrize("argv", [
@@ -20,7 +20,7 @@ import run_folder
     ["--learning_rate=123456789", "--orthogonal_reg=0.30000000000000004"],
 ])
 def test_folder_name_reads_back_into_the_settings_it_holds(argv):
-    args = run.build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     name = run_folder.folder_name(args)
     assert run_folder.settings_from_name(name) == {key: getattr(args, key)
                                                    for key in run_folder.NAMED}
@@ -39,9 +39,9 @@ def test_named_settings_are_computation_settings():
 
 
 def test_setting_differences_name_each_differing_computation_setting():
-    args = run.build_parser().parse_args(["--eval_interval=0", "--nb_epochs=3"])
+    args = build_parser().parse_args(["--eval_interval=0", "--nb_epochs=3"])
     stored = run_folder.computation_settings(args)
     assert run_folder.setting_differences(stored, args) == []
-    asked = run.build_parser().parse_args(["--nb_epochs=5", "--device=1"])  # not computation
+    asked = build_parser().parse_args(["--nb_epochs=5", "--device=1"])  # not computation
     assert run_folder.setting_differences(stored, asked) == ["eval_interval stored 0, asked 10"]
     assert run_folder.setting_differences({}, args)[0] == "algorithm stored None, asked 'BP'"

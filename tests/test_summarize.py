@@ -11,11 +11,11 @@ import sys
 import numpy
 import pytest
 
-import run
 import run_folder
 import summarize
 import summary_data
 from sweep_helpers import REPO, real_sweep, run_folders
+from settings import build_parser
 
 
 def summarize_cli(*arguments):
@@ -48,7 +48,7 @@ def expected_statistics(folders, eval_interval):
 def fabricate_run(root, curve, status="finished", train_curve=None, alignment=None,
                   **settings):
     """A results folder with run.json, test_acc.txt and training_acc.txt (and alignment.txt)."""
-    values = {**vars(run.build_parser().parse_args([])), "eval_interval": 0, **settings,
+    values = {**vars(build_parser().parse_args([])), "eval_interval": 0, **settings,
               "results_dir": str(root)}
     folder = run_folder.results_folder(argparse.Namespace(**values))
     os.makedirs(folder)

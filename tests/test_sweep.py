@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 import pack
-import run
 import run_folder
 import sweep
+from settings import build_parser as build_run_parser
 from sweep_helpers import (TINY_RUN, fabricate, fake_pack, mnist_root, real_sweep, record,
                            run_folders, start_slurm, sweep_command, wait_for)
 
@@ -39,7 +39,7 @@ def dry_run_launches(capsys, *arguments):
     launches = []
     for line in out.splitlines():
         script, flags = member_flags(line)
-        launches.append((script, [run.build_parser().parse_args(each) for each in flags]))
+        launches.append((script, [build_run_parser().parse_args(each) for each in flags]))
     return status, launches, err
 
 
@@ -173,7 +173,7 @@ def test_slurm_files_map_array_tasks_to_commands(capsys, tmp_path):
                       "--cpus-per-task=4"):
         assert f"#SBATCH {directive}\n" in script
     commands = sbatch[3][:-len(".sh")] + ".commands"
-    seeds = [run.build_parser().parse_args(shlex.split(line)[2:]).seed
+    seeds = [build_run_parser().parse_args(shlex.split(line)[2:]).seed
              for line in open(commands)]
     assert seeds == [1, 2, 3]
     with open(commands, "w") as file:  # stand-ins for the runs: what does task 1 execute?
@@ -331,7 +331,7 @@ def test_slurm_array_task_per_pack(capsys, tmp_path):
     sbatch = shlex.split(out.splitlines()[0])
     assert sbatch[2] == "--array=0-1" and "prepared 3 (3 new)" in err
     lines = open(sbatch[3][:-len(".sh")] + ".commands").read().splitlines()
-    assert [(script, [run.build_parser().parse_args(each).seed for each in flags])
+    assert [(script, [build_run_parser().parse_args(each).seed for each in flags])
             for script, flags in map(member_flags, lines)] == [("pack.py", [1, 2]),
                                                                 ("run.py", [3])]
 

@@ -286,8 +286,8 @@ def test_progress_lines_show_the_batches_and_the_latest_evaluation():
 
 
 def test_step_settings_of_run_arguments():
-    import run
-    args = run.build_parser().parse_args(["--algorithm=TP", "--learning_rate=0.5",
+    import settings
+    args = settings.build_parser().parse_args(["--algorithm=TP", "--learning_rate=0.5",
                                           "--orthogonal_reg=3", "--log_alignment=7"])
     assert training.StepSettings.of(args) == training.StepSettings("TP", 0.5, 3.0, 7)
 

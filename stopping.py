@@ -1,0 +1,52 @@
+"""How a run stops on Ctrl-C or SIGTERM: at once before training (`stop_before_training`, the
+handler run.py and pack.py install before their slow imports), at the next batch boundary
+during training (`StopSignal`). Light: only the standard library and the exit statuses."""
+import os
+import signal
+import sys
+
+from run_folder import EXIT_SIGNAL
+
+
+def stop_before_training(signum, frame):
+    """Ctrl-C / SIGTERM before StopSignal takes over: quit at once, status 130 / 143, no traceback.
+
+    os._exit, not SystemExit, which code under way (imports, the data-reading child's pool)
+    may catch or wait on. The child reading the data is killed first, or it would block on
+    its result forever. Files are written atomically and the kernel drops the folder lock.
+    """
+    print(f"\n{os.path.basename(sys.argv[0])}: {signal.Signals(signum).name} received before "
+          f"training started: stopped. "
+          f"Nothing was trained since the last checkpoint; run the command again (with --load "
+          f"if the results folder holds a run) to go on.", file=sys.stderr, flush=True)
+    # The signal may land inside `import multiprocessing`: a module only partly initialised
+    # has no active_children yet, and then no child has been started either.
+    active_children = getattr(sys.modules.get("multiprocessing.process"), "active_children", None)
+    try:
+        for child in active_children() if active_children else ():
+            child.kill()
+    finally:
+        os._exit(EXIT_SIGNAL[signum])
+
+
+class StopSignal:
+    """Turns the first SIGINT/SIGTERM into a request to stop at the next batch boundary; a
+    second one calls `on_second()` and exits at once (SystemExit, status 130 / 143)."""
+
+    def __init__(self, on_second):
+        self.received = None
+        self.on_second = on_second
+        for number_ in EXIT_SIGNAL:
+            signal.signal(number_, self.handle)
+
+    def handle(self, signum, frame):
+        """The signal handler: note the first signal, act on a second one."""
+        if self.received is not None:
+            self.on_second()
+            raise SystemExit(EXIT_SIGNAL[signum])
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping at the next batch boundary.",
+              file=sys.stderr, flush=True)
+
+    def __call__(self):
+        return self.received is not None
