@@ -37,6 +37,7 @@ import time
 
 import backend  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS
 import numpy
+import settings as settings_table
 import training
 from inv_net import InvNet, SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot, peak_memory_mb
@@ -44,8 +45,13 @@ from utils import evaluate, one_hot, peak_memory_mb
 BATCH, TRAIN, TEST, UNITS = 60, 60000, 10000, 784
 EVALS_PER_EPOCH = sum(training.evaluates_after(b, 10, 1000) for b in range(1000))
 # (row name, rule, lambda, learning rate): the paper's learning rate per rule
-ROWS = (("BP", "BP", 0.0, 1e-4), ("GAIT", "GAIT", 0.0, 1e-4), ("TP", "TP", 0.0, 1e-5),
-        ("GAIT lambda=0.1", "GAIT", 0.1, 1e-4), ("TP lambda=1000", "TP", 1000.0, 1e-5))
+# (name, rule, lambda, learning rate): each rule at the paper's learning rate, with lambda 0
+# and (GAIT, TP) with the paper's lambda.
+PAPER = {rule: settings_table.presets(settings_table.PAPER, rule) for rule in ("BP", "GAIT", "TP")}
+ROWS = tuple([(rule, rule, 0.0, PAPER[rule]["learning_rate"]) for rule in PAPER]
+             + [(f"{rule} lambda={PAPER[rule]['orthogonal_reg']:g}", rule,
+                 PAPER[rule]["orthogonal_reg"], PAPER[rule]["learning_rate"])
+                for rule in ("GAIT", "TP")])
 GPU_TARGETS = {"ms_per_step": {"float64": 1.0, "float32": 0.8}, "evaluation_efficiency": 0.8}
 STEPS_PER_ROUND = {"numpy": 10, "cupy": 50}
 PACK_ROWS = ("BP", "GAIT lambda=0.1", "TP lambda=1000")  # the paper's settings

@@ -36,24 +36,21 @@ if __name__ == "__main__":  # before the slow imports and the data sets, as run.
 import backend  # noqa: E402
 import data  # noqa: E402
 import run_folder  # noqa: E402
+import settings as settings_table  # noqa: E402
 import training  # noqa: E402
 from folders import Folders, Run, UsageError, guarded  # noqa: E402
 from inv_net import InvNet  # noqa: E402
 from run_folder import EXIT_DIVERGED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE  # noqa: E402
-from settings import build_parser as build_run_parser  # noqa: E402
-
-# Settings the runs of a pack must share (with "lambda is zero"); the rest may differ.
-SHARED = ("algorithm", "nb_layers", "tower", "linear", "dtype", "backend", "device",
-          "eval_interval", "log_alignment")
-
 
 def pack_key(settings):
-    """What makes runs compatible in a pack: their SHARED settings and whether lambda is zero
-    (the square network's depth does not matter for the tower)."""
-    key = {name: getattr(settings, name) for name in SHARED}
+    """What makes runs compatible in a pack: the settings the table marks "shared" and, for
+    those marked "zero or not", whether they are 0 (the square network's depth does not
+    matter for the tower)."""
+    key = {name: getattr(settings, name) for name in settings_table.names(pack="shared")}
     if settings.tower:
         key["nb_layers"] = None
-    key["regularised"] = settings.orthogonal_reg != 0
+    for name in settings_table.names(pack="zero or not"):
+        key[f"whether {name} is 0"] = getattr(settings, name) == 0
     return tuple(sorted(key.items()))
 
 
@@ -77,7 +74,7 @@ def parse_members(texts):
     members = []
     for index, text in enumerate(texts):
         argv = shlex.split(text)
-        parser = build_run_parser()
+        parser = settings_table.build_parser()
 
         def error(message, index=index, text=text):
             raise UsageError(f"--member {index + 1} ({text}): {message}")

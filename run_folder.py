@@ -5,11 +5,14 @@ A results folder is named from the settings, as the published scripts named it
 and the weights `{i}Lweights.npy`, `{i}Lbiases.npy`. `COMPUTATION` lists the settings that
 change what a run computes: a stored run is continued only under equal ones
 (`setting_differences`). run.py writes all this; checkpoint.py, sweep.py, sweep_launch.py
-and summarize.py read it. Only the standard library is imported here.
+and summarize.py read it. Only the standard library (and the table of settings) is imported
+here.
 """
 import os
 import re
 import signal
+
+import settings as settings_table
 
 STATISTICS = ("training_acc", "training_loss", "test_acc", "test_loss")  # a .txt file each
 ALIGNMENT = "alignment.txt"
@@ -19,15 +22,12 @@ LOCK = "run.lock"
 ERROR_LOG = "error.log"
 
 # The settings that change what a run computes: a stored run resumes only under equal ones.
-COMPUTATION = ("algorithm", "dataset", "seed", "nb_layers", "tower", "linear", "orthogonal_init",
-               "orthogonal_reg", "learning_rate", "eval_interval", "dtype")
-# The settings a folder name holds (eval_interval and dtype are not in it).
-NAMED = ("dataset", "algorithm", "linear", "orthogonal_init", "orthogonal_reg", "seed",
-         "learning_rate", "nb_layers", "tower")
-FOLDER_NAME = re.compile(
-    r"(?P<dataset>[A-Z]+)_(?P<algorithm>[A-Z]+)_(?P<linear>Linear_)?"
-    r"(?P<orthogonal_init>OrthoInit_)?(?P<orthogonal_reg>[^_]+)OrthoReg_(?P<seed>-?\d+)Seed_"
-    r"(?P<learning_rate>[^_]+)LR_(?P<nb_layers>\d+)(?P<tower>L|TOWER)")
+COMPUTATION = settings_table.names(computation=True)
+# The settings a folder name holds (eval_interval and dtype are not in it), in its order.
+NAMED = tuple(sorted((setting.name for setting in settings_table.TABLE if setting.folder),
+                     key=lambda name: settings_table.SETTINGS[name].folder.position))
+FOLDER_NAME = re.compile("".join(settings_table.SETTINGS[name].folder.pattern
+                                 for name in NAMED))
 
 # run.py's exit statuses (sweep.py's mean the same): README's table says what each asks for.
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
@@ -65,11 +65,10 @@ RESULT_FILES = tuple(map(statistics_file, STATISTICS)) + (ALIGNMENT, CHECKPOINT,
 
 def folder_name(settings):
     """{dataset}_{algorithm}_[Linear_][OrthoInit_]{reg}OrthoReg_{seed}Seed_{lr}LR_{n}L|TOWER
-    for run.py's arguments (or any object with those attributes), as published."""
-    return (f"{settings.dataset}_{settings.algorithm}_" + ("Linear_" if settings.linear else "")
-            + ("OrthoInit_" if settings.orthogonal_init else "")
-            + f"{settings.orthogonal_reg}OrthoReg_{settings.seed}Seed_{settings.learning_rate}LR_"
-            + f"{settings.nb_layers}{'TOWER' if settings.tower else 'L'}")
+    for run.py's arguments (or any object with those attributes), as published: the name
+    pieces (settings.NamePiece) of the NAMED settings in order."""
+    return "".join(settings_table.SETTINGS[name].folder.text(getattr(settings, name))
+                   for name in NAMED)
 
 
 def settings_from_name(name):
@@ -78,11 +77,7 @@ def settings_from_name(name):
     if match is None:
         return None
     try:
-        return {"dataset": match["dataset"], "algorithm": match["algorithm"],
-                "linear": bool(match["linear"]), "orthogonal_init": bool(match["orthogonal_init"]),
-                "orthogonal_reg": float(match["orthogonal_reg"]), "seed": int(match["seed"]),
-                "learning_rate": float(match["learning_rate"]),
-                "nb_layers": int(match["nb_layers"]), "tower": match["tower"] == "TOWER"}
+        return {name: settings_table.SETTINGS[name].folder.parse(match[name]) for name in NAMED}
     except ValueError:
         return None
 

@@ -1,67 +1,223 @@
-"""run.py's settings: the command line's flags (`build_parser`) and the network they name
-(`build_net`)."""
-import argparse
-import math
+"""Every setting of a run, once: one row each in `TABLE`, from which the command line
+(`build_parser`), the results folder's name and its parser (run_folder), the settings a
+stored run must share to be continued, the pack key (pack.pack_key), the sweep's grid
+(sweep.py), the paper's presets and the summaries' columns (summary_data) are derived;
+and the network the settings name (`build_net`).
 
-import backend
-import data
-import training
-from run_folder import EXIT_USAGE
+A new flag is one row. Only the standard library is imported at the top: run_folder and
+the summaries read this module without loading the training code (`build_parser` and
+`build_net` import what they need).
+"""
+import argparse
+import dataclasses
+import importlib
+import math
+import re
+
+
+@dataclasses.dataclass(frozen=True)
+class NamePiece:
+    """How a setting shows in the results folder's name: at `position` (pieces in increasing
+    order), the text `text(value)`, matched back by the regular expression `pattern` (whose
+    group is the setting's name) and turned into the value by `parse(matched text or None)`."""
+
+    position: float
+    text: object
+    pattern: str
+    parse: object
+
+
+def value_piece(position, name, pattern, suffix, parse):
+    """`{value}{suffix}`, e.g. 0.1OrthoReg_ (the value matched by `pattern`)."""
+    return NamePiece(position, lambda value: f"{value}{suffix}",
+                     f"(?P<{name}>{pattern}){re.escape(suffix)}", parse)
+
+
+def word_piece(position, name, word):
+    """`word` when the switch is on, nothing when off, e.g. Linear_."""
+    return NamePiece(position, lambda value: word if value else "",
+                     f"(?P<{name}>{re.escape(word)})?", lambda text: text is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting of a run (run.py's flag --name), and how each part of the package uses it.
+
+    - kind: "value" (a number or a choice: `convert` checks it; `choices` names the module
+      attribute whose keys are the allowed values), "path" (a folder), "switch" (on when
+      given) or "action" (a switch that says what to do with the results folder);
+    - published: a flag of the published scripts (else one added by this package);
+    - computation: it changes what a run computes (a stored run continues only under an
+      equal value);
+    - folder: its NamePiece, if the results folder's name shows it;
+    - pack: "shared" (a pack's runs have one value), "zero or not" (they agree on whether
+      it is 0) or "free";
+    - grid: its position in a sweep's grid (a sweep takes one or more values), or None;
+      sweep: "passed" (one value, passed to every run of a sweep) or "device" (given
+      round-robin by --devices); always_written: in every sweep command, even at its default;
+    - presets: {preset: {algorithm: value}};
+    - column: (position, label, always shown) in the summaries' tables, or None.
+    """
+
+    name: str
+    default: object
+    help: str
+    kind: str = "value"
+    convert: object = None
+    choices: str = None
+    aliases: tuple = ()
+    metavar: str = None
+    published: bool = False
+    computation: bool = False
+    folder: NamePiece = None
+    pack: str = "free"
+    grid: int = None
+    sweep: str = None
+    always_written: bool = False
+    presets: dict = dataclasses.field(default_factory=dict)
+    column: tuple = None
+
+
+class Number:
+    """An argparse type: a finite int or float >= minimum (> minimum if strict)."""
+
+    def __init__(self, kind, minimum, strict=False):
+        self.kind, self.minimum, self.strict = kind, minimum, strict
+
+    def __call__(self, text):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            expected = "an integer" if self.kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+        if (not math.isfinite(value) or value < self.minimum
+                or (self.strict and value == self.minimum)):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'greater than' if self.strict else 'at least'} "
+                f"{self.minimum}")
+        return value
+
+
+PAPER = "paper"  # the preset of the paper's settings per algorithm (Ahmad et al. 2020, sec. 4)
+
+# In run.py's order of flags (the published ones first); `grid` orders the sweep's grid
+# (outermost first: the seeds of one setting are adjacent).
+TABLE = (
+    Setting("algorithm", "BP", "learning rule", choices="training.RULES", published=True,
+            computation=True, folder=value_piece(1, "algorithm", "[A-Z]+", "_", str),
+            pack="shared", grid=1, always_written=True, column=(1, "algorithm", True)),
+    Setting("seed", 1, "base seed of the weights", convert=Number(int, -2**31), published=True,
+            computation=True, folder=value_piece(5, "seed", r"-?\d+", "Seed_", int),
+            grid=12, always_written=True),
+    Setting("orthogonal_reg", 0.0,
+            "lambda of the orthogonal regulariser (0 also means orthogonal initialisation)",
+            convert=Number(float, 0.0), aliases=("--orthogona_reg",), published=True,
+            computation=True,
+            folder=value_piece(4, "orthogonal_reg", "[^_]+", "OrthoReg_", float),
+            pack="zero or not", grid=6,
+            presets={PAPER: {"BP": 0.0, "GAIT": 0.1, "TP": 1000.0}},
+            column=(4, "ortho reg", True)),
+    Setting("device", 0, "GPU id when CuPy is used", convert=Number(int, 0), published=True,
+            pack="shared", sweep="device"),
+    Setting("nb_epochs", 100, "epochs to train (in total)", convert=Number(int, 1),
+            published=True, grid=11, always_written=True),
+    Setting("nb_layers", 1, "hidden layers of a square network", convert=Number(int, 0),
+            published=True, computation=True,
+            folder=value_piece(7, "nb_layers", r"\d+", "", int), pack="shared", grid=2,
+            column=(2, "net", True)),
+    Setting("learning_rate", 0.0001, None, convert=Number(float, 0.0, strict=True),
+            published=True, computation=True,
+            folder=value_piece(6, "learning_rate", "[^_]+", "LR_", float), grid=7,
+            presets={PAPER: {"BP": 1e-4, "GAIT": 1e-4, "TP": 1e-5}}, column=(3, "lr", True)),
+    Setting("dataset", "MNIST", None, choices="data.DATASETS", published=True,
+            computation=True, folder=value_piece(0, "dataset", "[A-Z]+", "_", str),
+            grid=0, always_written=True, column=(0, "dataset", True)),
+    Setting("linear", False, "linear layers instead of leaky ReLU", kind="switch",
+            published=True, computation=True, folder=word_piece(2, "linear", "Linear_"),
+            pack="shared", grid=4, column=(6, "linear", False)),
+    Setting("tower", False, "the 784-784-500-200-10 tower network", kind="switch",
+            published=True, computation=True,
+            folder=NamePiece(8, lambda value: "TOWER" if value else "L", "(?P<tower>L|TOWER)",
+                             lambda text: text == "TOWER"),
+            pack="shared", grid=3),
+    Setting("orthogonal_init", False,
+            "orthogonal initialisation even when --orthogonal_reg > 0", kind="switch",
+            published=True, computation=True,
+            folder=word_piece(3, "orthogonal_init", "OrthoInit_"), grid=5,
+            presets={PAPER: {"BP": False, "GAIT": True, "TP": True}},
+            column=(5, "ortho init", False)),
+    Setting("load", False, "continue the run stored in the results folder", kind="action",
+            published=True),
+    Setting("eval_interval", 10,
+            "batches between evaluations (10, as published); 0 = only at the end of each epoch",
+            convert=Number(int, 0), computation=True, pack="shared", grid=9,
+            column=(7, "eval every", False)),
+    Setting("log_alignment", 0,
+            "every N batches, log per layer the angle between the rule's and BP's weight "
+            "directions to alignment.txt (0 = off)", convert=Number(int, 0), metavar="N",
+            pack="shared", grid=10),
+    Setting("dtype", "float64", None, choices="backend.DTYPES", computation=True,
+            pack="shared", grid=8, column=(8, "dtype", False)),
+    Setting("backend", "auto", "auto = CuPy when it imports and sees a GPU, else NumPy",
+            choices="backend.CHOICES", pack="shared", sweep="passed"),
+    Setting("data_dir", "./data", "torchvision data root", kind="path", sweep="passed"),
+    Setting("results_dir", "results", "where results folders go", kind="path",
+            sweep="passed"),
+    Setting("overwrite", False, "replace a finished or interrupted run in the results folder",
+            kind="action"),
+)
+SETTINGS = {setting.name: setting for setting in TABLE}
+
+
+def names(**wanted):
+    """The names of the settings whose fields have the given values, in table order."""
+    return tuple(setting.name for setting in TABLE
+                 if all(getattr(setting, field) == value for field, value in wanted.items()))
+
+
+def presets(preset, algorithm):
+    """{setting: value} of a preset for one algorithm."""
+    return {setting.name: setting.presets[preset][algorithm] for setting in TABLE
+            if preset in setting.presets}
+
+
+PRESETS = sorted({preset for setting in TABLE for preset in setting.presets})
+# The summaries' columns in order ({name: label}) and those always shown.
+COLUMNS = {setting.name: setting.column[1] for setting in
+           sorted((setting for setting in TABLE if setting.column),
+                  key=lambda setting: setting.column[0])}
+ALWAYS_SHOWN = tuple(name for name in COLUMNS if SETTINGS[name].column[2])
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
+        from run_folder import EXIT_USAGE
         self.exit(EXIT_USAGE, f"run.py: {message}. Run ./run.py --help for every flag and its "
                               f"allowed values; nothing was written.\n")
 
 
-def number(kind, minimum, strict=False):
-    """An argparse type: a finite `kind` (int or float) >= minimum (> minimum if strict)."""
-    def convert(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            expected = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            raise argparse.ArgumentTypeError(
-                f"{text!r} must be {'greater than' if strict else 'at least'} {minimum}")
-        return value
-    return convert
+def choices(setting):
+    """The allowed values of a setting: the keys of the module attribute it names."""
+    if setting.choices is None:
+        return None
+    module, attribute = setting.choices.rsplit(".", 1)
+    return list(getattr(importlib.import_module(module), attribute))
 
 
 def build_parser():
+    """run.py's parser: a flag per row of TABLE (the published ones, then this package's)."""
     parser = Parser(description="Train an invertible MLP with BP, GAIT-prop or TP and dump "
                                 "accuracies, losses and weights (see README.md).")
-    add = parser.add_argument
-    add("--algorithm", choices=sorted(training.RULES), default="BP", help="learning rule")
-    add("--seed", type=number(int, -2**31), default=1, help="base seed of the weights")
-    add("--orthogonal_reg", "--orthogona_reg", type=number(float, 0.0), default=0.0,
-        help="lambda of the orthogonal regulariser (0 also means orthogonal initialisation)")
-    add("--device", type=number(int, 0), default=0, help="GPU id when CuPy is used")
-    add("--nb_epochs", type=number(int, 1), default=100, help="epochs to train (in total)")
-    add("--nb_layers", type=number(int, 0), default=1, help="hidden layers of a square network")
-    add("--learning_rate", type=number(float, 0.0, strict=True), default=0.0001)
-    add("--dataset", choices=list(data.DATASETS), default="MNIST")
-    add("--linear", action="store_true", help="linear layers instead of leaky ReLU")
-    add("--tower", action="store_true", help="the 784-784-500-200-10 tower network")
-    add("--orthogonal_init", action="store_true",
-        help="orthogonal initialisation even when --orthogonal_reg > 0")
-    add("--load", action="store_true", help="continue the run stored in the results folder")
     ours = parser.add_argument_group("added by this package")
-    ours.add_argument("--eval_interval", type=number(int, 0), default=10,
-                      help="batches between evaluations (10, as published); 0 = only at the "
-                           "end of each epoch")
-    ours.add_argument("--log_alignment", type=number(int, 0), default=0, metavar="N",
-                      help="every N batches, log per layer the angle between the rule's and "
-                           "BP's weight directions to alignment.txt (0 = off)")
-    ours.add_argument("--dtype", choices=backend.DTYPES, default="float64")
-    ours.add_argument("--backend", choices=backend.CHOICES, default="auto",
-                      help="auto = CuPy when it imports and sees a GPU, else NumPy")
-    ours.add_argument("--data_dir", default="./data", help="torchvision data root")
-    ours.add_argument("--results_dir", default="results", help="where results folders go")
-    ours.add_argument("--overwrite", action="store_true",
-                      help="replace a finished or interrupted run in the results folder")
+    for setting in TABLE:
+        group = parser if setting.published else ours
+        flags = [f"--{setting.name}", *setting.aliases]
+        if setting.kind in ("switch", "action"):
+            group.add_argument(*flags, action="store_true", help=setting.help)
+        else:
+            group.add_argument(*flags, type=setting.convert, choices=choices(setting),
+                               default=setting.default, metavar=setting.metavar,
+                               help=setting.help)
     return parser
 
 

@@ -19,13 +19,16 @@ import numpy
 import checkpoint
 import data
 import run_folder
+import settings as settings_table
 import training
 from run_folder import ALIGNMENT, RUN_RECORD
 
 NB_BATCHES = training.batch_layout(data.TRAINING_IMAGES)[1]  # batches an epoch
 GROUP_KEYS = tuple(name for name in run_folder.COMPUTATION if name != "seed")
 IN_PROGRESS = ("running", "interrupted", "failed")
-ORDER = {"dataset": ("MNIST", "FMNIST", "KMNIST"), "algorithm": ("BP", "GAIT", "TP")}
+# Groups in the order of these settings' allowed values (MNIST, FMNIST, KMNIST; BP, GAIT, TP).
+ORDER = {name: tuple(settings_table.choices(settings_table.SETTINGS[name]))
+         for name in ("dataset", "algorithm")}
 # What a folder of the published scripts (no run.json) is assumed to have run with.
 PUBLISHED_UNNAMED = {"eval_interval": 10, "dtype": None}
 # A folder holding either file is a results folder (the published scripts wrote no run.json).
@@ -185,10 +188,8 @@ def group_runs(runs):
     return sorted(groups, key=lambda group: sort_key(group.key))
 
 
-LABELS = {"dataset": "dataset", "algorithm": "algorithm", "nb_layers": "net",
-          "learning_rate": "lr", "orthogonal_reg": "ortho reg", "orthogonal_init": "ortho init",
-          "linear": "linear", "eval_interval": "eval every", "dtype": "dtype"}
-ALWAYS = ("dataset", "algorithm", "nb_layers", "learning_rate", "orthogonal_reg")
+LABELS = settings_table.COLUMNS  # {setting: its column's label}, in the columns' order
+ALWAYS = settings_table.ALWAYS_SHOWN
 
 
 def label_columns(groups):

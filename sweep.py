@@ -22,28 +22,23 @@ import re
 import shlex
 import sys
 
-import backend
 import pack
 import run_folder
+import settings as settings_table
 import sweep_launch
 from run_folder import EXIT_USAGE
-from settings import build_parser as build_run_parser
 from sweep_launch import SweepError
 
-# Grid flags, outermost first: the seeds of one setting are adjacent.
-GRID = ("dataset", "algorithm", "nb_layers", "tower", "linear", "orthogonal_init",
-        "orthogonal_reg", "learning_rate", "dtype", "eval_interval", "log_alignment",
-        "nb_epochs", "seed")
-ALWAYS_WRITTEN = ("dataset", "algorithm", "seed", "nb_epochs")  # the others when not default
-SWITCHES = ("tower", "linear", "orthogonal_init")
-INTEGERS = ("seed", "nb_layers", "nb_epochs", "eval_interval", "log_alignment")
+# Grid flags (the table's `grid` rows), outermost first: the seeds of one setting are adjacent.
+GRID = tuple(sorted((setting.name for setting in settings_table.TABLE if setting.grid is not None),
+                    key=lambda name: settings_table.SETTINGS[name].grid))
+ALWAYS_WRITTEN = settings_table.names(always_written=True)  # the others when not default
+SWITCHES = tuple(name for name in GRID if settings_table.SETTINGS[name].kind == "switch")
+INTEGERS = tuple(name for name in GRID
+                 if getattr(settings_table.SETTINGS[name].convert, "kind", None) is int)
+PASSED = settings_table.names(sweep="passed")  # one value, passed to every run
+PATHS = settings_table.names(kind="path")  # made absolute, always written
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
-# The paper's settings per algorithm (Ahmad et al. 2020, section 4).
-PRESETS = {"paper": {
-    "BP": {"learning_rate": 1e-4, "orthogonal_reg": 0.0, "orthogonal_init": False},
-    "GAIT": {"learning_rate": 1e-4, "orthogonal_reg": 0.1, "orthogonal_init": True},
-    "TP": {"learning_rate": 1e-5, "orthogonal_reg": 1000.0, "orthogonal_init": True},
-}}
 RUN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
 PACK_PY = os.path.join(os.path.dirname(RUN_PY), "pack.py")
 
@@ -60,17 +55,18 @@ def build_parser():
                     epilog=__doc__.split("\n", 1)[1])
     grid = parser.add_argument_group("the grid (run.py's flags, each with one or more values)")
     for name in GRID:
-        aliases = ["--orthogona_reg"] if name == "orthogonal_reg" else []
+        aliases = settings_table.SETTINGS[name].aliases
         if name in SWITCHES:
             grid.add_argument(f"--{name}", nargs="*", metavar="on|off")
         else:
             grid.add_argument(f"--{name}", *aliases, nargs="+", metavar="VALUE")
-    grid.add_argument("--preset", choices=sorted(PRESETS),
+    grid.add_argument("--preset", choices=settings_table.PRESETS,
                       help="per-algorithm settings of the paper (explicit flags win)")
     shared = parser.add_argument_group("passed unchanged to every run")
-    shared.add_argument("--results_dir", default="results")
-    shared.add_argument("--data_dir", default="./data")
-    shared.add_argument("--backend", choices=backend.CHOICES, default="auto")
+    for name in PASSED:
+        setting = settings_table.SETTINGS[name]
+        shared.add_argument(f"--{name}", default=setting.default,
+                            choices=settings_table.choices(setting))
     control = parser.add_argument_group("execution")
     control.add_argument("--jobs", type=int, help="processes (runs or packs) at a time "
                                                   "(default: one per --devices entry, else 1)")
@@ -98,7 +94,7 @@ def build_parser():
 
 def run_parser():
     """run.py's own parser, raising SweepError instead of exiting."""
-    parser = build_run_parser()
+    parser = settings_table.build_parser()
 
     def error(message):
         raise SweepError(message)
@@ -143,13 +139,13 @@ def expand(args):
     defaults = vars(parser.parse_args([]))
     given = {name: grid_values(name, getattr(args, name), parser)
              for name in GRID if getattr(args, name) is not None}
-    shared = {"results_dir": os.path.abspath(args.results_dir),
-              "data_dir": os.path.abspath(args.data_dir), "backend": args.backend}
+    shared = {name: os.path.abspath(getattr(args, name)) if name in PATHS else getattr(args, name)
+              for name in PASSED}
     runs = []
     for combination in itertools.product(*given.values()):
         explicit = dict(zip(given, combination))
         algorithm = explicit.get("algorithm", defaults["algorithm"])
-        preset = PRESETS[args.preset][algorithm] if args.preset else {}
+        preset = settings_table.presets(args.preset, algorithm) if args.preset else {}
         runs.append(argparse.Namespace(**{**defaults, **preset, **explicit, **shared}))
     folders = {}
     for settings in runs:
@@ -169,12 +165,12 @@ def command(settings, mode=None):
     It names the data set, algorithm, seed, epochs and folders, and every other setting
     that differs from run.py's default.
     """
-    defaults = vars(build_run_parser().parse_args([]))
+    defaults = vars(settings_table.build_parser().parse_args([]))
     flags = []
-    for name in GRID + ("device", "backend", "data_dir", "results_dir"):
+    for name in GRID + settings_table.names(sweep="device") + PASSED:
         value = getattr(settings, name, None)
         if value is None or (value == defaults.get(name) and name not in ALWAYS_WRITTEN
-                             and name not in ("data_dir", "results_dir")):
+                             and name not in PATHS):
             continue
         flags.append(f"--{name}" if name in SWITCHES else f"--{name}={value}")
     if mode is not None:

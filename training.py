@@ -111,8 +111,8 @@ class StepSettings:
 
     @classmethod
     def of(cls, args):
-        """The step settings of run.py's parsed arguments."""
-        return cls(args.algorithm, args.learning_rate, args.orthogonal_reg, args.log_alignment)
+        """The step settings of run.py's parsed arguments (its settings of these names)."""
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
     @classmethod
     def of_pack(cls, settings):

@@ -16,6 +16,7 @@ import numpy
 import pytest
 
 import run_folder
+import settings as settings_table
 import training
 from helpers import ENV, RUN_PY, STATISTICS, assert_clean, cli, copy_raw, line_count, missing_data
 from settings import build_net, build_parser
@@ -271,9 +272,10 @@ def test_default_cadence_real_run_writes_100_lines(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-PAPER = {"BP": ["--orthogonal_reg", "0", "--learning_rate", "1e-4"],
-         "GAIT": ["--orthogonal_reg", "0.1", "--orthogonal_init", "--learning_rate", "1e-4"],
-         "TP": ["--orthogonal_reg", "1000", "--orthogonal_init", "--learning_rate", "1e-5"]}
+PAPER = {rule: [f"--{name}" if value is True else f"--{name}={value}"
+                for name, value in settings_table.presets(settings_table.PAPER, rule).items()
+                if value is not False]
+         for rule in ("BP", "GAIT", "TP")}
 # (dataset, algorithm) -> (hidden layers, test accuracy to beat after one epoch). The
 # regulariser costs 2 * 784**3 multiply-adds per layer per batch, so GAIT and TP run one
 # hidden layer on MNIST (their inverses on real data) and none on Fashion-MNIST.

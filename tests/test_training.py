@@ -11,12 +11,15 @@ import numpy
 import pytest
 
 import backend
+import settings as settings_table
 import training
 from inv_layer import KeptInverse
 from inv_net import InvNet, SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot
 
-PAPER = {"BP": (0.0, 1e-4), "GAIT": (0.1, 1e-4), "TP": (1000.0, 1e-5)}  # (lambda, lr)
+PAPER = {rule: (preset["orthogonal_reg"], preset["learning_rate"])  # (lambda, lr)
+         for rule, preset in ((rule, settings_table.presets(settings_table.PAPER, rule))
+                              for rule in ("BP", "GAIT", "TP"))}
 
 
 def batches(count, seed=0, units=784):
