@@ -243,8 +243,7 @@ def profile_step(net, settings, runner, replays=200):
     step without a graph (Python and kernel launches)."""
     images, labels = training_batches(1)[0]
     rule = getattr(net, training.RULES[settings.algorithm])
-    forward, targets, weight_directions, bias_directions = training.rule_directions(
-        net, settings, images, labels)
+    forward, targets, directions = training.rule_directions(net, settings, images, labels)
     solved = [(layer, forward[index + 1][:, :layer.nb_units])
               for index, layer in enumerate(net.layers) if layer.kept_inverse is not None]
     phases = {
@@ -255,9 +254,9 @@ def profile_step(net, settings, runner, replays=200):
         "  regulariser": lambda: [layer.orthogonality_gradient(-settings.orthogonal_reg)
                                   for layer in net.layers],
         "checks": lambda: training.finiteness_sums(
-            [forward[-1]] + weight_directions + bias_directions, runner.sums),
-        "optimiser": lambda: net.update_parameters(weight_directions, bias_directions,
-                                                   settings.learning_rate, runner.guard),
+            [forward[-1]] + list(net.named(directions).values()), runner.sums),
+        "optimiser": lambda: net.update_parameters(directions, settings.learning_rate,
+                                                   runner.guard),
         "batch tally": lambda: runner._tally(forward[-1], labels),
     }
     if not solved:

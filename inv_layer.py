@@ -117,7 +117,14 @@ class InvLayer:
     Forward: h = f(x @ W + b). Inverse: x = (f^-1(h) - b) @ inv(W), by an LU solve against
     the current W, so it is always exact; in GPU training, by a `KeptInverse` whose residual
     is checked (the step is redone with LU solves when it is not at rounding level).
+
+    Its parameters by name (`PARAMETERS`: name -> the attribute that holds the array, and
+    the letter that names it in a network's checkpoint): "weights" W and "biases" b. What
+    handles parameters (stacking, views, state, files, directions, the optimiser) goes by
+    these names.
     """
+
+    PARAMETERS = {"weights": ("weight_matrix", "W"), "biases": ("biases", "b")}
 
     def __init__(self, nb_units, seed=None, orthogonal_init=False, linear=False):
         self.nb_units = nb_units
@@ -131,21 +138,22 @@ class InvLayer:
     @classmethod
     def stack(cls, layers):
         """The layer of a pack: the same layer of several runs (all of one width and transfer),
-        W and b stacked along a leading run axis (copies; no kept inverse)."""
+        each parameter stacked along a leading run axis (copies; no kept inverse)."""
         xp = backend.array_module(layers[0].weight_matrix)
         pack = copy.copy(layers[0])
         pack.seed = [layer.seed for layer in layers]
-        pack.weight_matrix = xp.stack([layer.weight_matrix for layer in layers])
-        pack.biases = xp.stack([layer.biases for layer in layers])
+        for attribute, _ in cls.PARAMETERS.values():
+            setattr(pack, attribute, xp.stack([getattr(layer, attribute) for layer in layers]))
         pack.kept_inverse, pack.runs = None, len(layers)
         return pack
 
     def run(self, index):
-        """The layer of run `index` of a pack, whose W and b are views of the pack's arrays
+        """The layer of run `index` of a pack, whose parameters are views of the pack's arrays
         (what it computes and saves is that run's; it solves by LU)."""
         single = copy.copy(self)
         single.seed = self.seed[index]
-        single.weight_matrix, single.biases = self.weight_matrix[index], self.biases[index]
+        for attribute, _ in self.PARAMETERS.values():
+            setattr(single, attribute, getattr(self, attribute)[index])
         single.kept_inverse, single.runs = None, None
         return single
 
@@ -217,7 +225,8 @@ class InvLayer:
         return backend.matmul(gram, self.weight_matrix)
 
     def directions(self, inputs, local_errors, ortho_weighting=0.0):
-        """Update directions (-grad_W, -grad_b) from this layer's inputs x and d = g * e.
+        """Update directions by parameter name from this layer's inputs x and d = g * e:
+        {"weights": -grad_W, "biases": -grad_b}.
 
         grad_W = x.T @ d / n + lambda * dR/dW, grad_b = mean(d over the rows). The scalings
         are applied to the small factors (d, O) rather than to the (units, units) products.
@@ -226,27 +235,31 @@ class InvLayer:
                                           local_errors / -inputs.shape[-2])
         if regularised(ortho_weighting):
             weight_direction += self.orthogonality_gradient(-ortho_weighting)
-        return weight_direction, -local_errors.mean(axis=-2)
+        return {"weights": weight_direction, "biases": -local_errors.mean(axis=-2)}
 
     def state(self):
-        """{"weights": W, "biases": b}: this layer's parameters (the arrays themselves)."""
-        return {"weights": self.weight_matrix, "biases": self.biases}
+        """{name: array} of this layer's parameters (the arrays themselves), in PARAMETERS'
+        order: {"weights": W, "biases": b}."""
+        return {name: getattr(self, attribute)
+                for name, (attribute, _) in self.PARAMETERS.items()}
 
     def set_state(self, state):
-        """Set W and b from host or device arrays of the right shapes (copied)."""
-        weights, biases = state["weights"], state["biases"]
-        runs = () if self.runs is None else (self.runs,)
-        if (weights.shape != runs + (self.nb_units, self.nb_units)
-                or biases.shape != runs + (self.nb_units,)):
-            raise ValueError(f"weights / biases of shapes {weights.shape} / {biases.shape} are "
-                             f"not those of a {self.nb_units}-unit layer")
-        self.weight_matrix = backend.to_device(backend.to_host(weights))
-        self.biases = backend.to_device(backend.to_host(biases))
+        """Set every parameter from host or device arrays of the shapes they have (copied);
+        ValueError naming the parameters otherwise, with nothing changed."""
+        wrong = [f"{name} of shape {state[name].shape}, not {getattr(self, attribute).shape}"
+                 for name, (attribute, _) in self.PARAMETERS.items()
+                 if state[name].shape != getattr(self, attribute).shape]
+        if wrong:
+            raise ValueError(f"{'; '.join(wrong)}: not those of this {self.nb_units}-unit "
+                             f"layer")
+        for name, (attribute, _) in self.PARAMETERS.items():
+            setattr(self, attribute, backend.to_device(backend.to_host(state[name])))
         if self.kept_inverse is not None:
             self.kept_inverse.reset(self.weight_matrix)
 
     def save_params(self, prefix):
-        """Write `prefix + "weights.npy"` and `prefix + "biases.npy"` (host NumPy arrays)."""
+        """Write `prefix + name + ".npy"` of each parameter (weights.npy, biases.npy; host
+        NumPy arrays)."""
         for name, array in self.state().items():
             numpy.save(prefix + name + ".npy", backend.to_host(array))
 
@@ -254,6 +267,7 @@ class InvLayer:
         """Read the files of `save_params` (no pickles)."""
         try:
             self.set_state({name: numpy.load(prefix + name + ".npy", allow_pickle=False)
-                            for name in ("weights", "biases")})
+                            for name in self.PARAMETERS})
         except ValueError as error:
-            raise ValueError(f"{prefix}weights.npy / biases.npy: {error}") from None
+            files = " / ".join(f"{prefix}{name}.npy" for name in self.PARAMETERS)
+            raise ValueError(f"{files}: {error}") from None

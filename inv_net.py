@@ -47,7 +47,8 @@ _GUARDED_MOMENT_STEP = backend.Fused(None, "T u, T lr, raw int64 guard", "T p, T
 
 
 class MomentOptimizer:
-    """Adam-like steps without bias correction, one pair of moments per parameter array.
+    """Adam-like steps without bias correction, one pair of moments per parameter array,
+    both keyed by the parameter's name in the network (W0, b0, W1, ...).
 
     m = 0.9 m + 0.1 u;  v = 0.99 v + 0.01 u**2;  p = p + lr * m / (1e-8 + sqrt(v)).
     In place: on the host block by block of rows (`backend.block_rows`), so that the
@@ -56,20 +57,24 @@ class MomentOptimizer:
     """
 
     def __init__(self, parameters):
-        xp = backend.array_module(parameters[0])
-        self.first_moments = [xp.zeros_like(p) for p in parameters]
-        self.second_moments = [xp.zeros_like(p) for p in parameters]
+        self.first_moments = {name: backend.array_module(p).zeros_like(p)
+                              for name, p in parameters.items()}
+        self.second_moments = {name: backend.array_module(p).zeros_like(p)
+                               for name, p in parameters.items()}
 
     def step(self, parameters, directions, learning_rate, guard=None, runs=None):
-        """Apply one step to every parameter array, in place.
+        """Apply one step to every parameter array ({name: array}), along the direction of
+        the same name, in place.
 
         Host: blocks shared among threads (`backend.in_shares`), each block's passes in that
         thread's own scratch. `guard` (see training.StepRunner): skip the step if the
         guard's window has failed. A pack (`runs` its number of runs) has arrays with a
         leading run axis and may have one learning rate per run (an array of shape (runs, 1, 1)).
         """
-        xp = backend.array_module(parameters[0])
-        arrays = list(zip(parameters, directions, self.first_moments, self.second_moments))
+        first = next(iter(parameters.values()))
+        xp = backend.array_module(first)
+        arrays = [(parameters[name], directions[name], self.first_moments[name],
+                   self.second_moments[name]) for name in parameters]
         if xp is not numpy:
             per_run = numpy.ndim(learning_rate) > 0
             for p, u, m, v in arrays:
@@ -93,7 +98,7 @@ class MomentOptimizer:
 
         def step_blocks(share):
             largest = max(block[0].size for block in share)
-            scratch = numpy.empty((2, largest), dtype=parameters[0].dtype)
+            scratch = numpy.empty((2, largest), dtype=first.dtype)
             for p, u, m, v, rate in share:
                 _moment_step_on_host(u, rate, p, m, v,
                                      scratch[:, :p.size].reshape((2,) + p.shape))
@@ -109,29 +114,43 @@ class MomentOptimizer:
             if optimizer is not None:
                 for stacked, moments in ((pack.first_moments, optimizer.first_moments),
                                          (pack.second_moments, optimizer.second_moments)):
-                    for index, moment in enumerate(moments):
-                        stacked[index][run] = moment
+                    for name, moment in moments.items():
+                        stacked[name][run] = moment
         return pack
 
     def run(self, index):
         """The optimiser of run `index` of a pack: views of the pack's moments."""
         single = copy.copy(self)
-        single.first_moments = [m[index] for m in self.first_moments]
-        single.second_moments = [v[index] for v in self.second_moments]
+        single.first_moments = {name: m[index] for name, m in self.first_moments.items()}
+        single.second_moments = {name: v[index] for name, v in self.second_moments.items()}
         return single
 
     def state(self):
-        """{"m0": ..., "v0": ..., "m1": ...}: the moments of parameter j (the arrays themselves)."""
+        """{"mW0": ..., "vW0": ..., "mb0": ...}: the moments of each parameter, m or v before
+        its name (the arrays themselves)."""
         state = {}
-        for index, (m, v) in enumerate(zip(self.first_moments, self.second_moments)):
-            state[f"m{index}"], state[f"v{index}"] = m, v
+        for name in self.first_moments:
+            state["m" + name], state["v" + name] = (self.first_moments[name],
+                                                    self.second_moments[name])
         return state
 
     def set_state(self, state):
-        """Copy moments named as in `state()` (host or device arrays) into this optimiser."""
-        for index in range(len(self.first_moments)):
-            self.first_moments[index] = backend.to_device(backend.to_host(state[f"m{index}"]))
-            self.second_moments[index] = backend.to_device(backend.to_host(state[f"v{index}"]))
+        """Copy moments named as in `state()` (host or device arrays) into this optimiser, each
+        checked against its parameter's shape (ValueError naming it otherwise). Checkpoints
+        of earlier versions named the moments by position (m0, v0, m1, ... in the order of
+        the parameters W0, b0, W1, ...): those names are read too."""
+        moments = {}
+        for position, name in enumerate(self.first_moments):
+            for letter, own in (("m", self.first_moments), ("v", self.second_moments)):
+                stored = state.get(letter + name, state.get(f"{letter}{position}"))
+                if stored is None or stored.shape != own[name].shape:
+                    found = "missing" if stored is None else f"of shape {stored.shape}"
+                    raise ValueError(f"the moment {letter}{name} is {found}, not of the "
+                                     f"shape {own[name].shape} of {name}")
+                moments[letter, name] = stored
+        for (letter, name), stored in moments.items():
+            own = self.first_moments if letter == "m" else self.second_moments
+            own[name] = backend.to_device(backend.to_host(stored))
 
 
 def output_targets(output, one_hot_labels):
@@ -217,7 +236,8 @@ class InvNet:
         return full
 
     def _directions(self, forward, targets, ortho_weighting, error_below):
-        """Per-layer update directions shared by the three rules, from the top down.
+        """Per-layer update directions shared by the three rules, from the top down: a list
+        with a dict per layer, {parameter name: direction} (InvLayer.directions).
 
         e_L = h_L - t. For layer l: d = g(h_{l+1}) * e_{l+1}; grad_W = x_l.T @ d / n
         (+ lambda dR/dW); grad_b = mean(d); e_l = error_below(l, x_l, h_{l+1}, e_{l+1}, d)
@@ -227,7 +247,7 @@ class InvNet:
         `ortho_weighting` may hold one lambda per run (an array of shape (runs, 1, 1)).
         """
         nb_layers = len(self.layers)
-        weight_directions, bias_directions = [None] * nb_layers, [None] * nb_layers
+        directions = [None] * nb_layers
         with backend.Branch(enabled=regularised(ortho_weighting)) as regularising:
             regularisers = [layer.orthogonality_gradient(-ortho_weighting)
                             for layer in self.layers] if regularised(ortho_weighting) else []
@@ -236,15 +256,14 @@ class InvNet:
             layer = self.layers[index]
             inputs, outputs = self._inputs(index, forward[index]), forward[index + 1]
             local_errors = layer.derivative_times(outputs, errors)
-            weight_directions[index], bias_directions[index] = layer.directions(
-                inputs, local_errors)
+            directions[index] = layer.directions(inputs, local_errors)
             if index:
                 errors = self._widen(error_below(index, inputs, outputs, errors, local_errors),
                                      forward[index])
         regularising.join()
-        for weight_direction, regulariser in zip(weight_directions, regularisers):
-            weight_direction += regulariser
-        return weight_directions, bias_directions
+        for layer_directions, regulariser in zip(directions, regularisers):
+            layer_directions["weights"] += regulariser
+        return directions
 
     def get_backprop_updates(self, forward, targets, ortho_weighting=0.0):
         """BP: e_l = d @ W_l.T, the gradient of 0.5 * sum((h_L - t)**2) / n."""
@@ -276,17 +295,27 @@ class InvNet:
         return self._directions(forward, targets, ortho_weighting, error_below)
 
     def parameters(self):
-        """[W_0, b_0, W_1, b_1, ...], the arrays the optimiser updates in place."""
-        return [array for layer in self.layers for array in (layer.weight_matrix, layer.biases)]
+        """{name: array} of every layer's parameters, the arrays the optimiser updates in
+        place: W0, b0, W1, b1, ... (the letter of InvLayer.PARAMETERS, then the layer)."""
+        return {letter + str(index): getattr(layer, attribute)
+                for index, layer in enumerate(self.layers)
+                for attribute, letter in layer.PARAMETERS.values()}
 
-    def update_parameters(self, weight_directions, bias_directions, learning_rate, guard=None):
-        """One optimiser step (MomentOptimizer) along the given directions; `guard`: skip it
-        if the guard's window has failed (training.StepRunner). In a pack, `learning_rate`
-        may hold one rate per run (an array of shape (runs, 1, 1))."""
+    def named(self, directions):
+        """A rule's directions (a dict per layer, keyed like InvLayer.PARAMETERS) keyed as
+        `parameters()`: {"W0": ..., "b0": ..., "W1": ...}."""
+        return {layer.PARAMETERS[name][1] + str(index): direction
+                for index, (layer, layer_directions) in enumerate(zip(self.layers, directions))
+                for name, direction in layer_directions.items()}
+
+    def update_parameters(self, directions, learning_rate, guard=None):
+        """One optimiser step (MomentOptimizer) along a rule's directions (a dict per layer);
+        `guard`: skip it if the guard's window has failed (training.StepRunner). In a pack,
+        `learning_rate` may hold one rate per run (an array of shape (runs, 1, 1))."""
         if self.optimizer is None:
             self.optimizer = MomentOptimizer(self.parameters())
-        directions = [d for pair in zip(weight_directions, bias_directions) for d in pair]
-        self.optimizer.step(self.parameters(), directions, learning_rate, guard, self.runs)
+        self.optimizer.step(self.parameters(), self.named(directions), learning_rate, guard,
+                            self.runs)
 
     def update_inverse_model(self):
         """Make every inverse exact for the current weights: check that each W can be
@@ -301,23 +330,25 @@ class InvNet:
             layer.keep_inverse(keep)
 
     def state(self):
-        """The arrays that define the network and its optimiser, by checkpoint name:
-        W{i}, b{i} per layer, m{j}, v{j} per parameter array [W0, b0, W1, ...] (the arrays
-        themselves, on the backend; no moments before the first step)."""
-        state = {}
-        for index, layer in enumerate(self.layers):
-            state[f"W{index}"], state[f"b{index}"] = layer.weight_matrix, layer.biases
+        """The arrays that define the network and its optimiser, by checkpoint name: the
+        `parameters()` (W0, b0, W1, ...) and, after the first step, their moments (mW0, vW0,
+        ...); the arrays themselves, on the backend."""
+        state = dict(self.parameters())
         if self.optimizer is not None:
             state.update(self.optimizer.state())
         return state
 
     def set_state(self, state):
-        """Copy arrays named as in `state()` (host or device) into the network; moments
-        present make the optimiser, absent ones leave it unmade."""
+        """Copy arrays named as in `state()` (host or device) into the network, each checked
+        against the shape it replaces (ValueError); moments present make the optimiser
+        (MomentOptimizer.set_state also reads an earlier version's names), absent ones
+        leave it unmade."""
         for index, layer in enumerate(self.layers):
-            layer.set_state({"weights": state[f"W{index}"], "biases": state[f"b{index}"]})
+            layer.set_state({name: state[letter + str(index)]
+                             for name, (_, letter) in layer.PARAMETERS.items()})
         self.optimizer = None
-        if "m0" in state:
+        first = next(iter(self.parameters()))
+        if "m" + first in state or "m0" in state:
             self.optimizer = MomentOptimizer(self.parameters())
             self.optimizer.set_state(state)
 

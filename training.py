@@ -183,9 +183,10 @@ def _first_not_finite(arrays):
                  if not bool(xp.isfinite(array).all())), None)
 
 
-def check_finite(net, forward, weight_directions, bias_directions, statistics, where):
-    """Raise Diverged unless the output, every layer's weight and bias directions and the
-    statistics are finite; the message names the first layer at fault and `where`.
+def check_finite(net, forward, directions, statistics, where):
+    """Raise Diverged unless the output, every layer's directions (a dict per layer, as the
+    rules give them) and the statistics are finite; the message names the first layer at
+    fault and `where`.
 
     One wait for the GPU: the sums of `finiteness_sums`, read together; the arrays are
     looked at one by one only when a sum is not finite. A pack is checked run by run
@@ -195,15 +196,16 @@ def check_finite(net, forward, weight_directions, bias_directions, statistics, w
         faults = {}
         for position, (run, run_statistics, take) in enumerate(runs_of(net, statistics)):
             try:
-                check_finite(run, list(map(take, forward)), list(map(take, weight_directions)),
-                             list(map(take, bias_directions)), run_statistics, where)
+                check_finite(run, list(map(take, forward)),
+                             [{name: take(direction) for name, direction in layer.items()}
+                              for layer in directions], run_statistics, where)
             except Diverged as diverged:
                 faults[position] = str(diverged)
         if faults:
             raise Diverged("; ".join(faults.values()), runs=faults)
         return
     xp = backend.array_module(forward[-1])
-    sums = finiteness_sums([forward[-1]] + list(weight_directions) + list(bias_directions))
+    sums = finiteness_sums([forward[-1]] + list(net.named(directions).values()))
     latest = [values[-1] for values in statistics.values.values() if values]
     with numpy.errstate(over="ignore", invalid="ignore"):
         total = sums.sum()
@@ -215,8 +217,7 @@ def check_finite(net, forward, weight_directions, bias_directions, statistics, w
         problem = (f"the output of layer {first} is not finite (its weights, or those below "
                    f"it, overflowed)")
     else:
-        layers = [_first_not_finite([w, b]) is not None
-                  for w, b in zip(weight_directions, bias_directions)]
+        layers = [_first_not_finite(list(layer.values())) is not None for layer in directions]
         if any(layers):
             top = max(index for index, bad in enumerate(layers) if bad)
             problem = (f"the update directions of layer {top} are not finite (the error passed "
@@ -232,13 +233,13 @@ def check_finite(net, forward, weight_directions, bias_directions, statistics, w
 
 
 def rule_directions(net, settings, images, one_hot_labels):
-    """(forward, targets, weight_directions, bias_directions) of the settings' rule on one
+    """(forward, targets, directions: a dict per layer) of the settings' rule on one
     batch: the forward pass, the full-width output target, and the rule's directions."""
     forward = net.forward_pass(images)
     targets = output_targets(forward[-1], one_hot_labels)
-    weight_directions, bias_directions = getattr(net, RULES[settings.algorithm])(
-        forward, targets, settings.orthogonal_reg)
-    return forward, targets, weight_directions, bias_directions
+    directions = getattr(net, RULES[settings.algorithm])(forward, targets,
+                                                         settings.orthogonal_reg)
+    return forward, targets, directions
 
 
 def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_index):
@@ -251,8 +252,7 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     A pack (`settings.on_backend()`, `statistics` a list) is checked run by run.
     """
     try:
-        forward, targets, weight_directions, bias_directions = rule_directions(
-            net, settings, images, one_hot_labels)
+        forward, targets, directions = rule_directions(net, settings, images, one_hot_labels)
     except numpy.linalg.LinAlgError as error:
         message = (f"Training diverged at epoch {epoch + 1}, batch {batch_index}: a layer's "
                    f"weights are singular and cannot be inverted ({error}). Try a smaller "
@@ -266,13 +266,12 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
         faults = {position: message for position, (run, _, _) in enumerate(runs)
                   if not invertible(run)}
         raise Diverged(message, faults or dict.fromkeys(range(len(runs)), message)) from None
-    check_finite(net, forward, weight_directions, bias_directions, statistics,
-                 f"epoch {epoch + 1}, batch {batch_index}")
+    check_finite(net, forward, directions, statistics, f"epoch {epoch + 1}, batch {batch_index}")
     if settings.log_alignment and batch_index % settings.log_alignment == 0:
         for run, run_statistics, take in runs_of(net, statistics):
             run_statistics.alignment.append([epoch, batch_index] + alignment_with_bp(
                 run, settings.algorithm, list(map(take, forward)), take(targets)))
-    net.update_parameters(weight_directions, bias_directions, settings.learning_rate)
+    net.update_parameters(directions, settings.learning_rate)
     return forward
 
 
@@ -482,15 +481,14 @@ class StepRunner:
 
     def _queued_step(self, images, one_hot_labels):
         """The step without waiting: directions, checks into the guard, guarded update."""
-        forward, _, weight_directions, bias_directions = rule_directions(
-            self.net, self.step_settings, images, one_hot_labels)
-        self.sums = finiteness_sums([forward[-1]] + weight_directions + bias_directions,
+        forward, _, directions = rule_directions(self.net, self.step_settings, images,
+                                                 one_hot_labels)
+        self.sums = finiteness_sums([forward[-1]] + list(self.net.named(directions).values()),
                                     self.sums)
         _UPDATE_GUARD(self.sums, numpy.int32(len(self.sums)), self.bounds,
                       numpy.int32(len(self.bounds) if self.kept else 0),
                       self.sums.dtype.type(self.tolerance), self.guard, size=1)
-        self.net.update_parameters(weight_directions, bias_directions,
-                                   self.step_settings.learning_rate, self.guard)
+        self.net.update_parameters(directions, self.step_settings.learning_rate, self.guard)
         self._tally(forward[-1], one_hot_labels)
 
     def _queue(self, images, one_hot_labels):
@@ -670,9 +668,10 @@ def alignment_with_bp(net, algorithm, forward, targets):
 
     Both without the regulariser (lambda = 0), so that the angle compares the error signals.
     """
-    rule_directions = getattr(net, RULES[algorithm])(forward, targets)[0]
-    bp_directions = net.get_backprop_updates(forward, targets)[0]
-    return [angle_degrees(a, b) for a, b in zip(rule_directions, bp_directions)]
+    rule_directions = getattr(net, RULES[algorithm])(forward, targets)
+    bp_directions = net.get_backprop_updates(forward, targets)
+    return [angle_degrees(rule["weights"], bp["weights"])
+            for rule, bp in zip(rule_directions, bp_directions)]
 
 
 def to_device_sets(train, test):

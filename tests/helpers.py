@@ -120,3 +120,18 @@ def assert_clean(done, status):
 def line_count(path):
     with open(path) as file:
         return sum(1 for line in file if line.strip())
+
+
+# ----------------------------------------------------------------------------- directions
+
+def by_layer(weight_directions, bias_directions):
+    """A rule's directions (a dict per layer, as the rules give them) from lists of weight
+    and bias directions."""
+    return [{"weights": weights, "biases": biases}
+            for weights, biases in zip(weight_directions, bias_directions)]
+
+
+def split(directions):
+    """(weight directions, bias directions) of a rule's directions (a dict per layer)."""
+    return ([layer["weights"] for layer in directions],
+            [layer["biases"] for layer in directions])

@@ -9,7 +9,7 @@ import pytest
 
 import backend
 import training
-from helpers import assert_clean, cli
+from helpers import assert_clean, cli, split
 from inv_net import SquareInvNet, output_targets
 from utils import one_hot
 
@@ -36,7 +36,7 @@ def directions(rule, dtype, orthogonal, backend_name="numpy"):
     images, labels = batch()
     forward = net.forward_pass(backend.to_device(images))
     targets = output_targets(forward[-1], backend.to_device(labels))
-    weight_directions, bias_directions = getattr(net, rule)(forward, targets, 0.1)
+    weight_directions, bias_directions = split(getattr(net, rule)(forward, targets, 0.1))
     assert weight_directions[0].dtype == numpy.dtype(dtype)
     return [backend.to_host(d).astype(numpy.float64) for d in weight_directions + bias_directions]
 
@@ -104,7 +104,7 @@ def test_threaded_training_is_bit_identical_to_one_thread(monkeypatch, threads):
         for step in range(3):
             training.train_step(net, settings, images, labels, training.Statistics(), 0, step)
         chunk = numpy.random.RandomState(5).rand(4096, 784)
-        results[count] = [p.copy() for p in net.parameters()] + [net.class_outputs(chunk)]
+        results[count] = [p.copy() for p in net.parameters().values()] + [net.class_outputs(chunk)]
     for single, shared in zip(results[1], results[threads]):
         numpy.testing.assert_array_equal(single, shared)
 
@@ -246,7 +246,7 @@ def five_steps(algorithm, backend_name, nudge=False):
         images, labels = batch(step)
         training.train_step(net, settings, backend.to_device(images), backend.to_device(labels),
                             statistics, 0, step)
-    return [backend.to_host(array) for array in net.parameters()]
+    return [backend.to_host(array) for array in net.parameters().values()]
 
 
 def relative_differences(first, second):
@@ -298,12 +298,13 @@ def test_cupy_fused_kernels_equal_numpy_bit_for_bit(dtype, restore_backend):
                "pre_inverse": utils.pre_inverse(h, e, b),
                "gait": utils.scaled_inverse_difference(h, e, 1e-3),
                "gait_crossing": utils.scaled_inverse_difference(crossing, e, 2.0)}
-        parameters = [backend.to_device(numpy.random.RandomState(5).randn(784, 784))]
+        parameters = {"W0": backend.to_device(numpy.random.RandomState(5).randn(784, 784))}
         optimizer = MomentOptimizer(parameters)
         for step in range(3):
-            optimizer.step(parameters, [backend.to_device(numpy.random.RandomState(6 + step)
-                                                          .randn(784, 784))], 1e-3)
-        out.update(p=parameters[0], m=optimizer.first_moments[0], v=optimizer.second_moments[0])
+            optimizer.step(parameters, {"W0": backend.to_device(
+                numpy.random.RandomState(6 + step).randn(784, 784))}, 1e-3)
+        out.update(p=parameters["W0"], m=optimizer.first_moments["W0"],
+                   v=optimizer.second_moments["W0"])
         results[name] = {key: backend.to_host(value) for key, value in out.items()}
     for key, expected in results["numpy"].items():
         numpy.testing.assert_array_equal(results["cupy"][key], expected, err_msg=key)
@@ -331,7 +332,7 @@ def test_cupy_queued_graph_steps_equal_checked_steps(algorithm, restore_backend)
             rows = slice(60 * step, 60 * (step + 1))
             runner.step(images[rows] * scale, labels[rows], statistics, 0, step)
         runner.settle(statistics)
-        weights[label] = [backend.to_host(p) for p in net.parameters()]
+        weights[label] = [backend.to_host(p) for p in net.parameters().values()]
         if deferred:
             print(f"{algorithm}: graph replay vs step {runner.graph_difference}, steps redone "
                   f"{runner.solver_failures}")
@@ -364,7 +365,7 @@ def test_cupy_a_non_finite_batch_in_a_queued_window_is_named(restore_backend):
                 rows = slice(60 * step, 60 * (step + 1))
                 runner.step(images[rows], labels[rows], statistics, 0, step)
             runner.settle(statistics)
-        results.append([backend.to_host(p) for p in net.parameters()])
+        results.append([backend.to_host(p) for p in net.parameters().values()])
     for queued, checked in zip(*results):
         numpy.testing.assert_array_equal(queued, checked)
 

@@ -45,3 +45,47 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
         checkpoint.write_atomically(str(path), failing)
     assert os.listdir(tmp_path) == ["values.npy"]
     numpy.testing.assert_array_equal(numpy.load(path), numpy.arange(3.0))
+
+
+def test_a_checkpoint_with_positional_moments_still_resumes():
+    """tests/data/positional_moments/checkpoint.npz was written before the moments were named
+    by parameter (m0, v0, m1, ... in the order W0, b0, W1, b1): a 12-unit network with one
+    hidden layer, seed 3, after three steps. It restores every array by its old name, and
+    the next step equals that step taken from the stored arrays themselves."""
+    from inv_net import MomentOptimizer
+    stored = checkpoint.read_checkpoint(os.path.join(os.path.dirname(__file__), "data",
+                                                     "positional_moments"))
+    meta, arrays = stored
+    assert meta["epoch"] == 1
+    net = SquareInvNet(12, 1, start_seed=7)
+    statistics = checkpoint.restore_checkpoint(net, arrays)
+    assert statistics.values["test_acc"] == [0.1, 0.2]
+    for position, name in enumerate(("W0", "b0", "W1", "b1")):
+        numpy.testing.assert_array_equal(net.parameters()[name], arrays[name])
+        numpy.testing.assert_array_equal(net.optimizer.first_moments[name],
+                                         arrays[f"m{position}"])
+        numpy.testing.assert_array_equal(net.optimizer.second_moments[name],
+                                         arrays[f"v{position}"])
+    directions = {name: numpy.full_like(arrays[name], 0.5) for name in ("W0", "b0", "W1", "b1")}
+    parameters = {name: arrays[name].copy() for name in directions}
+    optimizer = MomentOptimizer(parameters)
+    for position, name in enumerate(directions):
+        optimizer.first_moments[name][...] = arrays[f"m{position}"]
+        optimizer.second_moments[name][...] = arrays[f"v{position}"]
+    optimizer.step(parameters, directions, 1e-2)
+    net.update_parameters([{"weights": directions[f"W{i}"], "biases": directions[f"b{i}"]}
+                           for i in range(2)], 1e-2)
+    for name in parameters:
+        numpy.testing.assert_array_equal(net.parameters()[name], parameters[name])
+    assert sorted(net.state()) == ["W0", "W1", "b0", "b1", "mW0", "mW1", "mb0", "mb1",
+                                   "vW0", "vW1", "vb0", "vb1"]
+
+
+def test_moments_of_the_wrong_shape_are_refused_by_name():
+    net = SquareInvNet(12, 1, start_seed=1)
+    net.update_parameters([{"weights": numpy.ones((12, 12)), "biases": numpy.ones(12)}] * 2, 0.1)
+    state = {name: array.copy() for name, array in net.state().items()}
+    state["vb1"] = numpy.zeros(11)
+    with pytest.raises(ValueError, match=r"the moment vb1 is of shape \(11,\), not of the "
+                                         r"shape \(12,\) of b1"):
+        SquareInvNet(12, 1, start_seed=2).set_state(state)

@@ -14,7 +14,7 @@ import pytest
 
 import inv_net
 import utils
-from helpers import GOLDEN_ROOT, require_files
+from helpers import GOLDEN_ROOT, by_layer, require_files, split
 
 GOLDEN = "published_steps.npz"
 BATCH, NB_BATCHES = 60, 5
@@ -80,14 +80,14 @@ def test_published_steps(name, golden, batches):
     for step, (images, labels) in enumerate(batches):
         forward = net.forward_pass(images)
         targets = inv_net.output_targets(forward[-1], utils.one_hot(labels))
-        weight_dirs, bias_dirs = directions(net, rule, forward, targets, ortho)
+        weight_dirs, bias_dirs = split(directions(net, rule, forward, targets, ortho))
         if step == 0:
             for i in range(len(net.layers)):
                 assert relative_error(weight_dirs[i] @ r,
                                       golden[f"{name}/step1_dirW{i}@r"]) < 1e-8, (name, i)
                 assert relative_error(bias_dirs[i], golden[f"{name}/step1_dirb{i}"]) < 1e-8, \
                     (name, i)
-        net.update_parameters(weight_dirs, bias_dirs, learning_rate)
+        net.update_parameters(by_layer(weight_dirs, bias_dirs), learning_rate)
         net.update_inverse_model()
 
     for i, layer in enumerate(net.layers):

@@ -6,6 +6,7 @@ import scipy.stats
 import backend
 import inv_net
 import utils
+from helpers import by_layer
 from inv_layer import InvLayer
 
 
@@ -80,7 +81,7 @@ def test_inverse_exact_after_optimizer_step_in_place():
         np.testing.assert_allclose(layer.inverse(layer.forward(x)), x, rtol=0, atol=1e-10)
     before = [layer.weight_matrix.copy() for layer in net.layers]
     directions = [rng.randn(12, 12) for _ in net.layers]
-    net.update_parameters(directions, [rng.randn(12) for _ in net.layers], 0.2)
+    net.update_parameters(by_layer(directions, [rng.randn(12) for _ in net.layers]), 0.2)
     for layer, old in zip(net.layers, before):
         assert np.max(np.abs(layer.weight_matrix - old)) > 0.1  # really changed, in place
         np.testing.assert_allclose(layer.inverse(layer.forward(x)), x, rtol=0, atol=1e-10)
@@ -128,12 +129,12 @@ def test_directions_with_and_without_regulariser():
     rng = np.random.RandomState(4)
     layer = InvLayer(5, seed=3)
     x, d = rng.randn(7, 5), rng.randn(7, 5)
-    dir_w, dir_b = layer.directions(x, d)
+    dir_w, dir_b = layer.directions(x, d).values()
     np.testing.assert_allclose(dir_w, -(x.T @ d) / 7, rtol=1e-13)
     np.testing.assert_allclose(dir_b, -d.mean(axis=0), rtol=1e-13)
     w = layer.weight_matrix
     gram = w @ w.T - np.diag(np.diag(w @ w.T))
-    reg_w, reg_b = layer.directions(x, d, ortho_weighting=0.3)
+    reg_w, reg_b = layer.directions(x, d, ortho_weighting=0.3).values()
     np.testing.assert_allclose(reg_w, dir_w - 0.3 * 4 * gram @ w, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(reg_b, dir_b, rtol=1e-13)
     assert np.linalg.norm(reg_w - dir_w) > 1e-3

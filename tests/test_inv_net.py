@@ -9,6 +9,7 @@ import scipy.stats
 
 import inv_net
 import utils
+from helpers import by_layer, split
 from inv_net import SquareInvNet, TowerInvNet
 
 
@@ -142,7 +143,7 @@ def test_square_net_inverse_after_update_and_refactorisation():
     x = rng.randn(4, 10)
     hs = net.forward_pass(x)
     targets = hs[-1] + rng.randn(4, 10)
-    net.update_parameters(*net.get_backprop_updates(hs, targets), 0.05)
+    net.update_parameters(net.get_backprop_updates(hs, targets), 0.05)
     net.update_inverse_model()
     hs = net.forward_pass(x)
     for index, layer in enumerate(net.layers):
@@ -182,7 +183,7 @@ def test_backprop_is_minus_the_finite_difference_gradient(structure, linear, ort
     def objective(ws, bs):
         return half_squared_error(ws, bs, x, targets, linear) + ortho * regulariser(ws)
 
-    dir_w, dir_b = net.get_backprop_updates(hs, targets, ortho_weighting=ortho)
+    dir_w, dir_b = split(net.get_backprop_updates(hs, targets, ortho_weighting=ortho))
     eps = 1e-6
     for layer_index in range(len(net.layers)):
         for array, direction in ((weights, dir_w), (biases, dir_b)):
@@ -295,14 +296,14 @@ def test_gait_closed_form_without_zero_crossings(orthogonal, gamma):
         expected_b[index] = -local.mean(axis=0)
         errors = local @ np.linalg.inv(weights[index])
 
-    dir_w, dir_b = net.get_gait_updates(hs, targets, gamma=gamma)
+    dir_w, dir_b = split(net.get_gait_updates(hs, targets, gamma=gamma))
     assert_directions_close(dir_w, expected_w, 1e-8)
     assert_directions_close(dir_b, expected_b, 1e-8)
     reference_w, _, crossings = gait_reference(weights, biases, hs, targets, gamma, False)
     assert crossings == [0] * 5
     assert_directions_close(dir_w, reference_w, 1e-8)
     if not orthogonal:  # inv(W) is not W.T here: GAIT differs from BP below the top
-        bp_w, _ = net.get_backprop_updates(hs, targets)
+        bp_w, _ = split(net.get_backprop_updates(hs, targets))
         assert relative_error(dir_w[0], bp_w[0]) > 0.1
 
 
@@ -321,7 +322,7 @@ def test_gait_with_zero_crossings_matches_published_targets(structure):
     _, _, crossings = gait_reference(weights, biases, hs, targets, gamma, False)
     assert sum(crossings[1:]) >= 1, crossings  # crossings on the steps passed down
 
-    dir_w, dir_b = net.get_gait_updates(hs, targets, gamma=gamma)
+    dir_w, dir_b = split(net.get_gait_updates(hs, targets, gamma=gamma))
     published_w, published_b = gait_published_style(net, hs, targets, gamma)
     assert_directions_close(dir_w, published_w, 1e-10)
     assert_directions_close(dir_b, published_b, 1e-10)
@@ -349,7 +350,7 @@ def test_gait_with_zero_crossings_at_small_gamma_matches_reference():
     reference_w, reference_b, crossings = gait_reference(weights, biases, hs, targets, gamma,
                                                          False)
     assert sum(crossings[1:]) >= 3, crossings
-    dir_w, dir_b = net.get_gait_updates(hs, targets, gamma=gamma)
+    dir_w, dir_b = split(net.get_gait_updates(hs, targets, gamma=gamma))
     assert_directions_close(dir_w, reference_w, 1e-8)
     assert_directions_close(dir_b, reference_b, 1e-8)
 
@@ -359,9 +360,9 @@ def test_gait_top_layer_and_regulariser():
     net = SquareInvNet(6, 1, start_seed=2)
     hs = net.forward_pass(rng.randn(4, 6))
     targets = rng.randn(4, 6)
-    plain_w, plain_b = net.get_gait_updates(hs, targets)
-    reg_w, reg_b = net.get_gait_updates(hs, targets, ortho_weighting=0.2)
-    bp_w, bp_b = net.get_backprop_updates(hs, targets)
+    plain_w, plain_b = split(net.get_gait_updates(hs, targets))
+    reg_w, reg_b = split(net.get_gait_updates(hs, targets, ortho_weighting=0.2))
+    bp_w, bp_b = split(net.get_backprop_updates(hs, targets))
     # the top layer has no layer above it: its GAIT direction is the BP direction
     np.testing.assert_allclose(plain_w[-1], bp_w[-1], rtol=1e-13)
     np.testing.assert_allclose(plain_b[-1], bp_b[-1], rtol=1e-13)
@@ -392,8 +393,8 @@ def orthogonal_case(units, linear, target_kind, seed=3, n=60):
 
 
 def worst_difference(net, hs, targets, gamma):
-    gait_w, gait_b = net.get_gait_updates(hs, targets, gamma=gamma)
-    bp_w, bp_b = net.get_backprop_updates(hs, targets)
+    gait_w, gait_b = split(net.get_gait_updates(hs, targets, gamma=gamma))
+    bp_w, bp_b = split(net.get_backprop_updates(hs, targets))
     return max(relative_error(a, b) for a, b in zip(gait_w + gait_b, bp_w + bp_b))
 
 
@@ -458,7 +459,7 @@ def test_tp_one_layer_closed_form(linear):
     hs = net.forward_pass(x)
     targets = rng.randn(5, 8)
     d = g(hs[1], linear) * (hs[1] - targets)
-    dir_w, dir_b = net.get_tp_updates(hs, targets)
+    dir_w, dir_b = split(net.get_tp_updates(hs, targets))
     assert len(dir_w) == 1
     np.testing.assert_allclose(dir_w[0], -(x.T @ d) / 5, rtol=1e-12)
     np.testing.assert_allclose(dir_b[0], -d.mean(axis=0), rtol=1e-12)
@@ -484,7 +485,7 @@ def test_tp_targets_by_explicit_inverses(structure, linear):
         below = (finv(target, linear) - biases[index]) @ np.linalg.inv(weights[index])
         target = hs[index].copy()
         target[:, :width] = below
-    dir_w, dir_b = net.get_tp_updates(hs, targets)
+    dir_w, dir_b = split(net.get_tp_updates(hs, targets))
     assert_directions_close(dir_w, expected_w, 1e-9)
     assert_directions_close(dir_b, expected_b, 1e-9)
 
@@ -501,14 +502,14 @@ def test_optimizer_hand_made_two_by_two():
               np.array([[0.0, 0.0], [0.0, 3.0]])]
     b_dirs = [np.array([4.0, 0.0]), np.array([4.0, -1.0]), np.array([-4.0, 0.0])]
 
-    net.update_parameters([w_dirs[0]], [b_dirs[0]], lr)
+    net.update_parameters(by_layer([w_dirs[0]], [b_dirs[0]]), lr)
     # step 1: m = 0.1 u, v = 0.01 u^2, p += lr * 0.1 u / (1e-8 + 0.1 |u|); u = 0: no change
     np.testing.assert_allclose(layer.weight_matrix, [
         [1.0 + 0.01 / (1e-8 + 0.1), 2.0 - 0.02 / (1e-8 + 0.2)],
         [3.0 + 0.005 / (1e-8 + 0.05), 4.0]], rtol=1e-15)
     np.testing.assert_allclose(layer.biases, [0.5 + 0.04 / (1e-8 + 0.4), -0.5], rtol=1e-15)
 
-    net.update_parameters([w_dirs[1]], [b_dirs[1]], lr)
+    net.update_parameters(by_layer([w_dirs[1]], [b_dirs[1]]), lr)
     # step 2, entry W[0, 0]: m = 0.09 - 0.1 = -0.01, v = 0.0099 + 0.01 = 0.0199
     w00 = 1.0 + 0.01 / (1e-8 + 0.1) + lr * -0.01 / (1e-8 + np.sqrt(0.0199))
     assert abs(layer.weight_matrix[0, 0] - w00) < 1e-15
@@ -518,7 +519,7 @@ def test_optimizer_hand_made_two_by_two():
     # W[1, 1] has seen only zero directions so far
     assert layer.weight_matrix[1, 1] == 4.0
 
-    net.update_parameters([w_dirs[2]], [b_dirs[2]], lr)
+    net.update_parameters(by_layer([w_dirs[2]], [b_dirs[2]]), lr)
     # the optimiser's scalar recurrences (Adam-like, no bias correction: see MomentOptimizer),
     # element by element, for all three steps
     for start, dirs, actual in (([[1.0, 2.0], [3.0, 4.0]], w_dirs, layer.weight_matrix),
@@ -541,12 +542,12 @@ def test_optimizer_hand_made_two_by_two():
 
 def test_moment_optimizer_keeps_moments_per_array():
     a, b = np.zeros(3), np.zeros(3)
-    optimizer = inv_net.MomentOptimizer([a, b])
-    optimizer.step([a, b], [np.array([1.0, 2.0, -3.0]), np.zeros(3)], 0.5)
+    optimizer = inv_net.MomentOptimizer({"a": a, "b": b})
+    optimizer.step({"a": a, "b": b}, {"a": np.array([1.0, 2.0, -3.0]), "b": np.zeros(3)}, 0.5)
     np.testing.assert_allclose(a, 0.5 * np.array([0.1, 0.2, -0.3])
                                / (1e-8 + np.array([0.1, 0.2, 0.3])), rtol=1e-15)
     np.testing.assert_array_equal(b, 0.0)
-    optimizer.step([a, b], [np.zeros(3), np.array([2.0, 0.0, 0.0])], 0.5)
+    optimizer.step({"a": a, "b": b}, {"a": np.zeros(3), "b": np.array([2.0, 0.0, 0.0])}, 0.5)
     assert abs(b[0] - 0.5 * 0.2 / (1e-8 + 0.2)) < 1e-15 and b[1] == 0.0 and b[2] == 0.0
     # a after step 2 (u = 0): m = 0.09 u1, v = 0.0099 u1^2
     step2 = np.array([1.0, 2.0, -3.0])
@@ -611,15 +612,15 @@ def test_state_round_trip_carries_the_optimiser():
     net = SquareInvNet(6, 1, start_seed=1)
     assert sorted(net.state()) == ["W0", "W1", "b0", "b1"]  # no moments before a step
     directions = [np.ones((6, 6))] * 2, [np.ones(6)] * 2
-    net.update_parameters(*directions, learning_rate=0.1)
+    net.update_parameters(by_layer(*directions), learning_rate=0.1)
     state = {name: array.copy() for name, array in net.state().items()}
-    assert sorted(state) == ["W0", "W1", "b0", "b1", "m0", "m1", "m2", "m3",
-                             "v0", "v1", "v2", "v3"]
+    assert sorted(state) == ["W0", "W1", "b0", "b1", "mW0", "mW1", "mb0", "mb1",
+                             "vW0", "vW1", "vb0", "vb1"]
     copy = SquareInvNet(6, 1, start_seed=2)
     copy.set_state(state)
     for name, array in copy.state().items():
         np.testing.assert_array_equal(array, state[name])
-    net.update_parameters(*directions, learning_rate=0.1)
-    copy.update_parameters(*directions, learning_rate=0.1)
-    for a, b in zip(net.parameters(), copy.parameters()):
+    net.update_parameters(by_layer(*directions), learning_rate=0.1)
+    copy.update_parameters(by_layer(*directions), learning_rate=0.1)
+    for a, b in zip(net.parameters().values(), copy.parameters().values()):
         np.testing.assert_array_equal(a, b)

@@ -417,11 +417,11 @@ def test_cupy_pack_steps_equal_single_runs(algorithm, cupy_float64):
     for position, seed in enumerate((1, 2, 3)):
         alone = queued([SquareInvNet(784, 4, seed, True)], [sets[position]])
         nudged = queued([SquareInvNet(784, 4, seed, True)], [sets[position]], 1 + 2.0 ** -52)
-        got = [backend.to_host(array) for array in packed.run(position).parameters()]
-        expected = [backend.to_host(array) for array in alone.parameters()]
+        got = [backend.to_host(array) for array in packed.run(position).parameters().values()]
+        expected = [backend.to_host(array) for array in alone.parameters().values()]
         difference = largest_relative_difference(got, expected)
         spread = largest_relative_difference(
-            [backend.to_host(array) for array in nudged.parameters()], expected)
+            [backend.to_host(array) for array in nudged.parameters().values()], expected)
         print(f"{algorithm} run {position}: pack vs alone {difference:.1e}, one-ulp spread "
               f"{spread:.1e}")
         assert difference <= (1e-12 if algorithm == "BP" else 10 * spread)

@@ -13,6 +13,7 @@ import pytest
 import backend
 import settings as settings_table
 import training
+from helpers import by_layer
 from inv_layer import KeptInverse
 from inv_net import InvNet, SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot
@@ -53,10 +54,10 @@ def test_queued_bp_steps_are_bit_identical_to_checked_steps():
     data = batches(12)
     queued, _ = trained("BP", data, deferred=True, check_every=5)
     checked, _ = trained("BP", data, deferred=False)
-    for a, b in zip(queued.parameters(), checked.parameters()):
+    for a, b in zip(queued.parameters().values(), checked.parameters().values()):
         numpy.testing.assert_array_equal(a, b)
-    numpy.testing.assert_array_equal(queued.optimizer.second_moments[3],
-                                     checked.optimizer.second_moments[3])
+    numpy.testing.assert_array_equal(queued.optimizer.second_moments["b1"],
+                                     checked.optimizer.second_moments["b1"])
 
 
 @pytest.mark.parametrize("algorithm", ["GAIT", "TP"])
@@ -69,8 +70,8 @@ def test_queued_steps_with_kept_inverses_agree_with_lu_steps(algorithm):
     queued, runner = trained(algorithm, data, deferred=True)
     checked, _ = trained(algorithm, data, deferred=False)
     nudged, _ = trained(algorithm, [(x * (1 + 2.0 ** -52), y) for x, y in data], deferred=False)
-    spread = relative_difference(nudged.parameters(), checked.parameters())
-    difference = relative_difference(queued.parameters(), checked.parameters())
+    spread = relative_difference(nudged.parameters().values(), checked.parameters().values())
+    difference = relative_difference(queued.parameters().values(), checked.parameters().values())
     print(f"{algorithm}: queued vs LU {difference:.1e}, rounding spread {spread:.1e}")
     assert runner.kept and not runner.solver_failures
     assert 0 < difference <= spread
@@ -118,7 +119,7 @@ def test_a_failed_solve_is_redone_by_lu():
     runner.settle(statistics)
     checked, _ = trained("GAIT", data, deferred=False)
     assert runner.solver_failures == [4]
-    assert relative_difference(net.parameters(), checked.parameters()) <= 1e-10
+    assert relative_difference(net.parameters().values(), checked.parameters().values()) <= 1e-10
 
 
 def switched_to_lu(steps=30, algorithm="TP"):
@@ -146,7 +147,7 @@ def test_many_failed_solves_switch_the_run_to_lu():
     assert runner.steps_done == len(data)
     assert runner.solver_failures == list(range(runner.FAILURES_PER_100_STEPS + 1))
     assert not runner.kept and all(layer.kept_inverse is None for layer in net.layers)
-    assert relative_difference(net.parameters(), checked.parameters()) <= 1e-10
+    assert relative_difference(net.parameters().values(), checked.parameters().values()) <= 1e-10
 
 
 def test_a_singular_weight_matrix_met_by_a_queued_lu_solve_is_a_divergence():
@@ -181,7 +182,7 @@ def test_a_non_finite_batch_stops_training_before_the_weights_change(deferred):
     with pytest.raises(training.Diverged, match=r"epoch 1, batch 6: the output of layer 0"):
         trained("GAIT", data, deferred=deferred, net=net)
     before, _ = trained("GAIT", data[:6], deferred=False)
-    for a, b in zip(net.parameters(), before.parameters()):
+    for a, b in zip(net.parameters().values(), before.parameters().values()):
         assert numpy.isfinite(a).all()
         assert numpy.linalg.norm(a - b) <= 1e-10 * numpy.linalg.norm(b)
 
@@ -191,21 +192,24 @@ def test_check_finite_looks_at_every_weight_direction():
     forward = net.forward_pass(numpy.ones((3, 6)))
     weights = [numpy.ones((n, n)) for n in (6, 5, 4)]
     biases = [numpy.ones(n) for n in (6, 5, 4)]
-    training.check_finite(net, forward, weights, biases, training.Statistics(), "here")
+    training.check_finite(net, forward, by_layer(weights, biases), training.Statistics(),
+                              "here")
     weights[1][2, 3] = numpy.inf
     with pytest.raises(training.Diverged, match="at here: the update directions of layer 1 "):
-        training.check_finite(net, forward, weights, biases, training.Statistics(), "here")
+        training.check_finite(net, forward, by_layer(weights, biases), training.Statistics(),
+                              "here")
 
 
 def test_check_finite_ignores_finite_values_whose_sum_overflows():
     net = TowerInvNet([6, 6], start_seed=1)
     forward = net.forward_pass(numpy.ones((3, 6)))
     huge = numpy.full((6, 6), 1e307)
-    training.check_finite(net, forward, [huge], [numpy.ones(6)], training.Statistics(), "here")
+    training.check_finite(net, forward, by_layer([huge], [numpy.ones(6)]), training.Statistics(),
+                          "here")
     huge[4, 1] = numpy.inf  # the positive control: one infinity among them is found
     with pytest.raises(training.Diverged, match="at here: the update directions of layer 0 "):
-        training.check_finite(net, forward, [huge], [numpy.ones(6)], training.Statistics(),
-                              "here")
+        training.check_finite(net, forward, by_layer([huge], [numpy.ones(6)]),
+                              training.Statistics(), "here")
 
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
@@ -365,7 +369,7 @@ def test_steps_replayed_from_a_captured_graph_are_the_steps(monkeypatch, capture
         runner.step(images, labels, statistics, 0, index)
     runner.settle(statistics)
     checked, _ = trained("BP", data, deferred=False)
-    for a, b in zip(net.parameters(), checked.parameters()):
+    for a, b in zip(net.parameters().values(), checked.parameters().values()):
         numpy.testing.assert_array_equal(a, b)
     if capture == "works":
         assert isinstance(runner.graph, ReplayedPython) and runner.graph_difference == 0.0
