@@ -148,3 +148,33 @@ def load_dataset(dataset, data_dir="./data"):
         flat.append(values)
     return ((flat[0], train_labels.astype(numpy.int64)),
             (flat[1], test_labels.astype(numpy.int64)))
+
+
+VALIDATION_SEED = 42  # the authors' choice of validation images (their run.py, commented out)
+
+
+def validation_indices(nb_images, size):
+    """The `size` training images held out as a validation set, by the authors' rule:
+    numpy.random.seed(42); numpy.random.choice(nb_images, size=size, replace=False) (drawn
+    here from a generator of its own, which gives the same indices)."""
+    return numpy.random.RandomState(VALIDATION_SEED).choice(nb_images, size=size, replace=False)
+
+
+def split_validation(train, size):
+    """(kept, held out) of a training set (images, labels): the validation images of
+    `validation_indices` (in the order drawn) and the others, in stored order."""
+    images, labels = train
+    held = validation_indices(len(labels), size)
+    kept = numpy.ones(len(labels), dtype=bool)
+    kept[held] = False
+    return (images[kept], labels[kept]), (images[held], labels[held])
+
+
+def load_run_sets(dataset, data_dir, validation=0):
+    """(training set, test set, validation set or None) of a run, host float64: the data set
+    read once (`load_dataset`), `validation` training images held out when it is not 0."""
+    train, test = load_dataset(dataset, data_dir)
+    if not validation:
+        return train, test, None
+    train, held_out = split_validation(train, validation)
+    return train, test, held_out

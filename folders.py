@@ -109,10 +109,10 @@ class Run:
                        "dtype": args.dtype, "started": now(), "ended": None, "epochs_done": 0,
                        "nb_epochs": args.nb_epochs, "status": "running", "folder": folder}
 
-    def begin(self, train, test):
+    def begin(self, sets):
         """Restore the stored checkpoint (rewriting the results files from it), or evaluate
-        the fresh network and write the checkpoint of epoch 0; record the run as running.
-        Returns the run's Statistics."""
+        the fresh network on `sets` (a training.RunData) and write the checkpoint of epoch 0;
+        record the run as running. Returns the run's Statistics."""
         folder, record = self.folder, self.record
         if self.stored is not None:
             meta, arrays = self.stored
@@ -127,8 +127,9 @@ class Run:
         record["epochs_done"] = self.epoch
         checkpoint.save_json(self.record_path, record)
         if self.stored is None:
-            self.statistics = Statistics()
-            self.statistics.record(self.net, train, test)
+            self.statistics = Statistics(
+                names=run_folder.statistics_names(self.args.validation))
+            self.statistics.record(self.net, sets.train, sets.test, sets.validation)
             checkpoint.save_checkpoint(folder, self.net, self.statistics, 0, self.computation)
             checkpoint.save_results(folder, self.net, self.statistics)
         return self.statistics

@@ -105,7 +105,7 @@ def train_pack(runs, sets, command, stop, until=None):
                                               for each in runs])
     runner = training.StepRunner(net, settings)
     statistics = [each.statistics for each in runs]
-    feed = training.Feed([sets[(each.args.dataset, each.args.data_dir)] for each in runs])
+    feed = training.Feed([sets[data_key(each.args)] for each in runs])
     progress = training.Progress(max(each.args.nb_epochs for each in runs), feed.nb_batches)
     reported, status = set(), EXIT_FINISHED
     while runner.run_ids:
@@ -145,6 +145,12 @@ def train_pack(runs, sets, command, stop, until=None):
     return status
 
 
+def data_key(args):
+    """What names a run's data (data.load_run_sets' arguments): data set, data root and the
+    number of validation images held out."""
+    return args.dataset, args.data_dir, args.validation
+
+
 def resume_line(members):
     """The pack command that continues every member (--load in each)."""
     texts = [shlex.join([arg for arg in argv if arg not in ("--load", "--overwrite")]
@@ -173,11 +179,10 @@ def train_members(texts, folders):
         runs.append(Run(args, member_argv, folder, stored, command=shlex.join(
             [os.path.join(os.path.dirname(sys.argv[0]), "run.py")] + member_argv)))
     sets = {}
-    for each in runs:
-        key = (each.args.dataset, each.args.data_dir)
+    for each in runs:  # each data set read and put on the device once
+        key = data_key(each.args)
         if key not in sets:
-            train, test, train_targets = training.to_device_sets(*data.load_dataset(*key))
-            sets[key] = (train, train_targets, test)
+            sets[key] = training.to_device_sets(*data.load_run_sets(*key))
     command = resume_line(members)
 
     def stopped_at_once():
@@ -188,8 +193,7 @@ def train_members(texts, folders):
               f"completed epoch. Resume with:\n  {command}", file=sys.stderr, flush=True)
     stop = StopSignal(stopped_at_once)
     for each in runs:
-        train, _, test = sets[(each.args.dataset, each.args.data_dir)]
-        each.begin(train, test)
+        each.begin(sets[data_key(each.args)])
     return train_in_packs(runs, lambda group, until: train_pack(group, sets, command, stop,
                                                                 until))
 

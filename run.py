@@ -32,8 +32,8 @@ def resume_command(argv):
 
 def train_run(args, argv, folder, stored):
     """Load data, build or restore the network, train to --nb_epochs, keep the folder current."""
-    (train, test) = data.load_dataset(args.dataset, args.data_dir)
-    train, test, train_targets = training.to_device_sets(train, test)
+    sets = training.to_device_sets(*data.load_run_sets(args.dataset, args.data_dir,
+                                                       args.validation))
     run = Run(args, argv, folder, stored)
 
     def stopped_at_once():
@@ -43,8 +43,8 @@ def train_run(args, argv, folder, stored):
             print(f"Stopped at once; {folder} holds the checkpoint of the last completed epoch. "
                   f"Resume with:\n  {resume_command(argv)}", file=sys.stderr, flush=True)
     stop = StopSignal(stopped_at_once)
-    statistics = run.begin(train, test)
-    feed = training.Feed([(train, train_targets, test)])
+    statistics = run.begin(sets)
+    feed = training.Feed([sets])
     progress = training.Progress(args.nb_epochs, feed.nb_batches)
     runner = training.StepRunner(run.net, training.StepSettings.of(args))
     while run.epoch < args.nb_epochs:

@@ -15,6 +15,7 @@ import signal
 import settings as settings_table
 
 STATISTICS = ("training_acc", "training_loss", "test_acc", "test_loss")  # a .txt file each
+VALIDATION_STATISTICS = ("validation_acc", "validation_loss")  # with --validation > 0
 ALIGNMENT = "alignment.txt"
 CHECKPOINT = "checkpoint.npz"
 RUN_RECORD = "run.json"
@@ -59,8 +60,14 @@ def statistics_file(name):
 
 
 # The files a fresh run replaces (the weights besides); the lock stays.
-RESULT_FILES = tuple(map(statistics_file, STATISTICS)) + (ALIGNMENT, CHECKPOINT, RUN_RECORD,
-                                                          ERROR_LOG)
+RESULT_FILES = tuple(map(statistics_file, STATISTICS + VALIDATION_STATISTICS)) + (
+    ALIGNMENT, CHECKPOINT, RUN_RECORD, ERROR_LOG)
+
+
+def statistics_names(validation):
+    """The statistics a run records: STATISTICS, and VALIDATION_STATISTICS when it holds out
+    a validation set (`validation` > 0)."""
+    return STATISTICS + (VALIDATION_STATISTICS if validation else ())
 
 
 def folder_name(settings):

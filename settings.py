@@ -98,6 +98,24 @@ class Number:
         return value
 
 
+class HeldOut(Number):
+    """An argparse type for --validation: a number of training images to hold out, at least 0
+    and leaving the 1,000 images the published batch layout needs (len / 1000 per batch)."""
+
+    def __init__(self):
+        super().__init__(int, 0)
+
+    def __call__(self, text):
+        from data import TRAINING_IMAGES
+        value = super().__call__(text)
+        if (TRAINING_IMAGES - value) // 1000 < 1:  # training.batch_layout's batch size
+            raise argparse.ArgumentTypeError(
+                f"{text!r} leaves {max(TRAINING_IMAGES - value, 0)} of the {TRAINING_IMAGES} "
+                f"training images, too few for a batch (the published layout takes len / 1000 "
+                f"images a batch): hold out at most {TRAINING_IMAGES - 1000}")
+        return value
+
+
 PAPER = "paper"  # the preset of the paper's settings per algorithm (Ahmad et al. 2020, sec. 4)
 
 # In run.py's order of flags (the published ones first); `grid` orders the sweep's grid
@@ -156,6 +174,14 @@ TABLE = (
             "every N batches, log per layer the angle between the rule's and BP's weight "
             "directions to alignment.txt (0 = off)", convert=Number(int, 0), metavar="N",
             pack="shared", grid=10),
+    Setting("validation", 0,
+            "training images held out as a validation set, evaluated beside the others (10000: "
+            "the authors' own split, chosen by seed 42); 0 = none, train on all",
+            convert=HeldOut(), metavar="N", computation=True,
+            folder=NamePiece(6.5, lambda value: f"{value}Val_" if value else "",
+                             r"(?:(?P<validation>\d+)Val_)?",
+                             lambda text: int(text) if text else 0),
+            pack="shared", grid=9.5, column=(7.5, "validation", False)),
     Setting("dtype", "float64", None, choices="backend.DTYPES", computation=True,
             pack="shared", grid=8, column=(8, "dtype", False)),
     Setting("backend", "auto", "auto = CuPy when it imports and sees a GPU, else NumPy",

@@ -59,10 +59,14 @@ def marks(group):
 
 
 def display_rows(groups):
-    """Header and rows of the table (strings), and the footnotes."""
+    """Header and rows of the table (strings), and the footnotes. With validation sets, two
+    more columns: the test accuracy at each run's evaluation of best validation accuracy,
+    and that evaluation's epoch ("-" for groups without one)."""
     columns = summary_data.label_columns(groups)
+    validated = any(group.validated() for group in groups)
     header = [summary_data.LABELS[name] for name in columns] + [
-        "seeds", "epochs", "final test %", "peak test %", "peak epoch", "final train %"]
+        "seeds", "epochs", "final test %", "peak test %", "peak epoch", "final train %"] + (
+        ["test % at best val", "best val epoch"] if validated else [])
     rows, notes = [], []
     for group in groups:
         label = summary_data.label_values(group, columns)
@@ -71,6 +75,11 @@ def display_rows(groups):
             percent(group.final("test_acc")), percent(group.peak("test_acc")),
             f"{numpy.mean(group.peak_epoch('test_acc')):.2f}",
             percent(group.final("training_acc"))]
+        if validated and group.validated():
+            accuracies, epochs = zip(*group.selected())
+            row += [percent(accuracies), f"{numpy.mean(epochs):.2f}"]
+        elif validated:
+            row += ["-", "-"]
         rows.append(row)
         if marks(group):
             counts = group.status_counts()
@@ -81,13 +90,14 @@ def display_rows(groups):
               "used."), ("!", "! runs diverged: their last finite values are used."))
               if any(mark in marks(group) for group in groups)]
     notes = legend + notes
-    return header, rows, notes
+    return header, rows, notes, len(columns)
 
 
-def print_table(header, rows, notes, markdown=False):
-    """An aligned plain-text table, or a Markdown one."""
+def print_table(header, rows, notes, nb_labels, markdown=False):
+    """An aligned plain-text table, or a Markdown one (the columns after the first
+    `nb_labels`, the settings, are numbers: aligned right)."""
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
-    numeric = [i >= len(header) - 6 for i in range(len(header))]
+    numeric = [i >= nb_labels for i in range(len(header))]
 
     def line(cells):
         text = [cell.rjust(width) if right else cell.ljust(width)
@@ -110,17 +120,25 @@ def print_table(header, rows, notes, markdown=False):
 def write_csv(groups, stream):
     """All settings, the statistics as fractions (mean and sd columns) and the statuses."""
     keys = summary_data.GROUP_KEYS
+    validated = any(group.validated() for group in groups)
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(list(keys) + [
         "seeds", "epochs_min", "epochs_max", "final_test_acc_mean", "final_test_acc_sd",
         "peak_test_acc_mean", "peak_test_acc_sd", "peak_epoch_mean", "final_training_acc_mean",
-        "final_training_acc_sd", "not_finished", "diverged", "statuses", "folders"])
+        "final_training_acc_sd"] + (
+        ["selected_test_acc_mean", "selected_test_acc_sd", "selected_epoch_mean"]
+        if validated else []) + ["not_finished", "diverged", "statuses", "folders"])
     for group in groups:
         statistics = []
         for values in (group.final("test_acc"), group.peak("test_acc")):
             statistics += list(summary_data.mean_sd(values))
         statistics.append(numpy.mean(group.peak_epoch("test_acc")))
         statistics += list(summary_data.mean_sd(group.final("training_acc")))
+        if validated and group.validated():
+            accuracies, epochs = zip(*group.selected())
+            statistics += list(summary_data.mean_sd(accuracies)) + [numpy.mean(epochs)]
+        elif validated:
+            statistics += [numpy.nan] * 3
         mark = marks(group)
         writer.writerow(
             [group.key[name] for name in keys]

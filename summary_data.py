@@ -39,12 +39,19 @@ class SummaryError(Exception):
     """Nothing to summarise, or a path that does not exist; the message says what to do."""
 
 
+def batches_per_epoch(validation=0):
+    """Batches an epoch (training.batch_layout) of the training images left after holding
+    out `validation` of them (1000 for none or 10,000)."""
+    return training.batch_layout(data.TRAINING_IMAGES - validation)[1]
+
+
 @functools.cache
-def evaluations_per_epoch(eval_interval):
+def evaluations_per_epoch(eval_interval, validation=0):
     """Evaluations within an epoch, on the cadence of training.evaluates_after: 1 if
     eval_interval is 0, else one after each batch b with b % N == 0, b != 0 (99 at N = 10)."""
-    return sum(training.evaluates_after(batch, eval_interval, NB_BATCHES)
-               for batch in range(NB_BATCHES))
+    nb_batches = batches_per_epoch(validation)
+    return sum(training.evaluates_after(batch, eval_interval, nb_batches)
+               for batch in range(nb_batches))
 
 
 def mean_sd(values):
@@ -64,7 +71,8 @@ class Run:
 
     @property
     def per_epoch(self):
-        return evaluations_per_epoch(self.settings.get("eval_interval", 10))
+        return evaluations_per_epoch(self.settings.get("eval_interval", 10),
+                                     self.settings.get("validation", 0))
 
     def epochs(self, length=None):
         """The epoch of each evaluation (of the first `length` ones)."""
@@ -72,18 +80,18 @@ class Run:
         return numpy.arange(length) / max(self.per_epoch, 1)
 
 
-def read_alignment(path):
+def read_alignment(path, nb_batches=NB_BATCHES):
     """alignment.txt as rows (epoch position, angle per layer), or None if absent or empty.
 
     Columns `epoch batch angle_layer0 ...` (0-based epoch and batch) with a '#' header; the
-    position of a row is epoch + (batch + 1) / NB_BATCHES.
+    position of a row is epoch + (batch + 1) / nb_batches (the batches of the run's epoch).
     """
     if not os.path.exists(path):
         return None
     table = numpy.loadtxt(path, comments="#", ndmin=2)
     if table.size == 0 or table.shape[1] < 3:
         return None
-    position = table[:, 0] + (table[:, 1] + 1) / NB_BATCHES
+    position = table[:, 0] + (table[:, 1] + 1) / nb_batches
     return numpy.column_stack([position, table[:, 2:]])
 
 
@@ -99,14 +107,17 @@ def read_run(folder):
             raise ValueError(f"no {RUN_RECORD}, and its name is not a results folder name")
         settings, status = {**named, **PUBLISHED_UNNAMED}, "unknown"
     curves = {}
-    for name in ("training_acc", "test_acc"):
+    for name in ("training_acc", "test_acc", "validation_acc"):
         path = os.path.join(folder, run_folder.statistics_file(name))
+        if name == "validation_acc" and not os.path.exists(path):
+            continue  # a run without a validation set
         if os.path.exists(path) and os.path.getsize(path) == 0:
             raise ValueError(f"{run_folder.statistics_file(name)} is empty")
         values = numpy.loadtxt(path, ndmin=1)
         curves[name] = values
     return Run(os.path.normpath(folder), settings, status, curves,
-               read_alignment(os.path.join(folder, ALIGNMENT)))
+               read_alignment(os.path.join(folder, ALIGNMENT),
+                              batches_per_epoch(settings.get("validation", 0))))
 
 
 def find_folders(path):
@@ -160,6 +171,20 @@ class Group:
     def epochs(self):
         """Per run, the epochs its statistics cover."""
         return [float(run_.epochs()[-1]) for run_ in self.runs]
+
+    def validated(self):
+        """Whether every run of the group has a validation curve."""
+        return all("validation_acc" in run_.curves for run_ in self.runs)
+
+    def selected(self, name="test_acc"):
+        """Per run, (`name` at the evaluation of best validation accuracy, that evaluation's
+        epoch): model selection on the validation set (the first best evaluation)."""
+        chosen = []
+        for run_ in self.runs:
+            validation = run_.curves["validation_acc"]
+            best = int(numpy.argmax(validation[:len(run_.curves[name])]))
+            chosen.append((float(run_.curves[name][best]), float(run_.epochs()[best])))
+        return chosen
 
     def status_counts(self):
         return dict(collections.Counter(run_.status for run_ in self.runs))

@@ -1,7 +1,8 @@
 """Learning curves of summarize.py's groups, drawn with matplotlib's Agg backend (no display).
 
-Panels: test accuracy and training accuracy against epochs, and, when some runs logged it
-(`alignment.txt`), the angle between each layer's weight directions and BP's. Per group:
+Panels: test accuracy and training accuracy against epochs, the validation accuracy when
+some runs held out a validation set, and, when some runs logged it (`alignment.txt`), the
+angle between each layer's weight directions and BP's. Per group:
 the mean over seeds as a line and the min-max over seeds as a band; one colour per
 algorithm, and line styles telling apart the groups of one algorithm.
 """
@@ -71,12 +72,16 @@ def plot(groups, path):
     from matplotlib import pyplot
     aligned = [group for group in groups if any(run_.alignment is not None
                                                  for run_ in group.runs)]
-    figure, axes = pyplot.subplots(1, 3 if aligned else 2, figsize=(15 if aligned else 10, 4.2),
-                                   squeeze=False)
+    curves = [("test_acc", "Test accuracy"), ("training_acc", "Training accuracy")]
+    if any(group.validated() for group in groups):
+        curves.append(("validation_acc", "Validation accuracy"))
+    panels = len(curves) + bool(aligned)
+    figure, axes = pyplot.subplots(1, panels, figsize=(5 * panels, 4.2), squeeze=False)
     styles = dict(zip(map(id, groups), appearance(groups)))
-    for axis, name, title in zip(axes[0], ("test_acc", "training_acc"),
-                                 ("Test accuracy", "Training accuracy")):
+    for axis, (name, title) in zip(axes[0], curves):
         for group in groups:
+            if name == "validation_acc" and not group.validated():
+                continue
             colour, style, label = styles[id(group)]
             epochs, mean, low, high = accuracy_band(group, name)
             axis.plot(epochs, mean, color=colour, linestyle=style, label=label,
@@ -87,7 +92,7 @@ def plot(groups, path):
     axes[0][0].legend(fontsize="small", title="mean, min-max over seeds",
                       title_fontsize="small")
     if aligned:
-        axis = axes[0][2]
+        axis = axes[0][len(curves)]
         for group in aligned:
             colour, _, label = styles[id(group)]
             positions, angles = alignment_means(group)

@@ -3,6 +3,7 @@ import dataclasses
 import math
 import sys
 import time
+import typing
 
 import numpy
 
@@ -614,13 +615,13 @@ class StepRunner:
 
 
 class Feed:
-    """The data a StepRunner trains on: per run, (training set, one-hot training targets, test
-    set) as device arrays (`to_device_sets`); one such triple for a single run, one per run
-    of a pack (all training sets of one size)."""
+    """The data a StepRunner trains on: per run a RunData (`to_device_sets`; a triple
+    (training set, one-hot targets, test set) is read as a RunData without validation set),
+    one for a single run, one per run of a pack (all training sets of one size)."""
 
     def __init__(self, sets):
-        self.sets = list(sets)
-        sizes = {len(train[0]) for train, _, _ in self.sets}
+        self.sets = [RunData(*each) for each in sets]
+        sizes = {len(each.train[0]) for each in self.sets}
         if len(sizes) > 1:
             raise ValueError(f"the training sets of a pack differ in size: {sorted(sizes)}")
         self.batch_size, self.nb_batches = batch_layout(sizes.pop())
@@ -630,17 +631,17 @@ class Feed:
         the runs' batches stacked (runs, batch, units)."""
         rows = slice(batch_index * self.batch_size, (batch_index + 1) * self.batch_size)
         if run_ids is None:
-            (images, _), targets, _ = self.sets[0]
-            return images[rows], targets[rows]
-        xp = backend.array_module(self.sets[0][1])
-        return (xp.stack([self.sets[run][0][0][rows] for run in run_ids]),
-                xp.stack([self.sets[run][1][rows] for run in run_ids]))
+            return self.sets[0].train[0][rows], self.sets[0].targets[rows]
+        xp = backend.array_module(self.sets[0].targets)
+        return (xp.stack([self.sets[run].train[0][rows] for run in run_ids]),
+                xp.stack([self.sets[run].targets[rows] for run in run_ids]))
 
     def record(self, net, statistics, run_ids, evaluated_after):
-        """Evaluate each run on its own training and test sets; append to its Statistics."""
+        """Evaluate each run on its own sets (training, test, validation); append to its
+        Statistics."""
         for position, (run, run_statistics, _) in enumerate(runs_of(net, statistics)):
-            train, _, test = self.sets[0 if run_ids is None else run_ids[position]]
-            run_statistics.record(run, train, test)
+            each = self.sets[0 if run_ids is None else run_ids[position]]
+            run_statistics.record(run, each.train, each.test, each.validation)
             run_statistics.evaluated_after = evaluated_after
 
 
@@ -674,8 +675,21 @@ def alignment_with_bp(net, algorithm, forward, targets):
             for rule, bp in zip(rule_directions, bp_directions)]
 
 
-def to_device_sets(train, test):
-    """Host (images, labels) pairs -> device arrays, plus the one-hot training targets."""
-    device_sets = [(backend.to_device(images), backend.xp().asarray(labels))
-                   for images, labels in (train, test)]
-    return device_sets[0], device_sets[1], backend.to_device(one_hot(train[1]))
+class RunData(typing.NamedTuple):
+    """A run's data on the backend (`to_device_sets`): its training set (images, labels),
+    the training set's one-hot targets, the test set and the validation set (None without
+    one)."""
+
+    train: tuple
+    targets: object
+    test: tuple
+    validation: tuple = None
+
+
+def to_device_sets(train, test, validation=None):
+    """Host (images, labels) pairs -> a RunData of device arrays, with the one-hot training
+    targets."""
+    def on_device(images, labels):
+        return backend.to_device(images), backend.xp().asarray(labels)
+    return RunData(on_device(*train), backend.to_device(one_hot(train[1])), on_device(*test),
+                   None if validation is None else on_device(*validation))

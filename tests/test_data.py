@@ -116,3 +116,34 @@ def test_load_dataset_rejects_truncated_unpacked_file(mnist_raw, tmp_path):
         data.load_dataset("MNIST", str(tmp_path))
     message = str(caught.value)
     assert raw in message and "t10k-images-idx3-ubyte" in message
+
+
+def test_the_validation_split_is_the_authors_held_out_set():
+    """--validation=10000 holds out the authors' images: numpy.random.seed(42);
+    numpy.random.choice(60000, size=10000, replace=False) (their run.py); the others stay
+    in stored order; the two parts are disjoint and together the whole set."""
+    saved = np.random.get_state()
+    try:
+        np.random.seed(42)
+        authors = np.random.choice(60000, size=10000, replace=False)
+    finally:
+        np.random.set_state(saved)
+    np.testing.assert_array_equal(data.validation_indices(60000, 10000), authors)
+    assert list(authors[:5]) == [12628, 37730, 39991, 8525, 8279]
+    images = np.arange(60000, dtype=float)[:, None] * np.ones((1, 3))
+    labels = np.arange(60000) % 10
+    (kept_images, kept_labels), (held_images, held_labels) = data.split_validation(
+        (images, labels), 10000)
+    kept = kept_images[:, 0].astype(int)
+    held = held_images[:, 0].astype(int)
+    np.testing.assert_array_equal(held, authors)
+    assert len(kept) == 50000 and np.all(np.diff(kept) > 0)  # stored order
+    assert set(kept).isdisjoint(held) and len(set(kept) | set(held)) == 60000
+    np.testing.assert_array_equal(kept_labels, kept % 10)
+    np.testing.assert_array_equal(held_labels, held % 10)
+
+
+def test_other_validation_sizes_follow_the_same_rule():
+    np.testing.assert_array_equal(data.validation_indices(60000, 5000),
+                                  np.random.RandomState(42).choice(60000, 5000, replace=False))
+    assert len(set(data.validation_indices(60000, 59000))) == 59000

@@ -13,6 +13,7 @@ import numpy
 import pytest
 
 import pack
+import run_folder
 import training
 from inv_net import InvNet, SquareInvNet, TowerInvNet
 from helpers import ENV, REPO, assert_clean, cli
@@ -107,6 +108,36 @@ def test_a_pack_evaluates_each_run_on_its_own_sets():
         train, _, test = sets[position]
         expected.record(runner.net.run(position), train, test)
         assert statistics[position].values == expected.values
+
+
+def test_a_pack_evaluates_each_runs_validation_set_as_its_single_run():
+    """Runs holding out a validation set (a RunData's fourth set): the pack's six statistics
+    per run are those of each run alone."""
+    generator = numpy.random.RandomState(3)
+    sets = [training.RunData(*triple, validation=(generator.rand(200, 48),
+                                                  generator.randint(0, 10, 200)))
+            for triple in synthetic_sets(2)]
+    names = run_folder.statistics_names(validation=200)
+    settings = [training.StepSettings("BP", 1e-3)] * 2
+    runner = training.StepRunner(InvNet.stack([SquareInvNet(48, 1, seed, True) for seed in (1, 2)]),
+                                 training.StepSettings.of_pack(settings))
+    statistics = [training.Statistics(names=names) for _ in range(2)]
+    feed = training.Feed(sets)
+    for batch_index in range(10):
+        runner.step(*feed.batch(batch_index, runner.run_ids), statistics, 0, batch_index)
+    feed.record(runner.net, statistics, runner.run_ids, (0, 9))
+    for position, seed in enumerate((1, 2)):
+        single, _ = train_alone(SquareInvNet(48, 1, seed, True), settings[0], sets[position], 10)
+        single_statistics = training.Statistics(names=names)
+        training.Feed([sets[position]]).record(single, single_statistics, None, (0, 9))
+        assert statistics[position].values == single_statistics.values
+        assert len(statistics[position].values["validation_acc"]) == 1
+
+
+def test_runs_with_other_validation_splits_cannot_share_a_pack():
+    parser = build_parser()
+    assert pack.pack_key(parser.parse_args(["--validation=10000"])) != pack.pack_key(
+        parser.parse_args([]))
 
 
 @pytest.mark.parametrize("deferred", [False, True])

@@ -201,10 +201,10 @@ def test_checkpoint_and_run_record_then_load_extends_to_identical_files(mnist, r
     meta, arrays = checkpoint_arrays(folder)
     assert meta["epoch"] == 1 and meta["dtype"] == "float64" and meta["backend"] == "numpy"
     assert meta["settings"]["eval_interval"] == 50 and meta["settings"]["nb_layers"] == 0
-    for name in ("W0", "b0", "m0", "v0", "m1", "v1"):  # weights, biases, optimiser moments
+    for name in ("W0", "b0", "mW0", "vW0", "mb0", "vb0"):  # weights, biases, their moments
         assert name in arrays and numpy.isfinite(arrays[name]).all(), name
-    assert arrays["W0"].shape == arrays["m0"].shape == (784, 784)
-    assert arrays["b0"].shape == arrays["m1"].shape == (784,)
+    assert arrays["W0"].shape == arrays["mW0"].shape == (784, 784)
+    assert arrays["b0"].shape == arrays["mb0"].shape == (784,)
     for name in STATISTICS:
         assert arrays[name].shape == (1 + 19,), name
         assert line_count(os.path.join(folder, name + ".txt")) == 1 + 19

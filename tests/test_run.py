@@ -364,8 +364,41 @@ def test_a_resumed_run_records_its_epochs_before_it_trains(tmp_path):
     folders = Folders()
     try:
         opened, stored = folders.open(resumed)
-        Run(resumed, flags + ["--load"], opened, stored).begin(None, None)
+        Run(resumed, flags + ["--load"], opened, stored).begin(None)
     finally:
         folders.release()
     record = json.load(open(os.path.join(folder, "run.json")))
     assert (record["status"], record["epochs_done"]) == ("running", 2)
+
+
+def test_a_run_with_a_validation_set_scores_it_and_trains_on_the_rest(data_root, tmp_path):
+    """--validation=10000 on genuine MNIST (one 784-unit layer, one epoch): the folder name
+    shows the split; validation_acc/_loss.txt beside the others, in the checkpoint too; the
+    training score is over the 50,000 images trained on; --load with another split finds no
+    run, with the same one it extends the run."""
+    import data
+    from inv_net import SquareInvNet
+    from utils import evaluate
+    root = data_root.require("MNIST")
+    flags = ["--nb_layers=0", "--nb_epochs=1", "--eval_interval=0", "--validation=10000",
+             "--backend=numpy", f"--data_dir={root}", f"--results_dir={tmp_path}"]
+    assert_clean(cli(flags), 0)
+    folder = tmp_path / "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_10000Val_0L"
+    for name in STATISTICS + ("validation_acc", "validation_loss"):
+        assert len(numpy.loadtxt(folder / f"{name}.txt")) == 2, name
+    record = json.load(open(folder / "run.json"))
+    assert record["settings"]["validation"] == 10000 and record["status"] == "finished"
+    with numpy.load(folder / "checkpoint.npz") as stored:
+        assert json.loads(str(stored["meta"]))["settings"]["validation"] == 10000
+        assert len(stored["validation_acc"]) == 2
+    net = SquareInvNet(784, 0)
+    net.load_params(str(folder))
+    train, _, held_out = data.load_run_sets("MNIST", root, 10000)
+    assert len(train[1]) == 50000 and len(held_out[1]) == 10000
+    assert evaluate(net, *train)[0] == numpy.loadtxt(folder / "training_acc.txt")[-1]
+    assert evaluate(net, *held_out)[0] == numpy.loadtxt(folder / "validation_acc.txt")[-1]
+    other = [flag.replace("=10000", "=5000") for flag in flags]
+    assert_clean(cli(other + ["--load"]), 2)
+    assert_clean(cli([flag.replace("--nb_epochs=1", "--nb_epochs=2") for flag in flags]
+                     + ["--load"]), 0)
+    assert len(numpy.loadtxt(folder / "validation_acc.txt")) == 3

@@ -18,6 +18,8 @@ from settings import build_parser
     ["--learning_rate=0.5", "--orthogonal_reg=1e-3"],
     ["--learning_rate=1e20", "--orthogonal_reg=2.5e-12"],
     ["--learning_rate=123456789", "--orthogonal_reg=0.30000000000000004"],
+    ["--validation=10000", "--nb_layers=4"],
+    ["--validation=1", "--tower", "--linear"],
 ])
 def test_folder_name_reads_back_into_the_settings_it_holds(argv):
     args = build_parser().parse_args(argv)
@@ -45,3 +47,21 @@ def test_setting_differences_name_each_differing_computation_setting():
     asked = build_parser().parse_args(["--nb_epochs=5", "--device=1"])  # not computation
     assert run_folder.setting_differences(stored, asked) == ["eval_interval stored 0, asked 10"]
     assert run_folder.setting_differences({}, args)[0] == "algorithm stored None, asked 'BP'"
+
+
+def test_the_validation_split_shows_in_the_name_only_when_there_is_one():
+    parser = build_parser()
+    assert run_folder.folder_name(parser.parse_args(["--nb_layers=4"])) == (
+        "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_4L")
+    assert run_folder.folder_name(parser.parse_args(["--nb_layers=4", "--validation=10000"])) == (
+        "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_10000Val_4L")
+    stored = run_folder.computation_settings(parser.parse_args(["--validation=10000"]))
+    assert run_folder.setting_differences(stored, parser.parse_args(["--validation=5000"])) == [
+        "validation stored 10000, asked 5000"]
+
+
+@pytest.mark.parametrize("value", ["59001", "60000", "-1", "x"])
+def test_a_validation_split_that_leaves_no_batch_layout_is_refused(value):
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args([f"--validation={value}"])
+    assert stopped.value.code == 2

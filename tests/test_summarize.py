@@ -46,8 +46,9 @@ def expected_statistics(folders, eval_interval):
 
 
 def fabricate_run(root, curve, status="finished", train_curve=None, alignment=None,
-                  **settings):
-    """A results folder with run.json, test_acc.txt and training_acc.txt (and alignment.txt)."""
+                  validation_curve=None, **settings):
+    """A results folder with run.json, test_acc.txt and training_acc.txt (and alignment.txt,
+    validation_acc.txt)."""
     values = {**vars(build_parser().parse_args([])), "eval_interval": 0, **settings,
               "results_dir": str(root)}
     folder = run_folder.results_folder(argparse.Namespace(**values))
@@ -58,6 +59,8 @@ def fabricate_run(root, curve, status="finished", train_curve=None, alignment=No
     numpy.savetxt(os.path.join(folder, "test_acc.txt"), curve)
     numpy.savetxt(os.path.join(folder, "training_acc.txt"),
                   curve if train_curve is None else train_curve)
+    if validation_curve is not None:
+        numpy.savetxt(os.path.join(folder, "validation_acc.txt"), validation_curve)
     if alignment is not None:
         numpy.savetxt(os.path.join(folder, "alignment.txt"), alignment,
                       header="epoch (0-based) batch (0-based) angle_layer0 angle_layer1")
@@ -201,3 +204,37 @@ def test_bad_paths_and_unreadable_folders(capsys, tmp_path):
     assert re.search(r"BP .* 1 ", out.splitlines()[2])
     status, _, err = summarize_main(capsys, tmp_path, "--plot", tmp_path / "no" / "x.png")
     assert status == 2 and "cannot write the figure" in err
+
+
+def test_runs_with_a_validation_set_are_selected_on_it(capsys, tmp_path):
+    """Two seeds held out 10,000 images: the table adds the test accuracy at each run's
+    evaluation of best validation accuracy (not the peak test accuracy) and its epoch; a
+    group without a validation set shows '-' there; the figure gets a validation panel."""
+    fabricate_run(tmp_path, [0.1, 0.8, 0.7, 0.9], validation_curve=[0.1, 0.5, 0.6, 0.4],
+                  validation=10000, seed=1)
+    fabricate_run(tmp_path, [0.1, 0.6, 0.75, 0.7], validation_curve=[0.1, 0.7, 0.2, 0.3],
+                  validation=10000, seed=2)
+    fabricate_run(tmp_path, [0.1, 0.5, 0.6])
+    status, out, err = summarize_main(capsys, tmp_path, "--format", "csv")
+    assert status == 0, err
+    rows = {int(row["validation"]): row for row in csv.DictReader(io.StringIO(out))}
+    assert float(rows[10000]["selected_test_acc_mean"]) == pytest.approx((0.7 + 0.6) / 2)
+    assert float(rows[10000]["selected_epoch_mean"]) == pytest.approx((2 + 1) / 2)
+    assert float(rows[10000]["peak_test_acc_mean"]) == pytest.approx((0.9 + 0.75) / 2)
+    assert rows[0]["selected_test_acc_mean"] == ""
+    status, out, _ = summarize_main(capsys, tmp_path)
+    lines = out.splitlines()
+    assert "test % at best val" in lines[0] and "best val epoch" in lines[0]
+    assert "validation" in lines[0]  # the setting's column: it differs between the groups
+    selected = next(line for line in lines if "10000" in line)
+    assert "65.00 ± 7.07" in selected and selected.rstrip().endswith("1.50")
+    assert next(line for line in lines[2:] if " 0 " in line).split()[-2:] == ["-", "-"]
+    status, _, err = summarize_main(capsys, tmp_path, "--plot", tmp_path / "curves.png")
+    assert status == 0, err
+    assert png_size(tmp_path / "curves.png") == (1500, 420)
+
+
+def test_a_run_without_validation_is_read_as_before(capsys, tmp_path):
+    fabricate_run(tmp_path, [0.1, 0.5, 0.6])
+    status, out, _ = summarize_main(capsys, tmp_path, "--format", "csv")
+    assert "selected_test_acc_mean" not in out.splitlines()[0]
