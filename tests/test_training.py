@@ -415,3 +415,14 @@ def test_cupy_finite_sums_that_overflow_are_not_solver_failures(cupy_float64):
     net, runner = trained("GAIT", data, deferred=True, net=net)
     assert runner.redone == len(data)
     assert runner.solver_failures == [] and runner.kept and not runner.lu_only
+
+
+def test_the_batch_layout_follows_the_training_images_left():
+    """len // 1000 images a batch, len // batch batches: 60 x 1000 for all 60,000 images,
+    50 x 1000 for the 50,000 left beside the authors' 10,000 validation images."""
+    assert training.batch_layout(60000) == (60, 1000)
+    assert training.batch_layout(50000) == (50, 1000)
+    assert training.batch_layout(55500) == (55, 1009)
+    feed = training.Feed([((numpy.zeros((50000, 4)), numpy.zeros(50000, dtype=int)),
+                           numpy.zeros((50000, 10)), (numpy.zeros((3, 4)), numpy.zeros(3)))])
+    assert (feed.batch_size, feed.nb_batches) == (50, 1000)
