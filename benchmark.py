@@ -11,7 +11,7 @@ time, as a fraction of the matrix-product rate at the sizes that phase uses (a t
 step: products of a batch of 60 with a 784 x 784 matrix; an evaluation: a chunk of rows
 times a 784 x 784 matrix). Then the peak resident memory of the process.
 
-Steps run as a run trains (`training.StepRunner`): on the host one checked step at a time;
+Steps run as a run trains (`step_runner.StepRunner`): on the host one checked step at a time;
 on a GPU queued without waiting, checked every 50 steps, replayed from a CUDA graph. Each
 rule runs with the paper's learning rate, and with lambda = 0 and the paper's lambda. On a
 GPU the step times are set against the targets (1.0 ms float64, 0.8 ms float32; an
@@ -38,6 +38,7 @@ import time
 import backend  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS
 import numpy
 import settings as settings_table
+import step_runner
 import training
 from inv_net import InvNet, SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot, peak_memory_mb
@@ -133,7 +134,7 @@ def time_step(net, settings, repeats):
     A pack (`net.runs`) steps all its runs at once."""
     steps = STEPS_PER_ROUND[backend.name()]
     batches = training_batches(steps, net.runs)
-    runner = training.StepRunner(net, settings)
+    runner = step_runner.StepRunner(net, settings)
     record = (training.Statistics() if net.runs is None else
               [training.Statistics() for _ in range(net.runs)])
     state = {"batch": 0}
@@ -184,7 +185,7 @@ def measure(dtype, repeats, profile=False, pack_sizes=()):
             rows[name] = {"ms_per_step": seconds * 1e3, "gflop": flops / 1e9,
                           "efficiency": flops / seconds / 1e9 / batch_rate,
                           "redone_steps": runner.redone,
-                          "graph_replay_difference": runner.graph_difference}
+                          "graph_replay_difference": runner.replay.difference}
             if profile and backend.name() == "cupy":
                 profiles[name] = profile_step(net, settings, runner)
         evaluation = time_evaluation(make_net(), max(3, repeats // 2))
@@ -225,8 +226,9 @@ def time_packs(sizes, single_ms, repeats):
                 [training.StepSettings(rule, learning_rate, ortho_weighting)] * size)
             seconds, runner = time_step(net, settings, repeats)
             held = sum(array.nbytes for array in runner.net.state().values()) + sum(
-                kept.inverse.nbytes for kept in runner.kept)
-            temporaries = None if runner.graph is None else runner.graph.pool.total_bytes()
+                kept.inverse.nbytes for kept in runner.inverses.kept)
+            graph = runner.replay.graph
+            temporaries = None if graph is None else graph.pool.total_bytes()
             figures[name][size] = {
                 "ms_per_pack_step": seconds * 1e3, "steps_per_s_per_run": size / seconds,
                 "times_single_step": seconds * 1e3 / single_ms[name],
@@ -254,10 +256,10 @@ def profile_step(net, settings, runner, replays=200):
         "  regulariser": lambda: [layer.orthogonality_gradient(-settings.orthogonal_reg)
                                   for layer in net.layers],
         "checks": lambda: training.finiteness_sums(
-            [forward[-1]] + list(net.named(directions).values()), runner.sums),
+            [forward[-1]] + list(net.named(directions).values()), runner.guard.sums),
         "optimiser": lambda: net.update_parameters(directions, settings.learning_rate,
-                                                   runner.guard),
-        "batch tally": lambda: runner._tally(forward[-1], labels),
+                                                   runner.guard.array),
+        "batch tally": lambda: runner.tally.add(forward[-1], labels),
     }
     if not solved:
         del phases["  solves (kept inverses)"]
@@ -270,8 +272,8 @@ def profile_step(net, settings, runner, replays=200):
         except Exception as error:  # report and go on: the other phases still tell
             print(f"profile of {name!r} failed: {error!r}", file=sys.stderr)
             milliseconds[name] = None
-    if runner.graph is not None:
-        milliseconds["whole step (its graph)"] = backend.replay_milliseconds(runner.graph,
+    if runner.replay.graph is not None:
+        milliseconds["whole step (its graph)"] = backend.replay_milliseconds(runner.replay.graph,
                                                                             replays)
 
     def queue_without_graph():
@@ -281,7 +283,7 @@ def profile_step(net, settings, runner, replays=200):
         queue_without_graph()
     milliseconds["host: queue a step without a graph"] = (time.perf_counter() - started) * 50
     backend.synchronize()
-    runner.reset_guard()
+    runner.guard.reset()
     return milliseconds
 
 

@@ -70,7 +70,7 @@ class KeptInverse:
         self.inverse = xp.empty_like(weight_matrix)
         self.reset(weight_matrix)
         self.bound = xp.zeros(self.runs or 1, dtype=dtype)
-        self.active = True  # False: solve by LU (training.StepRunner's checked steps)
+        self.active = True  # False: solve by LU (step_runner.StepRunner's checked steps)
         self.tolerance = float((128 * numpy.finfo(dtype).eps) ** 2)
 
     def reset(self, weight_matrix):

@@ -39,7 +39,7 @@ def _moment_step_on_host(u, learning_rate, p, m, v, scratch):
 _MOMENT_UPDATE = ("m = m * (T)0.9 + u * (T)0.1; v = v * (T)0.99 + u * u * (T)0.01; "
                   "p = p + m * lr / (sqrt(v) + (T)1e-8)")
 # On a GPU: one kernel per parameter array. The guarded kernel updates nothing once a step
-# of the guard's window has failed its checks (guard[1] >= 0): see training.StepRunner.
+# of the guard's window has failed its checks (guard[1] >= 0): see step_runner.StepRunner.
 _MOMENT_STEP = backend.Fused(None, "T u, T lr", "T p, T m, T v", _MOMENT_UPDATE, "moment_step")
 _GUARDED_MOMENT_STEP = backend.Fused(None, "T u, T lr, raw int64 guard", "T p, T m, T v",
                                      f"if (guard[1] < 0) {{ {_MOMENT_UPDATE}; }}",
@@ -67,7 +67,7 @@ class MomentOptimizer:
         the same name, in place.
 
         Host: blocks shared among threads (`backend.in_shares`), each block's passes in that
-        thread's own scratch. `guard` (see training.StepRunner): skip the step if the
+        thread's own scratch. `guard` (see step_runner.StepRunner): skip the step if the
         guard's window has failed. A pack (`runs` its number of runs) has arrays with a
         leading run axis and may have one learning rate per run (an array of shape (runs, 1, 1)).
         """
@@ -310,7 +310,7 @@ class InvNet:
 
     def update_parameters(self, directions, learning_rate, guard=None):
         """One optimiser step (MomentOptimizer) along a rule's directions (a dict per layer);
-        `guard`: skip it if the guard's window has failed (training.StepRunner). In a pack,
+        `guard`: skip it if the guard's window has failed (step_runner.StepRunner). In a pack,
         `learning_rate` may hold one rate per run (an array of shape (runs, 1, 1))."""
         if self.optimizer is None:
             self.optimizer = MomentOptimizer(self.parameters())

@@ -37,6 +37,7 @@ import backend  # noqa: E402
 import data  # noqa: E402
 import run_folder  # noqa: E402
 import settings as settings_table  # noqa: E402
+import step_runner  # noqa: E402
 import training  # noqa: E402
 from folders import Folders, Run, UsageError, guarded  # noqa: E402
 from inv_net import InvNet  # noqa: E402
@@ -103,7 +104,7 @@ def train_pack(runs, sets, command, stop, until=None):
     net = InvNet.stack([each.net for each in runs])
     settings = training.StepSettings.of_pack([training.StepSettings.of(each.args)
                                               for each in runs])
-    runner = training.StepRunner(net, settings)
+    runner = step_runner.StepRunner(net, settings)
     statistics = [each.statistics for each in runs]
     feed = training.Feed([sets[data_key(each.args)] for each in runs])
     progress = training.Progress(max(each.args.nb_epochs for each in runs), feed.nb_batches)

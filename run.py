@@ -19,6 +19,7 @@ if __name__ == "__main__":  # installed before the slow imports below
 
 import backend  # noqa: E402
 import data  # noqa: E402
+import step_runner  # noqa: E402
 import training  # noqa: E402
 from folders import Folders, Run, guarded  # noqa: E402
 from settings import build_parser  # noqa: E402
@@ -46,7 +47,7 @@ def train_run(args, argv, folder, stored):
     statistics = run.begin(sets)
     feed = training.Feed([sets])
     progress = training.Progress(args.nb_epochs, feed.nb_batches)
-    runner = training.StepRunner(run.net, training.StepSettings.of(args))
+    runner = step_runner.StepRunner(run.net, training.StepSettings.of(args))
     while run.epoch < args.nb_epochs:
         progress.start_epoch(run.epoch)
         try:

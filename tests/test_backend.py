@@ -8,6 +8,7 @@ import numpy
 import pytest
 
 import backend
+import step_runner
 import training
 from helpers import assert_clean, cli, split
 from inv_net import SquareInvNet, output_targets
@@ -326,7 +327,7 @@ def test_cupy_queued_graph_steps_equal_checked_steps(algorithm, restore_backend)
     for label, deferred, scale in (("queued", True, 1.0), ("checked", False, 1.0),
                                    ("nudged", False, 1 + 2.0 ** -52)):
         net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True)
-        runner = training.StepRunner(net, settings, deferred=deferred)
+        runner = step_runner.StepRunner(net, settings, deferred=deferred)
         statistics = training.Statistics()
         for step in range(120):
             rows = slice(60 * step, 60 * (step + 1))
@@ -334,9 +335,9 @@ def test_cupy_queued_graph_steps_equal_checked_steps(algorithm, restore_backend)
         runner.settle(statistics)
         weights[label] = [backend.to_host(p) for p in net.parameters().values()]
         if deferred:
-            print(f"{algorithm}: graph replay vs step {runner.graph_difference}, steps redone "
-                  f"{runner.solver_failures}")
-            assert runner.graph is not None and runner.graph_difference == 0.0
+            print(f"{algorithm}: graph replay vs step {runner.replay.difference}, steps redone "
+                  f"{runner.inverses.failures}")
+            assert runner.replay.graph is not None and runner.replay.difference == 0.0
     difference = max(relative_differences(weights["queued"], weights["checked"]))
     spread = max(relative_differences(weights["nudged"], weights["checked"]))
     print(f"{algorithm}: queued vs checked {difference:.1e}, one-ulp spread {spread:.1e}")
@@ -358,7 +359,7 @@ def test_cupy_a_non_finite_batch_in_a_queued_window_is_named(restore_backend):
     results = []
     for deferred, steps in ((True, 20), (False, 13)):
         net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True)
-        runner = training.StepRunner(net, settings, deferred=deferred)
+        runner = step_runner.StepRunner(net, settings, deferred=deferred)
         statistics = training.Statistics()
         with pytest.raises(training.Diverged, match=r"epoch 1, batch 13: the output of layer 0"):
             for step in range(20):

@@ -1,4 +1,4 @@
-"""Packs (inv_net.InvNet.stack, training.StepRunner on a pack, pack.py): several runs trained
+"""Packs (inv_net.InvNet.stack, step_runner.StepRunner on a pack, pack.py): several runs trained
 as one must compute, bit for bit on NumPy, what each run computes alone; a diverging run
 leaves the pack alone; a killed pack resumes exactly; bad packs are refused.
 """
@@ -14,6 +14,7 @@ import pytest
 
 import pack
 import run_folder
+import step_runner
 import training
 from inv_net import InvNet, SquareInvNet, TowerInvNet
 from helpers import ENV, REPO, assert_clean, cli
@@ -36,7 +37,7 @@ def synthetic_sets(runs, nb_train=2000, nb_test=300, units=48, seed=0):
 
 def train_alone(net, settings, feed_set, steps, deferred=False):
     """The state of `net` after `steps` steps of a single run, and its Statistics."""
-    runner = training.StepRunner(net, settings, deferred=deferred)
+    runner = step_runner.StepRunner(net, settings, deferred=deferred)
     statistics = training.Statistics()
     feed = training.Feed([feed_set])
     for batch_index in range(steps):
@@ -47,7 +48,7 @@ def train_alone(net, settings, feed_set, steps, deferred=False):
 
 def train_packed(nets, settings, sets, steps, deferred=False, evaluate_at=()):
     """The runner of a pack of `nets` (settings: one StepSettings per run) after `steps` steps."""
-    runner = training.StepRunner(InvNet.stack(nets), training.StepSettings.of_pack(settings),
+    runner = step_runner.StepRunner(InvNet.stack(nets), training.StepSettings.of_pack(settings),
                                  deferred=deferred)
     statistics = [training.Statistics() for _ in nets]
     feed = training.Feed(sets)
@@ -119,8 +120,9 @@ def test_a_pack_evaluates_each_runs_validation_set_as_its_single_run():
             for triple in synthetic_sets(2)]
     names = run_folder.statistics_names(validation=200)
     settings = [training.StepSettings("BP", 1e-3)] * 2
-    runner = training.StepRunner(InvNet.stack([SquareInvNet(48, 1, seed, True) for seed in (1, 2)]),
-                                 training.StepSettings.of_pack(settings))
+    runner = step_runner.StepRunner(
+        InvNet.stack([SquareInvNet(48, 1, seed, True) for seed in (1, 2)]),
+        training.StepSettings.of_pack(settings))
     statistics = [training.Statistics(names=names) for _ in range(2)]
     feed = training.Feed(sets)
     for batch_index in range(10):
@@ -431,7 +433,7 @@ def test_cupy_pack_steps_equal_single_runs(algorithm, cupy_float64):
 
     def queued(nets, run_sets, scale=1.0):
         is_pack = len(nets) > 1
-        runner = training.StepRunner(InvNet.stack(nets) if is_pack else nets[0],
+        runner = step_runner.StepRunner(InvNet.stack(nets) if is_pack else nets[0],
                                      training.StepSettings.of_pack([settings] * len(nets))
                                      if is_pack else settings)
         statistics = [training.Statistics() for _ in nets] if is_pack else training.Statistics()
@@ -441,7 +443,7 @@ def test_cupy_pack_steps_equal_single_runs(algorithm, cupy_float64):
             images, labels = feed.batch(batch_index, runner.run_ids)
             runner.step(images * scale, labels, statistics, 0, batch_index)
         runner.settle(statistics)
-        assert runner.graph is not None
+        assert runner.replay.graph is not None
         return runner.net
 
     packed = queued([SquareInvNet(784, 4, seed, True) for seed in (1, 2, 3)], sets)

@@ -12,6 +12,7 @@ import pytest
 
 import backend
 import settings as settings_table
+import step_runner
 import training
 from helpers import by_layer
 from inv_layer import KeptInverse
@@ -34,10 +35,10 @@ def trained(algorithm, data, deferred, nb_hidden=2, check_every=None, net=None):
     """(net, runner) after a runner's steps over `data` (paper lambda and learning rate)."""
     ortho_weighting, learning_rate = PAPER[algorithm]
     net = net or SquareInvNet(784, nb_hidden, start_seed=1, orthogonal_init=True)
-    runner = training.StepRunner(net, training.StepSettings(algorithm, learning_rate,
+    runner = step_runner.StepRunner(net, training.StepSettings(algorithm, learning_rate,
                                                             ortho_weighting), deferred=deferred)
     if check_every:
-        runner.CHECK_EVERY = runner.check_every = check_every
+        runner.guard.CHECK_EVERY = runner.guard.check_every = check_every
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         runner.step(images, labels, statistics, 0, index)
@@ -73,7 +74,7 @@ def test_queued_steps_with_kept_inverses_agree_with_lu_steps(algorithm):
     spread = relative_difference(nudged.parameters().values(), checked.parameters().values())
     difference = relative_difference(queued.parameters().values(), checked.parameters().values())
     print(f"{algorithm}: queued vs LU {difference:.1e}, rounding spread {spread:.1e}")
-    assert runner.kept and not runner.solver_failures
+    assert runner.inverses.kept and not runner.inverses.failures
     assert 0 < difference <= spread
 
 
@@ -110,15 +111,15 @@ def test_a_failed_solve_is_redone_by_lu():
     data = batches(10)
     net = SquareInvNet(784, 2, start_seed=1, orthogonal_init=True)
     settings = training.StepSettings("GAIT", 1e-4, 0.1)
-    runner = training.StepRunner(net, settings, deferred=True)
+    runner = step_runner.StepRunner(net, settings, deferred=True)
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         if index == 4:
-            runner.kept[0].inverse *= 1.5
+            runner.inverses.kept[0].inverse *= 1.5
         runner.step(images, labels, statistics, 0, index)
     runner.settle(statistics)
     checked, _ = trained("GAIT", data, deferred=False)
-    assert runner.solver_failures == [4]
+    assert runner.inverses.failures == [4]
     assert relative_difference(net.parameters().values(), checked.parameters().values()) <= 1e-10
 
 
@@ -128,9 +129,9 @@ def switched_to_lu(steps=30, algorithm="TP"):
     data = batches(steps, units=48)
     net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
     ortho_weighting, learning_rate = PAPER[algorithm]
-    runner = training.StepRunner(net, training.StepSettings(algorithm, learning_rate,
+    runner = step_runner.StepRunner(net, training.StepSettings(algorithm, learning_rate,
                                                             ortho_weighting), deferred=True)
-    runner.tolerance = -1.0  # every solve fails its check
+    runner.guard.tolerance = -1.0  # every solve fails its check
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         runner.step(backend.to_device(images), backend.to_device(labels), statistics, 0, index)
@@ -145,20 +146,22 @@ def test_many_failed_solves_switch_the_run_to_lu():
     checked, _ = trained("TP", data, deferred=False,
                          net=SquareInvNet(48, 2, start_seed=1, orthogonal_init=True))
     assert runner.steps_done == len(data)
-    assert runner.solver_failures == list(range(runner.FAILURES_PER_100_STEPS + 1))
-    assert not runner.kept and all(layer.kept_inverse is None for layer in net.layers)
+    assert runner.inverses.failures == list(range(runner.inverses.FAILURES_PER_100_STEPS + 1))
+    assert not runner.inverses.kept and all(layer.kept_inverse is None for layer in net.layers)
     assert relative_difference(net.parameters().values(), checked.parameters().values()) <= 1e-10
 
 
 def test_a_singular_weight_matrix_met_by_a_queued_lu_solve_is_a_divergence():
-    """After the switch to LU, a queued step's LU solve that finds W singular ends the run as
-    a checked step does (Diverged naming the batch), not with numpy's LinAlgError."""
+    """After the switch to LU, a queued step's LU solve that finds W singular fails the step
+    in the guard: when the host reads it, the run ends as a checked step does (Diverged
+    naming the batch), not with numpy's LinAlgError."""
     net, runner, statistics, data = switched_to_lu(algorithm="GAIT")
-    assert runner.lu_only
+    assert runner.inverses.lu_only
     net.layers[1].weight_matrix[...] = 0.0
     with pytest.raises(training.Diverged, match=r"epoch 1, batch 30: a layer's weights are "
                                                 r"singular"):
         runner.step(*map(backend.to_device, data[0]), statistics, 0, 30)
+        runner.settle(statistics)
 
 
 def test_finite_sums_that_overflow_are_redone_but_not_counted_as_failed_solves():
@@ -170,7 +173,7 @@ def test_finite_sums_that_overflow_are_redone_but_not_counted_as_failed_solves()
     net.layers[-1].biases[[20, 30]] = 1e308
     net, runner = trained("GAIT", data, deferred=True, net=net)
     assert runner.redone == len(data)
-    assert runner.solver_failures == [] and runner.kept and not runner.lu_only
+    assert runner.inverses.failures == [] and runner.inverses.kept and not runner.inverses.lu_only
     assert numpy.isfinite(net.layers[0].weight_matrix).all()
 
 
@@ -219,7 +222,7 @@ def test_a_diverging_step_logs_no_alignment_row(deferred):
     data = batches(9, units=48)
     data[6][0][3, 5] = numpy.nan
     net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
-    runner = training.StepRunner(net, training.StepSettings("GAIT", 1e-4, 0.1, log_alignment=2),
+    runner = step_runner.StepRunner(net, training.StepSettings("GAIT", 1e-4, 0.1, log_alignment=2),
                                  deferred=deferred)
     statistics = training.Statistics()
     with pytest.raises(training.Diverged, match="batch 6"):
@@ -233,7 +236,7 @@ def test_running_statistics_are_the_batches_accuracy_and_loss_before_each_update
     """With a negligible learning rate the batches' tally equals evaluate() on them."""
     data = batches(6)
     net = SquareInvNet(784, 1, start_seed=2, orthogonal_init=True)
-    runner = training.StepRunner(net, training.StepSettings("BP", 1e-300))
+    runner = step_runner.StepRunner(net, training.StepSettings("BP", 1e-300))
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         runner.step(images, labels, statistics, 0, index)
@@ -256,11 +259,11 @@ def test_running_statistics_of_a_pack_go_on_after_a_run_leaves():
     nets = [SquareInvNet(48, 1, seed, True) for seed in (1, 2, 3)]
     singles = []
     for net, setting, (images, labels) in zip(nets, settings, sets):
-        runner = training.StepRunner(net, setting)
+        runner = step_runner.StepRunner(net, setting)
         for batch in range(6):
             runner.step(images[batch], labels[batch], training.Statistics(), 0, batch)
         singles.append(runner.running_statistics())
-    pack = training.StepRunner(InvNet.stack([SquareInvNet(48, 1, seed, True)
+    pack = step_runner.StepRunner(InvNet.stack([SquareInvNet(48, 1, seed, True)
                                              for seed in (1, 2, 3)]),
                                training.StepSettings.of_pack(settings))
     statistics = [training.Statistics() for _ in range(3)]
@@ -305,16 +308,16 @@ def test_guard_on_the_host_counts_steps_and_keeps_the_first_failure():
     for sums, bound in (([1.0, 2.0], 0.5), ([1.0, 2.0], 0.5), ([1.0, numpy.nan], 0.5),
                         ([1.0, 2.0], 2.0), ([1.0, 2.0], 0.5)):
         bounds[1] = bound
-        training._UPDATE_GUARD(numpy.array(sums), 2, bounds, 2, 1.0, guard)
-    assert list(guard) == [5, 2, training.SUMS_NOT_FINITE]
+        step_runner._UPDATE_GUARD(numpy.array(sums), 2, bounds, 2, 1.0, guard)
+    assert list(guard) == [5, 2, step_runner.SUMS_NOT_FINITE]
     guard[:] = [0, -1, 0]
-    training._UPDATE_GUARD(numpy.array([1.0]), 1, numpy.array([2.0]), 1, 1.0, guard)
-    assert list(guard) == [1, 0, training.SOLVE_NOT_EXACT]  # a bound above the tolerance
+    step_runner._UPDATE_GUARD(numpy.array([1.0]), 1, numpy.array([2.0]), 1, 1.0, guard)
+    assert list(guard) == [1, 0, step_runner.SOLVE_NOT_EXACT]  # a bound above the tolerance
     guard[:] = [0, -1, 0]
-    training._UPDATE_GUARD(numpy.array([1e308, 1e308]), 2, bounds, 2, 1.0, guard)
+    step_runner._UPDATE_GUARD(numpy.array([1e308, 1e308]), 2, bounds, 2, 1.0, guard)
     assert list(guard) == [1, -1, 0]  # finite sums whose total overflows pass
-    training._UPDATE_GUARD(numpy.array([numpy.inf]), 1, numpy.array([numpy.nan]), 1, 1.0, guard)
-    assert list(guard) == [2, 1, training.SUMS_NOT_FINITE | training.SOLVE_NOT_EXACT]
+    step_runner._UPDATE_GUARD(numpy.array([numpy.inf]), 1, numpy.array([numpy.nan]), 1, 1.0, guard)
+    assert list(guard) == [2, 1, step_runner.SUMS_NOT_FINITE | step_runner.SOLVE_NOT_EXACT]
 
 
 def test_gemm_plan_reads_every_layout():
@@ -362,7 +365,7 @@ def test_steps_replayed_from_a_captured_graph_are_the_steps(monkeypatch, capture
     monkeypatch.setattr(backend.Graph, "capture", staticmethod(fake_capture))
     data = batches(7)
     net = SquareInvNet(784, 2, start_seed=1, orthogonal_init=True)
-    runner = training.StepRunner(net, training.StepSettings("BP", 1e-4), deferred=True,
+    runner = step_runner.StepRunner(net, training.StepSettings("BP", 1e-4), deferred=True,
                                  graphs=True)
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
@@ -372,9 +375,9 @@ def test_steps_replayed_from_a_captured_graph_are_the_steps(monkeypatch, capture
     for a, b in zip(net.parameters().values(), checked.parameters().values()):
         numpy.testing.assert_array_equal(a, b)
     if capture == "works":
-        assert isinstance(runner.graph, ReplayedPython) and runner.graph_difference == 0.0
+        assert isinstance(runner.replay.graph, ReplayedPython) and runner.replay.difference == 0.0
     else:
-        assert runner.graph is None and not runner.graphs
+        assert runner.replay.graph is None and not runner.replay.enabled
 
 
 # ----------------------------------------------------------------------------- on a GPU
@@ -399,11 +402,12 @@ def test_cupy_failed_solves_are_counted_once_each_and_switch_the_run_to_lu(cupy_
     the batch (not CuPy's LinAlgError, exit 1)."""
     net, runner, statistics, data = switched_to_lu(algorithm="GAIT")
     assert runner.steps_done == len(data)
-    assert runner.solver_failures == list(range(runner.FAILURES_PER_100_STEPS + 1))
-    assert runner.lu_only and not runner.kept
+    assert runner.inverses.failures == list(range(runner.inverses.FAILURES_PER_100_STEPS + 1))
+    assert runner.inverses.lu_only and not runner.inverses.kept
     net.layers[1].weight_matrix[...] = 0.0
     with pytest.raises(training.Diverged, match=r"batch 30: a layer's weights are singular"):
         runner.step(*map(backend.to_device, data[0]), statistics, 0, 30)
+        runner.settle(statistics)
 
 
 @gpu
@@ -414,7 +418,7 @@ def test_cupy_finite_sums_that_overflow_are_not_solver_failures(cupy_float64):
     net.layers[-1].biases[[20, 30]] = 1e308
     net, runner = trained("GAIT", data, deferred=True, net=net)
     assert runner.redone == len(data)
-    assert runner.solver_failures == [] and runner.kept and not runner.lu_only
+    assert runner.inverses.failures == [] and runner.inverses.kept and not runner.inverses.lu_only
 
 
 def test_the_batch_layout_follows_the_training_images_left():
