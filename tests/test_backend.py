@@ -8,6 +8,7 @@ import numpy
 import pytest
 
 import backend
+import cublas
 import step_runner
 import training
 from helpers import assert_clean, cli, split
@@ -184,20 +185,20 @@ def test_direct_cublas_takes_the_mapped_library_of_cupys_version():
             "7f20-7f30 r--p 0 08:01 12 /opt/a/libcublas.so.12",
             "7f30-7f40 rw-p 0 00:00 0",
             "7f40-7f50 r-xp 0 08:01 13 /opt/b/libcublas.so.13.1"]
-    paths = backend._mapped_cublas_paths(maps)
+    paths = cublas.mapped_paths(maps)
     assert paths == ["/opt/a/libcublas.so.12", "/opt/b/libcublas.so.13.1"]
     libraries = {"/opt/a/libcublas.so.12": FakeCublas("a", 120905),
                  "/opt/b/libcublas.so.13.1": FakeCublas("b", 130100)}
 
     def version_of(library):
         return library.version, f"handle of {library.path}"
-    library, handle = backend._matching_cublas(paths, 130100, libraries.get, version_of)
+    library, handle = cublas.matching_library(paths, 130100, libraries.get, version_of)
     assert (library.path, handle) == ("b", "handle of b")
     assert libraries["/opt/a/libcublas.so.12"].destroyed == ["handle of a"]
     with pytest.raises(RuntimeError, match=r"no mapped libcublas has CuPy's version 110000: "
                                            r"/opt/a/libcublas.so.12 \(version 120905\), "
                                            r"/opt/b/libcublas.so.13.1 \(version 130100\)"):
-        backend._matching_cublas(paths, 110000, libraries.get, version_of)
+        cublas.matching_library(paths, 110000, libraries.get, version_of)
 
 
 gpu = pytest.mark.skipif(backend._import_cupy() is None, reason="no GPU with CuPy here")
@@ -209,13 +210,13 @@ def test_cupy_direct_products_use_the_cublas_of_cupys_handle(restore_backend):
     by hand (cublasSetStream before each product would drop it: cuBLAS's default is used)."""
     import ctypes
     backend.select("cupy", dtype="float64")
-    cublas = backend._cublas()
-    assert cublas is not None and cublas["batched"]
+    direct = cublas.handles()
+    assert direct is not None and direct["batched"]
     cupy = backend.xp()
     version = ctypes.c_int()
-    cublas["library"].cublasGetVersion_v2(cublas["side_handle"], ctypes.byref(version))
+    direct["library"].cublasGetVersion_v2(direct["side_handle"], ctypes.byref(version))
     assert version.value == cupy.cuda.cublas.getVersion(cupy.cuda.device.get_cublas_handle())
-    assert "workspaces" not in cublas
+    assert "workspaces" not in direct
     left, right = cupy.random.rand(60, 784), cupy.random.rand(784, 784)
     for _ in range(3):  # a stream set again before each product
         assert float(cupy.abs(backend.matmul(left, right) - left @ right).max()) <= 1e-10

@@ -12,6 +12,7 @@ import time
 import numpy
 import pytest
 
+import cublas
 import pack
 import run_folder
 import step_runner
@@ -276,6 +277,7 @@ def test_a_killed_pack_resumes_exactly(data_root, tmp_path):
 # the run of seed argv[1] NaN once, at the start of epoch 2
 POISONED_PACK_PY = """
 import sys
+import cublas
 import pack
 import training
 seed, train_epoch, poisoned = int(sys.argv[1]), training.train_epoch, []
@@ -396,7 +398,7 @@ def test_cupy_batched_products_equal_cupy_matmul_also_in_a_graph(cupy_float64):
     for every layout a pack's step uses, eagerly and replayed from a CUDA graph."""
     backend = cupy_float64
     xp = backend.xp()
-    assert backend._cublas()["batched"], "the batched trial products failed (see stderr)"
+    assert cublas.handles()["batched"], "the batched trial products failed (see stderr)"
     generator = numpy.random.RandomState(0)
     weights = backend.to_device(generator.randn(3, 40, 40))
     activity = backend.to_device(generator.randn(3, 6, 40))

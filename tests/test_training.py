@@ -11,6 +11,7 @@ import numpy
 import pytest
 
 import backend
+import cublas
 import settings as settings_table
 import step_runner
 import training
@@ -336,7 +337,7 @@ def test_gemm_plan_reads_every_layout():
                         (b.T, a.T), (rows[:, :500], weights[:500, :200]), (rows.T, rows),
                         (rows, weights.T), (weights[:, :10].T, rows.T), (a[::2], b),
                         (a[:, ::2], b[::2])]:
-        transa, transb, m, n, k, first, lda, second, ldb, ldc = backend.gemm_plan(left, right)
+        transa, transb, m, n, k, first, lda, second, ldb, ldc = cublas.gemm_plan(left, right)
         op_a = column_major(first, *((m, k) if transa == 0 else (k, m)), lda)
         op_b = column_major(second, *((k, n) if transb == 0 else (n, k)), ldb)
         product = (op_a if transa == 0 else op_a.T) @ (op_b if transb == 0 else op_b.T)
