@@ -101,6 +101,8 @@ def computation_settings(settings):
 
 def setting_differences(stored, settings):
     """'name stored X, asked Y' for each COMPUTATION setting in which a stored run's settings
-    (a dict, from run.json or the checkpoint) differ from run.py's arguments `settings`."""
+    (a dict, from run.json or the checkpoint; a setting added since takes the value such a
+    run had) differ from run.py's arguments `settings`."""
+    stored = settings_table.stored_settings(stored)
     return [f"{name} stored {stored.get(name)!r}, asked {getattr(settings, name)!r}"
             for name in COMPUTATION if stored.get(name) != getattr(settings, name)]

@@ -56,7 +56,9 @@ class Setting:
       sweep: "passed" (one value, passed to every run of a sweep) or "device" (given
       round-robin by --devices); always_written: in every sweep command, even at its default;
     - presets: {preset: {algorithm: value}};
-    - column: (position, label, always shown) in the summaries' tables, or None.
+    - column: (position, label, always shown) in the summaries' tables, or None;
+    - absent: the value of a run stored before this setting existed (its run.json and
+      checkpoint lack it), or None if every stored run records it.
     """
 
     name: str
@@ -76,6 +78,7 @@ class Setting:
     always_written: bool = False
     presets: dict = dataclasses.field(default_factory=dict)
     column: tuple = None
+    absent: object = None
 
 
 class Number:
@@ -181,7 +184,7 @@ TABLE = (
             folder=NamePiece(6.5, lambda value: f"{value}Val_" if value else "",
                              r"(?:(?P<validation>\d+)Val_)?",
                              lambda text: int(text) if text else 0),
-            pack="shared", grid=9.5, column=(7.5, "validation", False)),
+            pack="shared", grid=9.5, column=(7.5, "validation", False), absent=0),
     Setting("dtype", "float64", None, choices="backend.DTYPES", computation=True,
             pack="shared", grid=8, column=(8, "dtype", False)),
     Setting("backend", "auto", "auto = CuPy when it imports and sees a GPU, else NumPy",
@@ -199,6 +202,13 @@ def names(**wanted):
     """The names of the settings whose fields have the given values, in table order."""
     return tuple(setting.name for setting in TABLE
                  if all(getattr(setting, field) == value for field, value in wanted.items()))
+
+
+def stored_settings(stored):
+    """A stored run's settings (from run.json or a checkpoint), with the value it had for
+    each setting added after it was stored (`absent`)."""
+    return {**{setting.name: setting.absent for setting in TABLE
+               if setting.absent is not None}, **stored}
 
 
 def presets(preset, algorithm):

@@ -100,7 +100,8 @@ def read_run(folder):
     record_path = os.path.join(folder, RUN_RECORD)
     if os.path.exists(record_path):
         record = checkpoint.load_json(record_path)
-        settings, status = record["settings"], record.get("status", "unknown")
+        settings = settings_table.stored_settings(record["settings"])
+        status = record.get("status", "unknown")
     else:
         named = run_folder.settings_from_name(os.path.basename(os.path.normpath(folder)))
         if named is None:

@@ -65,3 +65,14 @@ def test_a_validation_split_that_leaves_no_batch_layout_is_refused(value):
     with pytest.raises(SystemExit) as stopped:
         build_parser().parse_args([f"--validation={value}"])
     assert stopped.value.code == 2
+
+
+def test_a_run_stored_before_a_setting_existed_resumes_with_its_value():
+    """A run stored before --validation existed (its settings lack it) held nothing out:
+    it resumes without --validation, and is refused with one."""
+    parser = build_parser()
+    stored = run_folder.computation_settings(parser.parse_args([]))
+    del stored["validation"]
+    assert run_folder.setting_differences(stored, parser.parse_args([])) == []
+    assert run_folder.setting_differences(stored, parser.parse_args(["--validation=10"])) == [
+        "validation stored 0, asked 10"]

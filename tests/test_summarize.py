@@ -238,3 +238,17 @@ def test_a_run_without_validation_is_read_as_before(capsys, tmp_path):
     fabricate_run(tmp_path, [0.1, 0.5, 0.6])
     status, out, _ = summarize_main(capsys, tmp_path, "--format", "csv")
     assert "selected_test_acc_mean" not in out.splitlines()[0]
+
+
+def test_a_run_recorded_before_validation_existed_groups_with_runs_without_one(capsys,
+                                                                                tmp_path):
+    """run.json of an earlier version lacks "validation": it held nothing out (0), so it
+    groups with a new run of the same settings."""
+    old = fabricate_run(tmp_path, [0.1, 0.5, 0.6], seed=1)
+    fabricate_run(tmp_path, [0.1, 0.5, 0.7], seed=2)
+    record = json.load(open(os.path.join(old, "run.json")))
+    del record["settings"]["validation"]
+    json.dump(record, open(os.path.join(old, "run.json"), "w"))
+    status, out, _ = summarize_main(capsys, tmp_path, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert status == 0 and [(row["validation"], row["seeds"]) for row in rows] == [("0", "2")]
