@@ -149,8 +149,7 @@ def restore_checkpoint(net, arrays):
     """Put a checkpoint's network state (weights, biases, optimiser moments) into `net`;
     return its Statistics."""
     net.set_state(arrays)
-    names = run_folder.STATISTICS + tuple(name for name in run_folder.VALIDATION_STATISTICS
-                                          if name in arrays)
+    names = run_folder.statistics_names(validation="validation_acc" in arrays)
     values = {name: [float(value) for value in arrays[name]] for name in names}
     return Statistics(values, [list(map(float, row)) for row in arrays.get("alignment", [])])
 

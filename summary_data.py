@@ -23,7 +23,6 @@ import settings as settings_table
 import training
 from run_folder import ALIGNMENT, RUN_RECORD
 
-NB_BATCHES = training.batch_layout(data.TRAINING_IMAGES)[1]  # batches an epoch
 GROUP_KEYS = tuple(name for name in run_folder.COMPUTATION if name != "seed")
 IN_PROGRESS = ("running", "interrupted", "failed")
 # Groups in the order of these settings' allowed values (MNIST, FMNIST, KMNIST; BP, GAIT, TP).
@@ -80,7 +79,7 @@ class Run:
         return numpy.arange(length) / max(self.per_epoch, 1)
 
 
-def read_alignment(path, nb_batches=NB_BATCHES):
+def read_alignment(path, nb_batches):
     """alignment.txt as rows (epoch position, angle per layer), or None if absent or empty.
 
     Columns `epoch batch angle_layer0 ...` (0-based epoch and batch) with a '#' header; the
