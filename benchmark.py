@@ -13,7 +13,8 @@ times a 784 x 784 matrix). Then the peak resident memory of the process.
 
 Steps run as a run trains (`step_runner.StepRunner`): on the host one checked step at a time;
 on a GPU queued without waiting, checked every 50 steps, replayed from a CUDA graph. Each
-rule runs with the paper's learning rate, and with lambda = 0 and the paper's lambda. On a
+rule runs with the paper's learning rate, and with lambda = 0 and the paper's lambda; GAIT
+and TP also with learned inverses (--learn_inv, lambda 0; target: at most 2 BP steps). On a
 GPU the step times are set against the targets (1.0 ms float64, 0.8 ms float32; an
 evaluation at 80% of the large-product rate), and --profile adds where a step's time goes:
 the GPU time of each phase (each captured and replayed as a CUDA graph alone) and the
@@ -45,14 +46,17 @@ from utils import evaluate, one_hot, peak_memory_mb
 
 BATCH, TRAIN, TEST, UNITS = 60, 60000, 10000, 784
 EVALS_PER_EPOCH = sum(training.evaluates_after(b, 10, 1000) for b in range(1000))
-# (row name, rule, lambda, learning rate): the paper's learning rate per rule
-# (name, rule, lambda, learning rate): each rule at the paper's learning rate, with lambda 0
-# and (GAIT, TP) with the paper's lambda.
+# (name, rule, lambda, learning rate, learned inverses): each rule at the paper's learning
+# rate, with lambda 0 and (GAIT, TP) with the paper's lambda; GAIT and TP with learned
+# inverses (--learn_inv) and lambda 0.
 PAPER = {rule: settings_table.presets(settings_table.PAPER, rule) for rule in ("BP", "GAIT", "TP")}
-ROWS = tuple([(rule, rule, 0.0, PAPER[rule]["learning_rate"]) for rule in PAPER]
+ROWS = tuple([(rule, rule, 0.0, PAPER[rule]["learning_rate"], False) for rule in PAPER]
              + [(f"{rule} lambda={PAPER[rule]['orthogonal_reg']:g}", rule,
-                 PAPER[rule]["orthogonal_reg"], PAPER[rule]["learning_rate"])
+                 PAPER[rule]["orthogonal_reg"], PAPER[rule]["learning_rate"], False)
+                for rule in ("GAIT", "TP")]
+             + [(f"{rule} learned inv", rule, 0.0, PAPER[rule]["learning_rate"], True)
                 for rule in ("GAIT", "TP")])
+LEARNED_TARGET = 2.0  # a learned-inverse step (lambda 0) costs at most this many BP steps
 GPU_TARGETS = {"ms_per_step": {"float64": 1.0, "float32": 0.8}, "evaluation_efficiency": 0.8}
 STEPS_PER_ROUND = {"numpy": 10, "cupy": 50}
 PACK_ROWS = ("BP", "GAIT lambda=0.1", "TP lambda=1000")  # the paper's settings
@@ -94,16 +98,20 @@ def matmul_rates(repeats):
             for name, (product, size) in products.items()}
 
 
-def step_flops(widths, rule, ortho_weighting=0.0):
+def step_flops(widths, rule, ortho_weighting=0.0, learned=False):
     """Matrix-product and LU flops of one training step on a batch of 60.
 
     forward 2 n w^2 and grad_W 2 n w^2 per layer; BP's pass-down d @ W.T and GAIT/TP's
-    solves 2 n w^2 per layer above the first; GAIT/TP's LU 2/3 w^3 per layer above the
-    first; the regulariser W W.T (symmetric: w^3) and O @ W (2 w^3) when lambda > 0.
+    solves (or products with V) 2 n w^2 per layer above the first; GAIT/TP's LU 2/3 w^3 per
+    layer above the first, or with learned inverses the reconstruction u @ V and V's
+    direction u.T @ e, 4 n w^2 per layer above the first; the regulariser W W.T
+    (symmetric: w^3) and O @ W (2 w^3) when lambda > 0.
     """
     layers = widths[1:]
     flops = sum(4 * BATCH * w * w for w in layers) + sum(2 * BATCH * w * w for w in layers[1:])
-    if rule != "BP":
+    if learned:
+        flops += sum(4 * BATCH * w * w for w in layers[1:])
+    elif rule != "BP":
         flops += sum(2 * w ** 3 / 3 for w in layers[1:])
     if ortho_weighting:
         flops += sum(3 * w ** 3 for w in layers)
@@ -173,15 +181,18 @@ def measure(dtype, repeats, profile=False, pack_sizes=()):
     result = {"dtype": dtype, "matmul_gflops": rates, "batch_gflops": batch_rate,
               "chunk_gflops": chunk_rate, "networks": {}}
     for label, make_net, widths in (
-            ("square, 4 hidden", lambda: SquareInvNet(UNITS, 4, 1, True), [UNITS] * 6),
-            ("tower", lambda: TowerInvNet([UNITS, 784, 500, 200, 10], 1, True),
+            ("square, 4 hidden",
+             lambda learned=False: SquareInvNet(UNITS, 4, 1, True, learn_inverses=learned),
+             [UNITS] * 6),
+            ("tower", lambda learned=False: TowerInvNet([UNITS, 784, 500, 200, 10], 1, True,
+                                                        learn_inverses=learned),
              [UNITS, 784, 500, 200, 10])):
         rows, profiles = {}, {}
-        for name, rule, ortho_weighting, learning_rate in ROWS:
-            net = make_net()
+        for name, rule, ortho_weighting, learning_rate, learned in ROWS:
+            net = make_net(learned)
             settings = training.StepSettings(rule, learning_rate, ortho_weighting)
             seconds, runner = time_step(net, settings, repeats)
-            flops = step_flops(widths, rule, ortho_weighting)
+            flops = step_flops(widths, rule, ortho_weighting, learned)
             rows[name] = {"ms_per_step": seconds * 1e3, "gflop": flops / 1e9,
                           "efficiency": flops / seconds / 1e9 / batch_rate,
                           "redone_steps": runner.redone,
@@ -216,7 +227,7 @@ def time_packs(sizes, single_ms, repeats):
     # Gaussian initialisation (an orthogonal one takes seconds per matrix to draw): the cost
     # of a step does not depend on it
     runs = [SquareInvNet(UNITS, 4, 1 + 10 * run) for run in range(max(sizes))]
-    for name, rule, ortho_weighting, learning_rate in ROWS:
+    for name, rule, ortho_weighting, learning_rate, _ in ROWS:
         if name not in PACK_ROWS:
             continue
         figures[name] = {}
@@ -312,6 +323,10 @@ def print_table(results, on_gpu):
                 verdict = ("" if not on_gpu else
                            f"{'met' if row['ms_per_step'] <= step_target else 'MISSED':>9}"
                            f"{row['redone_steps']:>8}")
+                if rule.endswith("learned inv"):
+                    verdict += (f"  target <= {LEARNED_TARGET:g} x BP: "
+                                + ("met" if row["ms_per_step"] <= LEARNED_TARGET * bp
+                                   else "MISSED"))
                 print(f"    {rule:<17}{row['ms_per_step']:>9.3f}{row['ms_per_step'] / bp:>7.2f}"
                       f"{row['gflop']:>8.3f}{row['efficiency']:>7.0%}"
                       f"{row['s_per_epoch_published']:>30.2f}"

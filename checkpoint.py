@@ -87,18 +87,32 @@ def load_json(path):
         return json.load(file)
 
 
+def save_table(path, rows, header):
+    """Rows of numbers as text (numpy.savetxt) under a header, atomically."""
+    write_atomically(path, lambda file: numpy.savetxt(file, numpy.asarray(rows, dtype=float),
+                                                      header=header))
+
+
 def save_statistics(folder, statistics):
     """training_acc.txt, training_loss.txt, test_acc.txt, test_loss.txt: one value a line;
-    alignment.txt (epoch, batch, angle per layer in degrees, a row each) if it has rows."""
+    alignment.txt (epoch, batch, angle per layer in degrees, a row each) if it has rows, and
+    inverse_quality.txt (epoch, batch, reconstruction error per learned inverse, distance to
+    the exact inverse per learned inverse) if it has rows."""
     for name, values in statistics.values.items():
         save_text(os.path.join(folder, run_folder.statistics_file(name)), values)
     if statistics.alignment:
         nb_layers = len(statistics.alignment[0]) - 2
-        header = ("epoch (0-based) batch (0-based) then, per layer, the angle in degrees "
-                  "between the rule's weight directions and BP's on that batch: "
-                  + " ".join(f"angle_layer{i}" for i in range(nb_layers)))
-        write_atomically(os.path.join(folder, ALIGNMENT), lambda file: numpy.savetxt(
-            file, numpy.asarray(statistics.alignment, dtype=float), header=header))
+        save_table(os.path.join(folder, ALIGNMENT), statistics.alignment,
+                   "epoch (0-based) batch (0-based) then, per layer, the angle in degrees "
+                   "between the rule's weight directions and BP's on that batch: "
+                   + " ".join(f"angle_layer{i}" for i in range(nb_layers)))
+    if statistics.inverse_quality:
+        learned = range(1, (len(statistics.inverse_quality[0]) - 2) // 2 + 1)
+        save_table(os.path.join(folder, run_folder.INVERSE_QUALITY), statistics.inverse_quality,
+                   "epoch (0-based) batch (0-based) then, per learned inverse (layers 1 and "
+                   "up), |backward(h) - x| / |x| on that batch, then |V - inv(W)|_F / "
+                   "|inv(W)|_F: " + " ".join([f"reconstruction_layer{i}" for i in learned]
+                                             + [f"distance_layer{i}" for i in learned]))
 
 
 def save_results(folder, net, statistics):
@@ -119,6 +133,9 @@ def save_checkpoint(folder, net, statistics, epoch, settings):
     for name, values in statistics.values.items():
         arrays[name] = numpy.asarray(values, dtype=numpy.float64)
     arrays["alignment"] = numpy.asarray(statistics.alignment, dtype=numpy.float64)
+    if statistics.inverse_quality:
+        arrays["inverse_quality"] = numpy.asarray(statistics.inverse_quality,
+                                                  dtype=numpy.float64)
     meta = {"epoch": epoch, "settings": settings, "backend": backend.name(),
             "dtype": numpy.dtype(backend.dtype()).name}
     arrays["meta"] = numpy.array(json.dumps(meta, sort_keys=True))
@@ -151,7 +168,9 @@ def restore_checkpoint(net, arrays):
     net.set_state(arrays)
     names = run_folder.statistics_names(validation="validation_acc" in arrays)
     values = {name: [float(value) for value in arrays[name]] for name in names}
-    return Statistics(values, [list(map(float, row)) for row in arrays.get("alignment", [])])
+    rows = {log: [list(map(float, row)) for row in arrays.get(log, [])]
+            for log in ("alignment", "inverse_quality")}
+    return Statistics(values, **rows)
 
 
 class FolderLock:

@@ -13,16 +13,25 @@ import backend
 import utils
 
 
-def initial_weights(nb_units, seed=None, orthogonal_init=False):
-    """The host (NumPy, float64) initial weights of a layer drawn from integer `seed`.
+def drawn_matrices(nb_units, seed=None, orthogonal_init=False, count=1):
+    """`count` host (NumPy, float64) matrices drawn one after another from integer `seed`.
 
-    Gaussian: RandomState(seed).randn(units, units) * sqrt(2 / (units + units));
-    orthogonal: scipy.stats.ortho_group.rvs(units, random_state=RandomState(seed)).
+    Gaussian: RandomState(seed).randn(units, units) * sqrt(2 / (units + units)) each;
+    orthogonal: scipy.stats.ortho_group.rvs(units, random_state=RandomState(seed)) each.
+    The first is a layer's W; a learned inverse drawn at random is the second (as the
+    authors' branch draws it).
     """
     generator = numpy.random.RandomState(seed)
     if orthogonal_init:
-        return scipy.stats.ortho_group.rvs(nb_units, random_state=generator)
-    return generator.randn(nb_units, nb_units) * numpy.sqrt(2.0 / (nb_units + nb_units))
+        return [scipy.stats.ortho_group.rvs(nb_units, random_state=generator)
+                for _ in range(count)]
+    return [generator.randn(nb_units, nb_units) * numpy.sqrt(2.0 / (nb_units + nb_units))
+            for _ in range(count)]
+
+
+def initial_weights(nb_units, seed=None, orthogonal_init=False):
+    """The host initial weights W of a layer: the first of `drawn_matrices`."""
+    return drawn_matrices(nb_units, seed, orthogonal_init)[0]
 
 
 def regularised(ortho_weighting):
@@ -117,21 +126,37 @@ class InvLayer:
     Forward: h = f(x @ W + b). Inverse: x = (f^-1(h) - b) @ inv(W), by an LU solve against
     the current W, so it is always exact; in GPU training, by a `KeptInverse` whose residual
     is checked (the step is redone with LU solves when it is not at rounding level).
+    A layer that learns its inverse (`learns_inverse`) has backward weights V and biases c
+    instead, and its inverse is `backward(h) = (f^-1(h) - c) @ V` (a product, no solve),
+    exact when V = inv(W) and c = b (how V and c start, unless `exact_start` is False: then
+    V is the second matrix drawn from the layer's seed, c = 0).
 
-    Its parameters by name (`PARAMETERS`: name -> the attribute that holds the array, and
-    the letter that names it in a network's checkpoint): "weights" W and "biases" b. What
-    handles parameters (stacking, views, state, files, directions, the optimiser) goes by
-    these names.
+    Its parameters by name (`parameter_names`: name -> the attribute that holds the array,
+    and the letter that names it in a network's checkpoint): "weights" W and "biases" b
+    (`PARAMETERS`), and for a learned inverse "backward_weights" V and "backward_biases" c
+    (`LEARNED_INVERSE`). What handles parameters (stacking, views, state, files, directions,
+    the optimiser) goes by these names.
     """
 
     PARAMETERS = {"weights": ("weight_matrix", "W"), "biases": ("biases", "b")}
+    LEARNED_INVERSE = {"backward_weights": ("backward_weights", "V"),
+                       "backward_biases": ("backward_biases", "c")}
 
-    def __init__(self, nb_units, seed=None, orthogonal_init=False, linear=False):
+    def __init__(self, nb_units, seed=None, orthogonal_init=False, linear=False,
+                 learns_inverse=False, exact_start=True):
         self.nb_units = nb_units
         self.seed = seed
         self.linear = linear
-        self.weight_matrix = backend.to_device(initial_weights(nb_units, seed, orthogonal_init))
+        self.learns_inverse = learns_inverse
+        self.parameter_names = dict(self.PARAMETERS)
+        drawn = drawn_matrices(nb_units, seed, orthogonal_init, 2 if learns_inverse else 1)
+        self.weight_matrix = backend.to_device(drawn[0])
         self.biases = backend.to_device(numpy.zeros(nb_units))
+        if learns_inverse:
+            self.parameter_names.update(self.LEARNED_INVERSE)
+            self.backward_weights = backend.to_device(numpy.linalg.inv(drawn[0]) if exact_start
+                                                      else drawn[1])
+            self.backward_biases = backend.to_device(numpy.zeros(nb_units))
         self.kept_inverse = None
         self.runs = None  # the number of runs of a pack, None for a single run
 
@@ -142,7 +167,7 @@ class InvLayer:
         xp = backend.array_module(layers[0].weight_matrix)
         pack = copy.copy(layers[0])
         pack.seed = [layer.seed for layer in layers]
-        for attribute, _ in cls.PARAMETERS.values():
+        for attribute, _ in pack.parameter_names.values():
             setattr(pack, attribute, xp.stack([getattr(layer, attribute) for layer in layers]))
         pack.kept_inverse, pack.runs = None, len(layers)
         return pack
@@ -152,7 +177,7 @@ class InvLayer:
         (what it computes and saves is that run's; it solves by LU)."""
         single = copy.copy(self)
         single.seed = self.seed[index]
-        for attribute, _ in self.PARAMETERS.values():
+        for attribute, _ in self.parameter_names.values():
             setattr(single, attribute, getattr(self, attribute)[index])
         single.kept_inverse, single.runs = None, None
         return single
@@ -173,7 +198,9 @@ class InvLayer:
             self.kept_inverse.reset(self.weight_matrix)
 
     def keep_inverse(self, keep=True):
-        """Solve against a `KeptInverse` from now on (keep=True), or by LU solves again."""
+        """Solve against a `KeptInverse` from now on (keep=True), or by LU solves again (a
+        learned inverse solves nothing: it keeps none)."""
+        keep = keep and not self.learns_inverse
         self.kept_inverse = KeptInverse(self.weight_matrix) if keep else None
 
     def forward(self, x, columns=None):
@@ -189,21 +216,53 @@ class InvLayer:
 
     def apply_inverse_weights(self, y):
         """y @ inv(W): an LU solve against the current W (never forming inv(W)), or a solve
-        refined against the kept inverse."""
+        refined against the kept inverse; y @ V for a learned inverse."""
+        if self.learns_inverse:
+            return backend.matmul(y, self.backward_weights)
         if self.kept_inverse is not None and self.kept_inverse.active:
             return self.kept_inverse.solve(self.weight_matrix, y)
         return backend.solve_right(self.weight_matrix, y)
 
+    def _inverse_biases(self):
+        """The biases the inverse subtracts, shaped for rows: b, or c for a learned inverse."""
+        return self._row_biases(self.backward_biases if self.learns_inverse else self.biases)
+
     def inverse(self, h):
-        """x = (f^-1(h) - b) @ inv(W), so that inverse(forward(x)) == x."""
+        """x = (f^-1(h) - b) @ inv(W), so that inverse(forward(x)) == x; for a learned
+        inverse backward(h) = (f^-1(h) - c) @ V."""
         return self.apply_inverse_weights(utils.inverse_transfer(h, self.linear)
-                                          - self._row_biases(self.biases))
+                                          - self._inverse_biases())
 
     def inverse_of_stepped(self, h, errors):
-        """inverse(h - errors) = (f^-1(h - errors) - b) @ inv(W), TP's target below."""
-        return self.apply_inverse_weights(utils.pre_inverse(h, errors,
-                                                            self._row_biases(self.biases),
+        """inverse(h - errors) = (f^-1(h - errors) - b) @ inv(W), TP's target below (c and V
+        for a learned inverse)."""
+        return self.apply_inverse_weights(utils.pre_inverse(h, errors, self._inverse_biases(),
                                                             self.linear))
+
+    def inverse_directions(self, inputs, outputs):
+        """Directions of V and c down the reconstruction loss of a learned inverse,
+        L = mean_n 1/2 |backward(h_n) - x_n|^2 with h = forward(x) (`outputs`, x `inputs`):
+        with u = f^-1(h) - c and e = u @ V - x,
+        {"backward_weights": -u.T @ e / n, "backward_biases": mean(e) @ V.T}
+        (the mean of e_n V^T over the rows, taken before the product)."""
+        pre_activation = utils.inverse_transfer(outputs, self.linear) - self._inverse_biases()
+        errors = backend.matmul(pre_activation, self.backward_weights) - inputs
+        weight_direction = backend.matmul(pre_activation.swapaxes(-1, -2),
+                                          errors / -inputs.shape[-2])
+        bias_direction = backend.matmul(errors.mean(axis=-2, keepdims=True),
+                                        self.backward_weights.swapaxes(-1, -2))[..., 0, :]
+        return {"backward_weights": weight_direction, "backward_biases": bias_direction}
+
+    def inverse_quality(self, inputs, outputs):
+        """(|backward(h) - x| / |x| on the batch, |V - inv(W)|_F / |inv(W)|_F) of a learned
+        inverse (Frobenius norms; inv(W) by an LU solve), as Python floats."""
+        xp = backend.array_module(inputs)
+        reconstruction = float(xp.linalg.norm(self.inverse(outputs) - inputs)
+                               / xp.linalg.norm(inputs))
+        exact = backend.solve_right(self.weight_matrix,
+                                    xp.eye(self.nb_units, dtype=self.weight_matrix.dtype))
+        distance = float(xp.linalg.norm(self.backward_weights - exact) / xp.linalg.norm(exact))
+        return reconstruction, distance
 
     def derivative_times(self, h, errors):
         """g(h) * errors: errors at this layer's output h made local to its pre-activation."""
@@ -238,28 +297,28 @@ class InvLayer:
         return {"weights": weight_direction, "biases": -local_errors.mean(axis=-2)}
 
     def state(self):
-        """{name: array} of this layer's parameters (the arrays themselves), in PARAMETERS'
-        order: {"weights": W, "biases": b}."""
+        """{name: array} of this layer's parameters (the arrays themselves), in the order of
+        `parameter_names`: {"weights": W, "biases": b} (then V and c)."""
         return {name: getattr(self, attribute)
-                for name, (attribute, _) in self.PARAMETERS.items()}
+                for name, (attribute, _) in self.parameter_names.items()}
 
     def set_state(self, state):
         """Set every parameter from host or device arrays of the shapes they have (copied);
         ValueError naming the parameters otherwise, with nothing changed."""
         wrong = [f"{name} of shape {state[name].shape}, not {getattr(self, attribute).shape}"
-                 for name, (attribute, _) in self.PARAMETERS.items()
+                 for name, (attribute, _) in self.parameter_names.items()
                  if state[name].shape != getattr(self, attribute).shape]
         if wrong:
             raise ValueError(f"{'; '.join(wrong)}: not those of this {self.nb_units}-unit "
                              f"layer")
-        for name, (attribute, _) in self.PARAMETERS.items():
+        for name, (attribute, _) in self.parameter_names.items():
             setattr(self, attribute, backend.to_device(backend.to_host(state[name])))
         if self.kept_inverse is not None:
             self.kept_inverse.reset(self.weight_matrix)
 
     def save_params(self, prefix):
-        """Write `prefix + name + ".npy"` of each parameter (weights.npy, biases.npy; host
-        NumPy arrays)."""
+        """Write `prefix + name + ".npy"` of each parameter (weights.npy, biases.npy, and
+        backward_weights.npy, backward_biases.npy for a learned inverse; host NumPy arrays)."""
         for name, array in self.state().items():
             numpy.save(prefix + name + ".npy", backend.to_host(array))
 
@@ -267,7 +326,7 @@ class InvLayer:
         """Read the files of `save_params` (no pickles)."""
         try:
             self.set_state({name: numpy.load(prefix + name + ".npy", allow_pickle=False)
-                            for name in self.PARAMETERS})
+                            for name in self.parameter_names})
         except ValueError as error:
-            files = " / ".join(f"{prefix}{name}.npy" for name in self.PARAMETERS)
+            files = " / ".join(f"{prefix}{name}.npy" for name in self.parameter_names)
             raise ValueError(f"{files}: {error}") from None

@@ -62,9 +62,9 @@ class MomentOptimizer:
         self.second_moments = {name: backend.array_module(p).zeros_like(p)
                                for name, p in parameters.items()}
 
-    def step(self, parameters, directions, learning_rate, guard=None, runs=None):
+    def step(self, parameters, directions, learning_rates, guard=None, runs=None):
         """Apply one step to every parameter array ({name: array}), along the direction of
-        the same name, in place.
+        the same name and with the learning rate of that name (`learning_rates`), in place.
 
         Host: blocks shared among threads (`backend.in_shares`), each block's passes in that
         thread's own scratch. `guard` (see step_runner.StepRunner): skip the step if the
@@ -74,12 +74,11 @@ class MomentOptimizer:
         first = next(iter(parameters.values()))
         xp = backend.array_module(first)
         arrays = [(parameters[name], directions[name], self.first_moments[name],
-                   self.second_moments[name]) for name in parameters]
+                   self.second_moments[name], learning_rates[name]) for name in parameters]
         if xp is not numpy:
-            per_run = numpy.ndim(learning_rate) > 0
-            for p, u, m, v in arrays:
-                rates = (learning_rate.reshape((runs,) + (1,) * (p.ndim - 1)) if per_run
-                         else p.dtype.type(learning_rate))
+            for p, u, m, v, rate in arrays:
+                rates = (rate.reshape((runs,) + (1,) * (p.ndim - 1)) if numpy.ndim(rate) > 0
+                         else p.dtype.type(rate))
                 if guard is None:
                     _MOMENT_STEP(u, rates, p, m, v)
                 else:
@@ -88,11 +87,10 @@ class MomentOptimizer:
         if guard is not None and guard[1] >= 0:
             return
         if runs is not None:  # each run's arrays with its own learning rate, as a single run's
-            rates = numpy.broadcast_to(numpy.ravel(learning_rate), (runs,))
             arrays = [(p[run], u[run], m[run], v[run], rates[run])
-                      for p, u, m, v in arrays for run in range(runs)]
-        else:
-            arrays = [quadruple + (learning_rate,) for quadruple in arrays]
+                      for p, u, m, v, rate in arrays
+                      for rates in [numpy.broadcast_to(numpy.ravel(rate), (runs,))]
+                      for run in range(runs)]
         blocks = [block + (rate,) for p, u, m, v, rate in arrays
                   for block in zip(*map(backend.row_blocks, (p, u, m, v)))]
 
@@ -161,17 +159,25 @@ def output_targets(output, one_hot_labels):
 
 
 class InvNet:
-    """Layers of widths `widths[1:]` on an input of width `widths[0]`, seeds given per layer."""
+    """Layers of widths `widths[1:]` on an input of width `widths[0]`, seeds given per layer.
 
-    def __init__(self, widths, seeds, orthogonal_init=False, linear=False):
+    `learn_inverses`: the layers whose inverses the rules use (all but the first) learn them
+    (InvLayer.learns_inverse), starting exact or, if not `exact_start`, as drawn.
+    """
+
+    def __init__(self, widths, seeds, orthogonal_init=False, linear=False, learn_inverses=False,
+                 exact_start=True):
         for below, width in zip(widths, widths[1:]):
             if width > below:
                 raise ValueError(f"a layer of {width} units cannot read an activity of "
                                  f"{below} units: widths {widths} must not increase")
         self.widths = list(widths)
         self.linear = linear
-        self.layers = [InvLayer(width, seed=seed, orthogonal_init=orthogonal_init, linear=linear)
-                       for width, seed in zip(widths[1:], seeds)]
+        self.learn_inverses = learn_inverses
+        self.layers = [InvLayer(width, seed=seed, orthogonal_init=orthogonal_init, linear=linear,
+                                learns_inverse=learn_inverses and index > 0,
+                                exact_start=exact_start)
+                       for index, (width, seed) in enumerate(zip(widths[1:], seeds))]
         self.optimizer = None
         self.runs = None  # the number of runs of a pack (`stack`), None for a single run
 
@@ -181,9 +187,10 @@ class InvNet:
         arrays (weights, biases, moments) are theirs stacked along a leading run axis. Each
         product of a step is then one batched product; run k's results are what net k alone
         would compute (bit for bit on NumPy). The arrays are copies."""
-        shapes = {(tuple(net.widths), net.linear) for net in nets}
+        shapes = {(tuple(net.widths), net.linear, net.learn_inverses) for net in nets}
         if len(shapes) > 1:
-            raise ValueError(f"the runs of a pack must share widths and transfer, not {shapes}")
+            raise ValueError(f"the runs of a pack must share widths, transfer and whether they "
+                             f"learn inverses, not {shapes}")
         pack = copy.copy(nets[0])
         pack.layers = [InvLayer.stack(layers) for layers in zip(*(net.layers for net in nets))]
         pack.runs = len(nets)
@@ -296,26 +303,48 @@ class InvNet:
 
     def parameters(self):
         """{name: array} of every layer's parameters, the arrays the optimiser updates in
-        place: W0, b0, W1, b1, ... (the letter of InvLayer.PARAMETERS, then the layer)."""
+        place: W0, b0, W1, b1, V1, c1, ... (the letter of InvLayer.parameter_names, then the
+        layer)."""
         return {letter + str(index): getattr(layer, attribute)
                 for index, layer in enumerate(self.layers)
-                for attribute, letter in layer.PARAMETERS.values()}
+                for attribute, letter in layer.parameter_names.values()}
 
     def named(self, directions):
-        """A rule's directions (a dict per layer, keyed like InvLayer.PARAMETERS) keyed as
-        `parameters()`: {"W0": ..., "b0": ..., "W1": ...}."""
-        return {layer.PARAMETERS[name][1] + str(index): direction
+        """A rule's directions (a dict per layer, keyed like InvLayer.parameter_names) keyed
+        as `parameters()`: {"W0": ..., "b0": ..., "W1": ...}."""
+        return {layer.parameter_names[name][1] + str(index): direction
                 for index, (layer, layer_directions) in enumerate(zip(self.layers, directions))
                 for name, direction in layer_directions.items()}
 
-    def update_parameters(self, directions, learning_rate, guard=None):
-        """One optimiser step (MomentOptimizer) along a rule's directions (a dict per layer);
+    def add_inverse_directions(self, forward, directions):
+        """Add to a rule's directions (a dict per layer) the directions of each learned
+        inverse down its reconstruction loss (InvLayer.inverse_directions), from the forward
+        pass `forward` made before the update; in place."""
+        for index, layer in enumerate(self.layers):
+            if layer.learns_inverse:
+                directions[index].update(layer.inverse_directions(
+                    self._inputs(index, forward[index]), forward[index + 1]))
+
+    def inverse_quality(self, forward):
+        """Per learned inverse, in layer order: (reconstruction error, distance to the exact
+        inverse) on the batch of `forward` (InvLayer.inverse_quality); a single run's."""
+        return [layer.inverse_quality(self._inputs(index, forward[index]), forward[index + 1])
+                for index, layer in enumerate(self.layers) if layer.learns_inverse]
+
+    def update_parameters(self, directions, learning_rate, guard=None,
+                          inverse_learning_rate=None):
+        """One optimiser step (MomentOptimizer) along a rule's directions (a dict per layer),
+        W and b with `learning_rate`, V and c with `inverse_learning_rate` (None: the same);
         `guard`: skip it if the guard's window has failed (step_runner.StepRunner). In a pack,
-        `learning_rate` may hold one rate per run (an array of shape (runs, 1, 1))."""
+        a learning rate may hold one rate per run (an array of shape (runs, 1, 1))."""
         if self.optimizer is None:
             self.optimizer = MomentOptimizer(self.parameters())
-        self.optimizer.step(self.parameters(), self.named(directions), learning_rate, guard,
-                            self.runs)
+        inverse_rate = learning_rate if inverse_learning_rate is None else inverse_learning_rate
+        rates = {letter + str(index): inverse_rate if name in InvLayer.LEARNED_INVERSE
+                 else learning_rate
+                 for index, layer in enumerate(self.layers)
+                 for name, (_, letter) in layer.parameter_names.items()}
+        self.optimizer.step(self.parameters(), self.named(directions), rates, guard, self.runs)
 
     def update_inverse_model(self):
         """Make every inverse exact for the current weights: check that each W can be
@@ -345,7 +374,7 @@ class InvNet:
         leave it unmade."""
         for index, layer in enumerate(self.layers):
             layer.set_state({name: state[letter + str(index)]
-                             for name, (_, letter) in layer.PARAMETERS.items()})
+                             for name, (_, letter) in layer.parameter_names.items()})
         self.optimizer = None
         first = next(iter(self.parameters()))
         if "m" + first in state or "m0" in state:
@@ -353,8 +382,9 @@ class InvNet:
             self.optimizer.set_state(state)
 
     def parameter_files(self):
-        """{file name: array} of every layer's weights and biases (the arrays themselves):
-        0Lweights.npy, 0Lbiases.npy, 1Lweights.npy, ... as published."""
+        """{file name: array} of every layer's parameters (the arrays themselves):
+        0Lweights.npy, 0Lbiases.npy, 1Lweights.npy, ... as published, and a learned inverse's
+        1Lbackward_weights.npy, 1Lbackward_biases.npy, ..."""
         return {run_folder.parameter_file(index, name): array
                 for index, layer in enumerate(self.layers)
                 for name, array in layer.state().items()}
@@ -374,10 +404,12 @@ class TowerInvNet(InvNet):
     """Layers of widths net_structure[1:] on inputs of width net_structure[0]; layer k has
     seed start_seed + k."""
 
-    def __init__(self, net_structure, start_seed=None, orthogonal_init=False, linear=False):
+    def __init__(self, net_structure, start_seed=None, orthogonal_init=False, linear=False,
+                 learn_inverses=False, exact_start=True):
         nb_layers = len(net_structure) - 1
         seeds = [None if start_seed is None else start_seed + k for k in range(nb_layers)]
-        super().__init__(net_structure, seeds, orthogonal_init, linear)
+        super().__init__(net_structure, seeds, orthogonal_init, linear, learn_inverses,
+                         exact_start)
 
 
 class SquareInvNet(InvNet):
@@ -388,7 +420,8 @@ class SquareInvNet(InvNet):
     """
 
     def __init__(self, nb_units, nb_hidden_layers, start_seed=None, orthogonal_init=False,
-                 linear=False):
+                 linear=False, learn_inverses=False, exact_start=True):
         offsets = list(range(nb_hidden_layers)) + [max(nb_hidden_layers - 1, 0)]
         seeds = [None if start_seed is None else start_seed + k for k in offsets]
-        super().__init__([nb_units] * (nb_hidden_layers + 2), seeds, orthogonal_init, linear)
+        super().__init__([nb_units] * (nb_hidden_layers + 2), seeds, orthogonal_init, linear,
+                         learn_inverses, exact_start)

@@ -2,7 +2,8 @@
 
 A results folder is named from the settings, as the published scripts named it
 (`folder_name`; `settings_from_name` reads a name back). It holds the files named below,
-and the weights `{i}Lweights.npy`, `{i}Lbiases.npy`. `COMPUTATION` lists the settings that
+and the weights `{i}Lweights.npy`, `{i}Lbiases.npy` (and a learned inverse's
+`{i}Lbackward_weights.npy`, `{i}Lbackward_biases.npy`). `COMPUTATION` lists the settings that
 change what a run computes: a stored run is continued only under equal ones
 (`setting_differences`). run.py writes all this; checkpoint.py, sweep.py, sweep_launch.py
 and summarize.py read it. Only the standard library (and the table of settings) is imported
@@ -17,6 +18,7 @@ import settings as settings_table
 STATISTICS = ("training_acc", "training_loss", "test_acc", "test_loss")  # a .txt file each
 VALIDATION_STATISTICS = ("validation_acc", "validation_loss")  # with --validation > 0
 ALIGNMENT = "alignment.txt"
+INVERSE_QUALITY = "inverse_quality.txt"  # with --learn_inv and --log_alignment
 CHECKPOINT = "checkpoint.npz"
 RUN_RECORD = "run.json"
 LOCK = "run.lock"
@@ -35,7 +37,7 @@ EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-PARAMETER_FILE = re.compile(r"(?P<layer>\d+)L(?P<name>weights|biases)\.npy")
+PARAMETER_FILE = re.compile(r"(?P<layer>\d+)L(?P<name>(?:backward_)?(?:weights|biases))\.npy")
 
 
 def parameter_prefix(index):
@@ -45,7 +47,8 @@ def parameter_prefix(index):
 
 
 def parameter_file(index, name):
-    """The file of layer `index`'s "weights" or "biases"."""
+    """The file of layer `index`'s "weights", "biases", "backward_weights" or
+    "backward_biases"."""
     return f"{parameter_prefix(index)}{name}.npy"
 
 
@@ -61,7 +64,7 @@ def statistics_file(name):
 
 # The files a fresh run replaces (the weights besides); the lock stays.
 RESULT_FILES = tuple(map(statistics_file, STATISTICS + VALIDATION_STATISTICS)) + (
-    ALIGNMENT, CHECKPOINT, RUN_RECORD, ERROR_LOG)
+    ALIGNMENT, INVERSE_QUALITY, CHECKPOINT, RUN_RECORD, ERROR_LOG)
 
 
 def statistics_names(validation):

@@ -7,14 +7,17 @@ from utils import evaluate
 
 class Statistics:
     """Accuracy and loss on the training and test sets (and the validation set, if a run
-    holds one out), one value per evaluation, and the alignment rows (epoch, batch, angle per
-    layer) of --log_alignment."""
+    holds one out), one value per evaluation, the alignment rows (epoch, batch, angle per
+    layer) of --log_alignment and, for learned inverses, the rows of their quality at the
+    same cadence (epoch, batch, reconstruction error per learned inverse, then distance to
+    the exact inverse per learned inverse; InvNet.inverse_quality)."""
 
     NAMES = run_folder.STATISTICS
 
-    def __init__(self, values=None, alignment=None, names=NAMES):
+    def __init__(self, values=None, alignment=None, names=NAMES, inverse_quality=None):
         self.values = values or {name: [] for name in names}
         self.alignment = alignment or []
+        self.inverse_quality = inverse_quality or []  # rows (epoch, batch, errors, distances)
         self.evaluated_after = None  # (epoch, batch) of the latest evaluation in this process
 
     def record(self, net, train, test, validation=None):

@@ -119,6 +119,7 @@ class HeldOut(Number):
         return value
 
 
+GAMMA = 0.001  # GAIT's gamma as published (the authors' learned-inverse branch took 0.01)
 PAPER = "paper"  # the preset of the paper's settings per algorithm (Ahmad et al. 2020, sec. 4)
 
 # In run.py's order of flags (the published ones first); `grid` orders the sweep's grid
@@ -169,6 +170,29 @@ TABLE = (
             column=(5, "ortho init", False)),
     Setting("load", False, "continue the run stored in the results folder", kind="action",
             published=True),
+    Setting("learn_inv", False,
+            "GAIT and TP use learned inverses (backward weights V and biases c per layer, "
+            "trained down each layer's reconstruction loss) instead of exact ones",
+            kind="switch", computation=True, folder=word_piece(4.1, "learn_inv", "LearnInv_"),
+            pack="shared", grid=5.1, column=(5.1, "learn inv", False), absent=False),
+    Setting("no_inv_init", False,
+            "with --learn_inv: start V and c as drawn (V from the layer's seed, after W; c = 0) "
+            "instead of at the exact inverse", kind="switch", computation=True,
+            folder=word_piece(4.2, "no_inv_init", "NoInvInit_"), grid=5.2,
+            column=(5.2, "no inv init", False), absent=False),
+    Setting("gamma", GAMMA, f"GAIT's gamma ({GAMMA}, as published)",
+            convert=Number(float, 0.0, strict=True), computation=True,
+            folder=NamePiece(4.3, lambda value: "" if value == GAMMA else f"{value}Gamma_",
+                             r"(?:(?P<gamma>[^_]+)Gamma_)?",
+                             lambda text: GAMMA if text is None else float(text)),
+            pack="shared", grid=6.5, column=(4.5, "gamma", False), absent=GAMMA),
+    Setting("inv_learning_rate", None,
+            "with --learn_inv: the learning rate of V and c (default: --learning_rate)",
+            convert=Number(float, 0.0, strict=True), metavar="RATE", computation=True,
+            folder=NamePiece(6.2, lambda value: "" if value is None else f"{value}InvLR_",
+                             r"(?:(?P<inv_learning_rate>[^_]+)InvLR_)?",
+                             lambda text: None if text is None else float(text)),
+            grid=7.5, column=(3.5, "inv lr", False)),
     Setting("eval_interval", 10,
             "batches between evaluations (10, as published); 0 = only at the end of each epoch",
             convert=Number(int, 0), computation=True, pack="shared", grid=9,
@@ -226,6 +250,16 @@ ALWAYS_SHOWN = tuple(name for name in COLUMNS if SETTINGS[name].column[2])
 
 
 class Parser(argparse.ArgumentParser):
+    refuses = True  # whether parse_args refuses flags that cannot make a run (sweep.py: off)
+
+    def parse_args(self, args=None, namespace=None):
+        """Parsed flags, refused (`error`) when they cannot make a run (`refusal`)."""
+        parsed = super().parse_args(args, namespace)
+        reason = refusal(parsed) if self.refuses else None
+        if reason is not None:
+            self.error(reason)
+        return parsed
+
     def error(self, message):
         from run_folder import EXIT_USAGE
         self.exit(EXIT_USAGE, f"run.py: {message}. Run ./run.py --help for every flag and its "
@@ -238,6 +272,24 @@ def choices(setting):
         return None
     module, attribute = setting.choices.rsplit(".", 1)
     return list(getattr(importlib.import_module(module), attribute))
+
+
+def refusal(args):
+    """Why run.py's settings `args` cannot make a run (one paragraph), or None if they can:
+    --learn_inv learns the inverses that GAIT's and TP's targets use, which BP has none of;
+    --no_inv_init and --inv_learning_rate only mean something with --learn_inv."""
+    if args.learn_inv and args.algorithm == "BP":
+        return ("--learn_inv needs --algorithm=GAIT or TP: BP passes its errors down through "
+                "W.T and uses no inverse, so there is nothing to learn. Drop --learn_inv, or "
+                "choose GAIT or TP")
+    needing = [f"--{name}" for name, unset in (("no_inv_init", False),
+                                                ("inv_learning_rate", None))
+               if getattr(args, name) != unset]
+    if needing and not args.learn_inv:
+        return (f"{' and '.join(needing)} {'apply' if len(needing) > 1 else 'applies'} only "
+                f"to learned inverses: add --learn_inv "
+                f"(with --algorithm=GAIT or TP), or drop {' and '.join(needing)}")
+    return None
 
 
 def build_parser():
@@ -258,9 +310,12 @@ def build_parser():
 
 
 def build_net(args):
-    """The network of the settings; orthogonal init also whenever lambda == 0 (as published)."""
+    """The network of the settings; orthogonal init also whenever lambda == 0 (as published);
+    learned inverses with --learn_inv."""
     from inv_net import SquareInvNet, TowerInvNet
     orthogonal = args.orthogonal_init or args.orthogonal_reg == 0
+    learned = {"learn_inverses": args.learn_inv, "exact_start": not args.no_inv_init}
     if args.tower:
-        return TowerInvNet([784, 784, 500, 200, 10], args.seed, orthogonal, args.linear)
-    return SquareInvNet(784, args.nb_layers, args.seed, orthogonal, args.linear)
+        return TowerInvNet([784, 784, 500, 200, 10], args.seed, orthogonal, args.linear,
+                           **learned)
+    return SquareInvNet(784, args.nb_layers, args.seed, orthogonal, args.linear, **learned)

@@ -381,7 +381,7 @@ class StepRunner:
                                                  one_hot_labels)
         self.guard.check([forward[-1]] + list(self.net.named(directions).values()))
         self.net.update_parameters(directions, self.step_settings.learning_rate,
-                                   self.guard.array)
+                                   self.guard.array, self.step_settings.inv_learning_rate)
         self.tally.add(forward[-1], one_hot_labels)
 
     def _arrays_of_a_step(self):

@@ -6,7 +6,10 @@ Arguments are results folders, or folders searched recursively for them (a folde
 run.json or a training_acc.txt). Per group: the number of seeds, then over the seeds
 (mean ± sample standard deviation) the final test accuracy, the peak test accuracy and
 the final training accuracy, and the mean epoch of the peak. Accuracies are in percent
-(CSV: fractions, full precision). A '*' marks a group with runs not finished (running,
+(CSV: fractions, full precision). Groups with learned inverses (--learn_inv, with
+--log_alignment) add the last logged reconstruction error |backward(h) - x| / |x| and
+distance |V - inv(W)|_F / |inv(W)|_F, each the mean over the learned inverses, then mean ±
+sd over the seeds. A '*' marks a group with runs not finished (running,
 interrupted or failed; their latest values are used), a '!' one with diverged runs.
 Folders without run.json (from the published scripts) are read from their text files,
 with the settings parsed from the folder name and the published evaluation cadence
@@ -35,7 +38,8 @@ def build_parser():
                         help="results folders or folders holding them (default: results)")
     parser.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
     parser.add_argument("--plot", metavar="FILE.png",
-                        help="also draw the learning curves (and alignment, if logged)")
+                        help="also draw the learning curves (and the alignment and the learned "
+                             "inverses' quality, if logged)")
     return parser
 
 
@@ -58,15 +62,25 @@ def marks(group):
         ("!" if "diverged" in statuses else "")
 
 
+def mean_sd_text(values):
+    """'0.0123 ± 0.0004' (mean ± sample sd, 3 significant digits), or the mean alone for
+    a single run."""
+    mean, sd = summary_data.mean_sd(values)
+    return f"{mean:.3g}" if numpy.isnan(sd) else f"{mean:.3g} ± {sd:.2g}"
+
+
 def display_rows(groups):
     """Header and rows of the table (strings), and the footnotes. With validation sets, two
     more columns: the test accuracy at each run's evaluation of best validation accuracy,
-    and that evaluation's epoch ("-" for groups without one)."""
+    and that evaluation's epoch ("-" for groups without one); with learned inverses, two
+    more: their last logged reconstruction error and distance to the exact inverse."""
     columns = summary_data.label_columns(groups)
     validated = any(group.validated() for group in groups)
+    learned = any(group.learned() for group in groups)
     header = [summary_data.LABELS[name] for name in columns] + [
         "seeds", "epochs", "final test %", "peak test %", "peak epoch", "final train %"] + (
-        ["test % at best val", "best val epoch"] if validated else [])
+        ["test % at best val", "best val epoch"] if validated else []) + (
+        ["reconstruction error", "inverse distance"] if learned else [])
     rows, notes = [], []
     for group in groups:
         label = summary_data.label_values(group, columns)
@@ -80,6 +94,9 @@ def display_rows(groups):
             row += [percent(accuracies), f"{numpy.mean(epochs):.2f}"]
         elif validated:
             row += ["-", "-"]
+        if learned:
+            row += (list(map(mean_sd_text, group.final_inverse_quality())) if group.learned()
+                    else ["-", "-"])
         rows.append(row)
         if marks(group):
             counts = group.status_counts()
@@ -121,13 +138,17 @@ def write_csv(groups, stream):
     """All settings, the statistics as fractions (mean and sd columns) and the statuses."""
     keys = summary_data.GROUP_KEYS
     validated = any(group.validated() for group in groups)
+    learned = any(group.learned() for group in groups)
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(list(keys) + [
         "seeds", "epochs_min", "epochs_max", "final_test_acc_mean", "final_test_acc_sd",
         "peak_test_acc_mean", "peak_test_acc_sd", "peak_epoch_mean", "final_training_acc_mean",
         "final_training_acc_sd"] + (
         ["selected_test_acc_mean", "selected_test_acc_sd", "selected_epoch_mean"]
-        if validated else []) + ["not_finished", "diverged", "statuses", "folders"])
+        if validated else []) + (
+        ["reconstruction_error_mean", "reconstruction_error_sd", "inverse_distance_mean",
+         "inverse_distance_sd"] if learned else []) + [
+        "not_finished", "diverged", "statuses", "folders"])
     for group in groups:
         statistics = []
         for values in (group.final("test_acc"), group.peak("test_acc")):
@@ -139,6 +160,11 @@ def write_csv(groups, stream):
             statistics += list(summary_data.mean_sd(accuracies)) + [numpy.mean(epochs)]
         elif validated:
             statistics += [numpy.nan] * 3
+        if learned and group.learned():
+            for values in group.final_inverse_quality():
+                statistics += list(summary_data.mean_sd(values))
+        elif learned:
+            statistics += [numpy.nan] * 4
         mark = marks(group)
         writer.writerow(
             [group.key[name] for name in keys]

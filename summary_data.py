@@ -61,12 +61,23 @@ def mean_sd(values):
 
 @dataclasses.dataclass
 class Run:
-    """One results folder: settings, status, the accuracy curves and the logged alignment."""
+    """One results folder: settings, status, the accuracy curves, the logged alignment and
+    the logged quality of learned inverses."""
     folder: str
     settings: dict
     status: str
     curves: dict
     alignment: numpy.ndarray = None  # rows: epoch position, then one angle per layer
+    # rows: epoch position, reconstruction error per learned inverse, then distance per one
+    inverse_quality: numpy.ndarray = None
+
+    def final_inverse_quality(self):
+        """(reconstruction error, distance to the exact inverse) of the last logged row, each
+        the mean over the learned inverses; None if none was logged."""
+        if self.inverse_quality is None:
+            return None
+        errors, distances = numpy.split(self.inverse_quality[-1, 1:], 2)
+        return float(errors.mean()), float(distances.mean())
 
     @property
     def per_epoch(self):
@@ -79,11 +90,12 @@ class Run:
         return numpy.arange(length) / max(self.per_epoch, 1)
 
 
-def read_alignment(path, nb_batches):
-    """alignment.txt as rows (epoch position, angle per layer), or None if absent or empty.
+def read_log(path, nb_batches):
+    """alignment.txt or inverse_quality.txt as rows (epoch position, then the logged values),
+    or None if absent or empty.
 
-    Columns `epoch batch angle_layer0 ...` (0-based epoch and batch) with a '#' header; the
-    position of a row is epoch + (batch + 1) / nb_batches (the batches of the run's epoch).
+    Columns `epoch batch value ...` (0-based epoch and batch) with a '#' header; the position
+    of a row is epoch + (batch + 1) / nb_batches (the batches of the run's epoch).
     """
     if not os.path.exists(path):
         return None
@@ -115,9 +127,10 @@ def read_run(folder):
             raise ValueError(f"{run_folder.statistics_file(name)} is empty")
         values = numpy.loadtxt(path, ndmin=1)
         curves[name] = values
+    nb_batches = batches_per_epoch(settings.get("validation", 0))
     return Run(os.path.normpath(folder), settings, status, curves,
-               read_alignment(os.path.join(folder, ALIGNMENT),
-                              batches_per_epoch(settings.get("validation", 0))))
+               read_log(os.path.join(folder, ALIGNMENT), nb_batches),
+               read_log(os.path.join(folder, run_folder.INVERSE_QUALITY), nb_batches))
 
 
 def find_folders(path):
@@ -186,6 +199,15 @@ class Group:
             chosen.append((float(run_.curves[name][best]), float(run_.epochs()[best])))
         return chosen
 
+    def learned(self):
+        """Whether every run of the group logged the quality of learned inverses."""
+        return all(run_.inverse_quality is not None for run_ in self.runs)
+
+    def final_inverse_quality(self):
+        """([reconstruction error], [distance to the exact inverse]) per run, at its last
+        logged row (means over the learned inverses, Run.final_inverse_quality)."""
+        return tuple(map(list, zip(*(run_.final_inverse_quality() for run_ in self.runs))))
+
     def status_counts(self):
         return dict(collections.Counter(run_.status for run_ in self.runs))
 
@@ -229,7 +251,8 @@ def label_values(group, columns):
     text = {"nb_layers": f"{key['nb_layers']}{'TOWER' if key['tower'] else 'L'}",
             "orthogonal_init": ("yes" if key["orthogonal_init"]
                                 else "yes (reg 0)" if key["orthogonal_reg"] == 0 else "no"),
-            "linear": "yes" if key["linear"] else "no",
+            **{name: "yes" if key[name] else "no"
+               for name in ("linear", "learn_inv", "no_inv_init")},
             "learning_rate": f"{key['learning_rate']:g}",
             "orthogonal_reg": f"{key['orthogonal_reg']:g}",
             "dtype": key["dtype"] or "?"}

@@ -1,8 +1,10 @@
 """Learning curves of summarize.py's groups, drawn with matplotlib's Agg backend (no display).
 
 Panels: test accuracy and training accuracy against epochs, the validation accuracy when
-some runs held out a validation set, and, when some runs logged it (`alignment.txt`), the
-angle between each layer's weight directions and BP's. Per group:
+some runs held out a validation set, when some runs logged it (`alignment.txt`), the
+angle between each layer's weight directions and BP's, and when some runs learned inverses
+(`inverse_quality.txt`), their reconstruction errors and distances to the exact inverses
+(log scale). Per group:
 the mean over seeds as a line and the min-max over seeds as a band; one colour per
 algorithm, and line styles telling apart the groups of one algorithm.
 """
@@ -35,15 +37,36 @@ def accuracy_band(group, name):
     return epochs, numpy.nanmean(table, 0), numpy.nanmin(table, 0), numpy.nanmax(table, 0)
 
 
-def alignment_means(group):
-    """(positions in epochs, mean angle per layer as columns), over the runs that logged it."""
-    logged = [run_.alignment for run_ in group.runs if run_.alignment is not None]
+def logged_means(group, log="alignment"):
+    """(positions in epochs, mean of each logged column as columns), over the runs that
+    logged `log` ("alignment" or "inverse_quality", the Run attributes)."""
+    logged = [getattr(run_, log) for run_ in group.runs if getattr(run_, log) is not None]
     longest = max(logged, key=len)
-    layers = max(table.shape[1] for table in logged) - 1
-    angles = numpy.full((len(logged), len(longest), layers), numpy.nan)
+    columns = max(table.shape[1] for table in logged) - 1
+    values = numpy.full((len(logged), len(longest), columns), numpy.nan)
     for index, table in enumerate(logged):
-        angles[index, :len(table), :table.shape[1] - 1] = table[:, 1:]
-    return longest[:, 0], numpy.nanmean(angles, 0)
+        values[index, :len(table), :table.shape[1] - 1] = table[:, 1:]
+    return longest[:, 0], numpy.nanmean(values, 0)
+
+
+def per_layer_panel(axis, groups, styles, log, columns, title, ylabel, first_layer=0):
+    """One line per group and layer of a log's mean columns (`columns(means)` picks them),
+    the group's colour, a line style per layer (legend: the layers)."""
+    nb_layers = 0
+    for group in groups:
+        colour, _, _ = styles[id(group)]
+        positions, means = logged_means(group, log)
+        chosen = columns(means)
+        nb_layers = max(nb_layers, chosen.shape[1])
+        for layer in range(chosen.shape[1]):
+            axis.plot(positions, chosen[:, layer], color=colour,
+                      linestyle=LINE_STYLES[layer % len(LINE_STYLES)])
+    for layer in range(nb_layers):  # colours are the groups' (first panel's legend)
+        axis.plot([], [], color="grey", linestyle=LINE_STYLES[layer % len(LINE_STYLES)],
+                  label=f"layer {first_layer + layer}")
+    axis.set(title=title, xlabel="epoch", ylabel=ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="x-small")
 
 
 def appearance(groups):
@@ -72,10 +95,12 @@ def plot(groups, path):
     from matplotlib import pyplot
     aligned = [group for group in groups if any(run_.alignment is not None
                                                  for run_ in group.runs)]
+    learned = [group for group in groups if any(run_.inverse_quality is not None
+                                                for run_ in group.runs)]
     curves = [("test_acc", "Test accuracy"), ("training_acc", "Training accuracy")]
     if any(group.validated() for group in groups):
         curves.append(("validation_acc", "Validation accuracy"))
-    panels = len(curves) + bool(aligned)
+    panels = len(curves) + bool(aligned) + 2 * bool(learned)
     figure, axes = pyplot.subplots(1, panels, figsize=(5 * panels, 4.2), squeeze=False)
     styles = dict(zip(map(id, groups), appearance(groups)))
     for axis, (name, title) in zip(axes[0], curves):
@@ -91,22 +116,18 @@ def plot(groups, path):
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small", title="mean, min-max over seeds",
                       title_fontsize="small")
+    spare = iter(axes[0][len(curves):])
     if aligned:
-        axis = axes[0][len(curves)]
-        for group in aligned:
-            colour, _, label = styles[id(group)]
-            positions, angles = alignment_means(group)
-            for layer in range(angles.shape[1]):
-                axis.plot(positions, angles[:, layer], color=colour,
-                          linestyle=LINE_STYLES[layer % len(LINE_STYLES)])
-        nb_layers = max(alignment_means(group)[1].shape[1] for group in aligned)
-        for layer in range(nb_layers):  # colours are the groups' (first panel's legend)
-            axis.plot([], [], color="grey", linestyle=LINE_STYLES[layer % len(LINE_STYLES)],
-                      label=f"layer {layer}")
-        axis.set(title="Angle to the BP directions (colour: group)", xlabel="epoch",
-                 ylabel="degrees")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize="x-small")
+        per_layer_panel(next(spare), aligned, styles, "alignment", lambda means: means,
+                        "Angle to the BP directions (colour: group)", "degrees")
+    if learned:
+        for half, title in ((0, "Learned inverses: |backward(h) - x| / |x|"),
+                            (1, "Learned inverses: |V - inv(W)| / |inv(W)|")):
+            axis = next(spare)
+            per_layer_panel(axis, learned, styles, "inverse_quality",
+                            lambda means, half=half: numpy.split(means, 2, axis=1)[half],
+                            title, "relative error", first_layer=1)
+            axis.set_yscale("log")
     figure.tight_layout()
     try:
         figure.savefig(path, dpi=100)

@@ -93,8 +93,10 @@ def build_parser():
 
 
 def run_parser():
-    """run.py's own parser, raising SweepError instead of exiting."""
+    """run.py's own parser, raising SweepError instead of exiting; it parses single flags, so
+    the combinations run.py refuses are left out by `expand` instead."""
     parser = settings_table.build_parser()
+    parser.refuses = False
 
     def error(message):
         raise SweepError(message)
@@ -141,12 +143,23 @@ def expand(args):
              for name in GRID if getattr(args, name) is not None}
     shared = {name: os.path.abspath(getattr(args, name)) if name in PATHS else getattr(args, name)
               for name in PASSED}
-    runs = []
+    runs, left_out = [], {}
     for combination in itertools.product(*given.values()):
         explicit = dict(zip(given, combination))
         algorithm = explicit.get("algorithm", defaults["algorithm"])
         preset = settings_table.presets(args.preset, algorithm) if args.preset else {}
-        runs.append(argparse.Namespace(**{**defaults, **preset, **explicit, **shared}))
+        settings = argparse.Namespace(**{**defaults, **preset, **explicit, **shared})
+        reason = settings_table.refusal(settings)
+        if reason is None:
+            runs.append(settings)
+        else:
+            left_out[reason] = left_out.get(reason, 0) + 1
+    for reason, count in left_out.items():
+        print(f"sweep.py: left out {count} combination{'s' if count > 1 else ''} of the grid "
+              f"that run.py refuses: {reason}.", file=sys.stderr)
+    if not runs:
+        raise SweepError("every combination of the grid is one that run.py refuses (see "
+                         "above): change the grid")
     folders = {}
     for settings in runs:
         other = folders.setdefault(run_folder.results_folder(settings), settings)

@@ -103,35 +103,46 @@ class Diverged(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
     """What a training step needs: the rule, the learning rate, lambda of the orthogonal
-    regulariser, and every how many batches the alignment with BP is logged (0 = never)."""
+    regulariser, every how many batches the alignment with BP is logged (0 = never), GAIT's
+    gamma and the learning rate of learned inverses (None: the learning rate)."""
 
     algorithm: str
     learning_rate: float
     orthogonal_reg: float = 0.0
     log_alignment: int = 0
+    gamma: float = 0.001
+    inv_learning_rate: float = None
 
     @classmethod
     def of(cls, args):
         """The step settings of run.py's parsed arguments (its settings of these names)."""
         return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
+    @property
+    def inverse_learning_rate(self):
+        """The learning rate of the learned inverses: inv_learning_rate, else learning_rate."""
+        return self.learning_rate if self.inv_learning_rate is None else self.inv_learning_rate
+
     @classmethod
     def of_pack(cls, settings):
-        """The settings of a pack from its runs' settings (one rule and alignment cadence;
-        lambda zero for all runs or for none): a learning rate and lambda per run, tuples."""
-        algorithms = {(each.algorithm, each.log_alignment, each.orthogonal_reg == 0)
+        """The settings of a pack from its runs' settings (one rule, alignment cadence and
+        gamma; lambda zero for all runs or for none): a learning rate (of the weights and of
+        the inverses) and lambda per run, tuples."""
+        algorithms = {(each.algorithm, each.log_alignment, each.gamma, each.orthogonal_reg == 0)
                       for each in settings}
         if len(algorithms) > 1:
-            raise ValueError(f"the runs of a pack must share the rule, the alignment cadence and "
-                             f"whether lambda is zero, not {sorted(algorithms)}")
+            raise ValueError(f"the runs of a pack must share the rule, the alignment cadence, "
+                             f"gamma and whether lambda is zero, not {sorted(algorithms)}")
         return cls(settings[0].algorithm, tuple(each.learning_rate for each in settings),
-                   tuple(each.orthogonal_reg for each in settings), settings[0].log_alignment)
+                   tuple(each.orthogonal_reg for each in settings), settings[0].log_alignment,
+                   settings[0].gamma, tuple(each.inverse_learning_rate for each in settings))
 
     def select(self, positions):
         """A pack's settings for the runs at `positions`."""
         return dataclasses.replace(
             self, learning_rate=tuple(self.learning_rate[p] for p in positions),
-            orthogonal_reg=tuple(self.orthogonal_reg[p] for p in positions))
+            orthogonal_reg=tuple(self.orthogonal_reg[p] for p in positions),
+            inv_learning_rate=tuple(self.inv_learning_rate[p] for p in positions))
 
     def on_backend(self):
         """These settings as a step uses them: a pack's per-run learning rates and lambdas as
@@ -143,7 +154,12 @@ class StepSettings:
             return backend.to_device(numpy.asarray(values, dtype=float).reshape(-1, 1, 1))
         return dataclasses.replace(
             self, learning_rate=per_run(self.learning_rate),
+            inv_learning_rate=per_run(self.inv_learning_rate),
             orthogonal_reg=per_run(self.orthogonal_reg) if any(self.orthogonal_reg) else 0.0)
+
+    def rule_options(self):
+        """The keyword arguments of the rule beyond lambda: GAIT's gamma."""
+        return {"gamma": self.gamma} if self.algorithm == "GAIT" else {}
 
 
 def runs_of(net, statistics):
@@ -235,11 +251,14 @@ def check_finite(net, forward, directions, statistics, where):
 
 def rule_directions(net, settings, images, one_hot_labels):
     """(forward, targets, directions: a dict per layer) of the settings' rule on one
-    batch: the forward pass, the full-width output target, and the rule's directions."""
+    batch: the forward pass, the full-width output target, and the rule's directions (with
+    those of the learned inverses, InvNet.add_inverse_directions)."""
     forward = net.forward_pass(images)
     targets = output_targets(forward[-1], one_hot_labels)
     directions = getattr(net, RULES[settings.algorithm])(forward, targets,
-                                                         settings.orthogonal_reg)
+                                                         settings.orthogonal_reg,
+                                                         **settings.rule_options())
+    net.add_inverse_directions(forward, directions)
     return forward, targets, directions
 
 
@@ -248,7 +267,8 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
 
     Raises Diverged, before anything reaches the weights or the logs, if the output or a
     direction is not finite or a weight matrix is singular; then logs the alignment with BP
-    when due (one row per run and batch, only for a step that passed its checks).
+    and the learned inverses' quality when due (one row per run and batch, only for a step
+    that passed its checks).
     Waits for the GPU once (the checks); `StepRunner` queues steps without waiting.
     A pack (`settings.on_backend()`, `statistics` a list) is checked run by run.
     """
@@ -270,9 +290,15 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     check_finite(net, forward, directions, statistics, f"epoch {epoch + 1}, batch {batch_index}")
     if settings.log_alignment and batch_index % settings.log_alignment == 0:
         for run, run_statistics, take in runs_of(net, statistics):
+            run_forward = list(map(take, forward))
             run_statistics.alignment.append([epoch, batch_index] + alignment_with_bp(
-                run, settings.algorithm, list(map(take, forward)), take(targets)))
-    net.update_parameters(directions, settings.learning_rate)
+                run, settings, run_forward, take(targets)))
+            if run.learn_inverses:
+                reconstruction, distance = zip(*run.inverse_quality(run_forward))
+                run_statistics.inverse_quality.append([epoch, batch_index, *reconstruction,
+                                                       *distance])
+    net.update_parameters(directions, settings.learning_rate,
+                          inverse_learning_rate=settings.inv_learning_rate)
     return forward
 
 
@@ -335,12 +361,13 @@ def train_epoch(runner, feed, statistics, eval_interval, progress, should_stop, 
     return True
 
 
-def alignment_with_bp(net, algorithm, forward, targets):
+def alignment_with_bp(net, settings, forward, targets):
     """Angle (degrees) per layer between the rule's weight directions and BP's on one batch.
 
     Both without the regulariser (lambda = 0), so that the angle compares the error signals.
     """
-    rule_directions = getattr(net, RULES[algorithm])(forward, targets)
+    rule_directions = getattr(net, RULES[settings.algorithm])(forward, targets,
+                                                              **settings.rule_options())
     bp_directions = net.get_backprop_updates(forward, targets)
     return [angle_degrees(rule["weights"], bp["weights"])
             for rule, bp in zip(rule_directions, bp_directions)]

@@ -304,7 +304,7 @@ def test_cupy_fused_kernels_equal_numpy_bit_for_bit(dtype, restore_backend):
         optimizer = MomentOptimizer(parameters)
         for step in range(3):
             optimizer.step(parameters, {"W0": backend.to_device(
-                numpy.random.RandomState(6 + step).randn(784, 784))}, 1e-3)
+                numpy.random.RandomState(6 + step).randn(784, 784))}, {"W0": 1e-3})
         out.update(p=parameters["W0"], m=optimizer.first_moments["W0"],
                    v=optimizer.second_moments["W0"])
         results[name] = {key: backend.to_host(value) for key, value in out.items()}

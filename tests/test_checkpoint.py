@@ -72,7 +72,7 @@ def test_a_checkpoint_with_positional_moments_still_resumes():
     for position, name in enumerate(directions):
         optimizer.first_moments[name][...] = arrays[f"m{position}"]
         optimizer.second_moments[name][...] = arrays[f"v{position}"]
-    optimizer.step(parameters, directions, 1e-2)
+    optimizer.step(parameters, directions, dict.fromkeys(parameters, 1e-2))
     net.update_parameters([{"weights": directions[f"W{i}"], "biases": directions[f"b{i}"]}
                            for i in range(2)], 1e-2)
     for name in parameters:
@@ -89,3 +89,43 @@ def test_moments_of_the_wrong_shape_are_refused_by_name():
     with pytest.raises(ValueError, match=r"the moment vb1 is of shape \(11,\), not of the "
                                          r"shape \(12,\) of b1"):
         SquareInvNet(12, 1, start_seed=2).set_state(state)
+
+
+def test_learned_inverses_resume_exactly_from_a_checkpoint(tmp_path):
+    """A run with learned inverses (drawn start) checkpointed after 4 steps and restored
+    into a fresh network goes on bit for bit as the uninterrupted run: V, c and their
+    moments are in the checkpoint (the authors' branch reset them to exact inverses); the
+    inverse-quality rows come back too, and inverse_quality.txt names its columns."""
+    import step_runner
+    from test_training import batches
+    data = batches(8, units=48)
+    settings = training.StepSettings("GAIT", 1e-3, 0.1, log_alignment=2, inv_learning_rate=3e-3)
+
+    def make():
+        return SquareInvNet(48, 2, 5, True, learn_inverses=True, exact_start=False)
+
+    def steps(net, statistics, indices):
+        runner = step_runner.StepRunner(net, settings)
+        for index in indices:
+            runner.step(*data[index], statistics, 0, index)
+        return runner.net
+
+    whole_statistics = training.Statistics()
+    whole = steps(make(), whole_statistics, range(8))
+    first_statistics = training.Statistics()
+    first = steps(make(), first_statistics, range(4))
+    checkpoint.save_checkpoint(str(tmp_path), first, first_statistics, 0, {"seed": 5})
+    checkpoint.save_statistics(str(tmp_path), first_statistics)
+    _, arrays = checkpoint.read_checkpoint(str(tmp_path))
+    assert {"V1", "c2", "mV1", "vc2"} <= set(arrays)
+    resumed = make()
+    resumed_statistics = checkpoint.restore_checkpoint(resumed, arrays)
+    assert resumed_statistics.inverse_quality == first_statistics.inverse_quality
+    resumed = steps(resumed, resumed_statistics, range(4, 8))
+    for name, array in whole.state().items():
+        numpy.testing.assert_array_equal(resumed.state()[name], array, err_msg=name)
+    assert resumed_statistics.inverse_quality == whole_statistics.inverse_quality
+    rows = numpy.loadtxt(tmp_path / "inverse_quality.txt")
+    assert rows.shape == (2, 2 + 2 + 2)
+    with open(tmp_path / "inverse_quality.txt") as file:
+        assert "reconstruction_layer1 reconstruction_layer2 distance_layer1" in file.readline()

@@ -276,3 +276,83 @@ def test_cupy_kept_inverse_bound_holds_for_poor_inverses():
         assert max(kept_inverse_shortfalls(backend.to_device)) <= 1.0
     finally:
         backend.select("numpy", dtype="float64")
+
+
+# ----------------------------------------------------------------------------- learned inverses
+
+def reconstruction_loss(layer, inputs, outputs):
+    """L = mean_n 1/2 |backward(h_n) - x_n|^2."""
+    return 0.5 * np.mean(np.sum((layer.inverse(outputs) - inputs) ** 2, axis=-1))
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_learned_inverse_directions_are_minus_the_finite_difference_gradient(linear):
+    """Both directions (V's and c's) against central differences of the reconstruction loss,
+    away from the exact start (where the gradient vanishes) and with V not symmetric (the
+    authors' branch used e V for c's direction, which this test tells from e V^T)."""
+    rng = np.random.RandomState(4)
+    layer = InvLayer(9, seed=2, linear=linear, learns_inverse=True)
+    layer.biases = rng.randn(9) * 0.3
+    layer.backward_weights = layer.backward_weights + 0.2 * rng.randn(9, 9)
+    layer.backward_biases = 0.3 * rng.randn(9)
+    assert np.abs(layer.backward_weights - layer.backward_weights.T).max() > 0.1
+    inputs = rng.randn(7, 9)
+    outputs = layer.forward(inputs)
+    directions = layer.inverse_directions(inputs, outputs)
+    for name, attribute in (("backward_weights", "backward_weights"),
+                            ("backward_biases", "backward_biases")):
+        array = getattr(layer, attribute)
+        gradient = np.zeros_like(array)
+        for index in np.ndindex(array.shape):
+            kept = array[index]
+            array[index] = kept + 1e-6
+            above = reconstruction_loss(layer, inputs, outputs)
+            array[index] = kept - 1e-6
+            below = reconstruction_loss(layer, inputs, outputs)
+            array[index] = kept
+            gradient[index] = (above - below) / 2e-6
+        assert np.abs(gradient).max() > 1e-2
+        np.testing.assert_allclose(directions[name], -gradient, rtol=0, atol=1e-8)
+
+
+def test_learned_inverse_starts_exact_or_as_drawn_after_w():
+    """Exact start: V = inv(W), c = b, so backward(forward(x)) == x; drawn start: V is the
+    second draw of the layer's seed (Gaussian or orthogonal), c = 0, and W is the first, the
+    same as a layer without a learned inverse."""
+    x = np.random.RandomState(0).randn(5, 12)
+    exact = InvLayer(12, seed=3, learns_inverse=True)
+    np.testing.assert_allclose(exact.backward_weights @ exact.weight_matrix, np.eye(12),
+                               atol=1e-12)
+    np.testing.assert_allclose(exact.inverse(exact.forward(x)), x, atol=1e-12)
+    for orthogonal in (False, True):
+        plain = InvLayer(12, seed=3, orthogonal_init=orthogonal)
+        drawn = InvLayer(12, seed=3, orthogonal_init=orthogonal, learns_inverse=True,
+                         exact_start=False)
+        np.testing.assert_array_equal(drawn.weight_matrix, plain.weight_matrix)
+        generator = np.random.RandomState(3)
+        if orthogonal:
+            second = [scipy.stats.ortho_group.rvs(12, random_state=generator) for _ in "WV"][1]
+        else:
+            second = [generator.randn(12, 12) * np.sqrt(2.0 / 24) for _ in "WV"][1]
+        np.testing.assert_array_equal(drawn.backward_weights, second)
+        np.testing.assert_array_equal(drawn.backward_biases, np.zeros(12))
+        assert not np.allclose(drawn.backward_weights, drawn.weight_matrix)
+
+
+def test_learned_inverse_quality_and_files(tmp_path):
+    """inverse_quality: 0 at the exact start; for V = 2 inv(W), c = b the reconstruction
+    error is |x| / |x| = 1 and the distance 1. save_params writes V and c beside W and b, and
+    load_params reads them back; a learned inverse keeps no KeptInverse (it solves nothing)."""
+    layer = InvLayer(10, seed=1, learns_inverse=True)
+    x = np.random.RandomState(1).randn(6, 10)
+    np.testing.assert_allclose(layer.inverse_quality(x, layer.forward(x)), (0, 0), atol=1e-13)
+    layer.backward_weights = 2 * np.linalg.inv(layer.weight_matrix)
+    np.testing.assert_allclose(layer.inverse_quality(x, layer.forward(x)), (1, 1), atol=1e-12)
+    layer.save_params(str(tmp_path / "1L"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "1Lbackward_biases.npy", "1Lbackward_weights.npy", "1Lbiases.npy", "1Lweights.npy"]
+    other = InvLayer(10, seed=5, learns_inverse=True)
+    other.load_params(str(tmp_path / "1L"))
+    np.testing.assert_array_equal(other.backward_weights, layer.backward_weights)
+    layer.keep_inverse()
+    assert layer.kept_inverse is None

@@ -543,11 +543,13 @@ def test_optimizer_hand_made_two_by_two():
 def test_moment_optimizer_keeps_moments_per_array():
     a, b = np.zeros(3), np.zeros(3)
     optimizer = inv_net.MomentOptimizer({"a": a, "b": b})
-    optimizer.step({"a": a, "b": b}, {"a": np.array([1.0, 2.0, -3.0]), "b": np.zeros(3)}, 0.5)
+    optimizer.step({"a": a, "b": b}, {"a": np.array([1.0, 2.0, -3.0]), "b": np.zeros(3)},
+                   {"a": 0.5, "b": 0.5})
     np.testing.assert_allclose(a, 0.5 * np.array([0.1, 0.2, -0.3])
                                / (1e-8 + np.array([0.1, 0.2, 0.3])), rtol=1e-15)
     np.testing.assert_array_equal(b, 0.0)
-    optimizer.step({"a": a, "b": b}, {"a": np.zeros(3), "b": np.array([2.0, 0.0, 0.0])}, 0.5)
+    optimizer.step({"a": a, "b": b}, {"a": np.zeros(3), "b": np.array([2.0, 0.0, 0.0])},
+                   {"a": 0.5, "b": 0.5})
     assert abs(b[0] - 0.5 * 0.2 / (1e-8 + 0.2)) < 1e-15 and b[1] == 0.0 and b[2] == 0.0
     # a after step 2 (u = 0): m = 0.09 u1, v = 0.0099 u1^2
     step2 = np.array([1.0, 2.0, -3.0])
@@ -624,3 +626,97 @@ def test_state_round_trip_carries_the_optimiser():
     copy.update_parameters(by_layer(*directions), learning_rate=0.1)
     for a, b in zip(net.parameters().values(), copy.parameters().values()):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- learned inverses
+
+LEARNING_NETS = {"square": lambda **learned: SquareInvNet(40, 3, 2, True, **learned),
+                 "tower": lambda **learned: TowerInvNet([40, 40, 25, 16, 10], 2, True,
+                                                        **learned)}
+
+
+def rule_on_a_batch(net, rule, seed=0):
+    """The directions of `rule` ("get_gait_updates" or "get_tp_updates") on a random batch,
+    biases randomised the same way in every network."""
+    rng = np.random.RandomState(seed)
+    randomise_biases(net, np.random.RandomState(9))
+    for layer in net.layers:
+        if layer.learns_inverse:
+            layer.backward_biases = layer.biases.copy()
+    x = rng.rand(8, net.widths[0])
+    forward = net.forward_pass(x)
+    targets = inv_net.output_targets(forward[-1], np.eye(10)[rng.randint(0, 10, 8)])
+    return forward, getattr(net, rule)(forward, targets)
+
+
+@pytest.mark.parametrize("network", sorted(LEARNING_NETS))
+@pytest.mark.parametrize("rule", ["get_gait_updates", "get_tp_updates"])
+def test_learned_inverses_from_the_exact_start_give_the_exact_targets(network, rule):
+    """V = inv(W), c = b: GAIT's and TP's directions are the exact inverses' to rounding; a
+    drawn start gives other directions below the top layer. Only the layers whose inverses
+    the targets use learn them (not layer 0)."""
+    exact = LEARNING_NETS[network]()
+    learned = LEARNING_NETS[network](learn_inverses=True)
+    drawn = LEARNING_NETS[network](learn_inverses=True, exact_start=False)
+    assert [layer.learns_inverse for layer in learned.layers] == [False, True, True, True]
+    assert list(learned.parameters()) == ["W0", "b0", "W1", "b1", "V1", "c1", "W2", "b2", "V2",
+                                          "c2", "W3", "b3", "V3", "c3"]
+    _, expected = rule_on_a_batch(exact, rule)
+    _, got = rule_on_a_batch(learned, rule)
+    _, other = rule_on_a_batch(drawn, rule)
+    for index, (want, have, far) in enumerate(zip(expected, got, other)):
+        assert sorted(have) == ["biases", "weights"]
+        for name in want:
+            np.testing.assert_allclose(have[name], want[name], rtol=1e-9,
+                                       atol=1e-12 * np.abs(want[name]).max())
+        if index < len(expected) - 1:
+            assert relative_error(far["weights"], want["weights"]) > 1e-2
+
+
+@pytest.mark.parametrize("network", sorted(LEARNING_NETS))
+def test_inverse_directions_compare_the_units_each_layer_reads(network):
+    """add_inverse_directions gives each learning layer V's and c's directions from the
+    units it reads (tower: 40, 25, 16 of widths 40, 40, 25, 16, 10 below), zero at the exact
+    start, and equal to the layer's own formula on those units away from it."""
+    net = LEARNING_NETS[network](learn_inverses=True)
+    forward, directions = rule_on_a_batch(net, "get_gait_updates")
+    net.add_inverse_directions(forward, directions)
+    for index, (layer, layer_directions) in enumerate(zip(net.layers, directions)):
+        assert ("backward_weights" in layer_directions) == (index > 0)
+        if index:
+            assert layer_directions["backward_weights"].shape == (layer.nb_units,) * 2
+            assert np.abs(layer_directions["backward_weights"]).max() < 1e-13
+    rng = np.random.RandomState(3)
+    for layer in net.layers[1:]:
+        layer.backward_weights = layer.backward_weights + 0.1 * rng.randn(
+            *layer.backward_weights.shape)
+    directions = [{} for _ in net.layers]
+    net.add_inverse_directions(forward, directions)
+    quality = net.inverse_quality(forward)
+    for index, layer in enumerate(net.layers[1:], start=1):
+        inputs = forward[index][:, :layer.nb_units]
+        u = finv(forward[index + 1], False) - layer.backward_biases
+        e = u @ layer.backward_weights - inputs
+        np.testing.assert_allclose(directions[index]["backward_weights"], -u.T @ e / 8,
+                                   rtol=1e-12)
+        np.testing.assert_allclose(directions[index]["backward_biases"],
+                                   (e @ layer.backward_weights.T).mean(axis=0), rtol=1e-12)
+        exact = np.linalg.inv(layer.weight_matrix)
+        np.testing.assert_allclose(quality[index - 1], (
+            np.linalg.norm(e) / np.linalg.norm(inputs),
+            np.linalg.norm(layer.backward_weights - exact) / np.linalg.norm(exact)), rtol=1e-10)
+
+
+def test_the_inverses_learn_at_their_own_rate():
+    """update_parameters: W and b move by the learning rate, V and c by the inverses' (the
+    optimiser's first step moves each entry by lr * u / (|u| + 1e-8 / 0.1), about lr)."""
+    net = SquareInvNet(12, 1, 1, True, learn_inverses=True)
+    before = {name: array.copy() for name, array in net.parameters().items()}
+    directions = [{name: np.ones_like(array) for name, array in layer.state().items()}
+                  for layer in net.layers]
+    net.update_parameters(directions, 1e-3, inverse_learning_rate=1e-2)
+    for name, array in net.parameters().items():
+        rate = 1e-2 if name[0] in "Vc" else 1e-3
+        np.testing.assert_allclose(array - before[name], rate, rtol=1e-6)
+    assert sorted(net.optimizer.state()) == sorted(
+        letter + name for name in before for letter in "mv")

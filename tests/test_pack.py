@@ -481,3 +481,47 @@ def test_cupy_pack_py_gait_accuracy_matches_single_runs(mnist_raw, tmp_path):
         alone = numpy.loadtxt(tmp_path / "alone" / name / "test_acc.txt")[-1]
         print(f"{name}: pack {packed:.4f}, alone {alone:.4f}")
         assert abs(packed - alone) <= 0.005
+
+
+LEARNING = {"square": lambda seed, exact: SquareInvNet(48, 2, seed, True, learn_inverses=True,
+                                                       exact_start=exact),
+            "tower": lambda seed, exact: TowerInvNet([48, 48, 30, 20, 10], seed, True,
+                                                     learn_inverses=True, exact_start=exact)}
+
+
+@pytest.mark.parametrize("network", sorted(LEARNING))
+@pytest.mark.parametrize("algorithm, lambdas, rates", [
+    ("GAIT", (0.1, 0.5, 0.1), (1e-4, 1e-4, 1e-3)),
+    ("TP", (1000.0, 100.0, 1000.0), (1e-5, 1e-5, 3e-5))])
+def test_a_pack_of_learned_inverses_equals_its_single_runs_bit_for_bit(network, algorithm,
+                                                                      lambdas, rates):
+    """Learned inverses in a pack: runs starting exact and drawn, with their own learning
+    rates of the inverses; after 25 steps every array (W, b, V, c and the moments of each)
+    and every row of the alignment and inverse-quality logs is the single run's."""
+    make = LEARNING[network]
+    exact = (True, False, True)
+    settings = [training.StepSettings(algorithm, rate, reg, log_alignment=10,
+                                      inv_learning_rate=inverse_rate)
+                for rate, reg, inverse_rate in zip(rates, lambdas, (None, 1e-3, 3e-4))]
+    sets = synthetic_sets(3)
+    runner, statistics = train_packed([make(seed, start) for seed, start in zip((1, 7, 3), exact)],
+                                      settings, sets, 25, evaluate_at=(9,))
+    for position, (seed, start) in enumerate(zip((1, 7, 3), exact)):
+        single, single_statistics = train_alone(make(seed, start), settings[position],
+                                                sets[position], 25)
+        assert_same_state(single, runner.net.run(position))
+        assert "V1" in single.state() and "mc1" in single.state()
+        assert statistics[position].alignment == single_statistics.alignment
+        assert statistics[position].inverse_quality == single_statistics.inverse_quality
+        assert len(single_statistics.inverse_quality) == 3
+
+
+def test_runs_that_learn_inverses_and_runs_that_do_not_make_no_pack():
+    with pytest.raises(ValueError, match="learn inverses"):
+        InvNet.stack([SquareInvNet(48, 1, 1, True),
+                      SquareInvNet(48, 1, 2, True, learn_inverses=True)])
+    assert (pack.pack_key(build_parser().parse_args(["--algorithm=GAIT", "--learn_inv"]))
+            != pack.pack_key(build_parser().parse_args(["--algorithm=GAIT"])))
+    assert (pack.pack_key(build_parser().parse_args(["--algorithm=GAIT", "--learn_inv",
+                                                     "--no_inv_init", "--seed=2"]))
+            == pack.pack_key(build_parser().parse_args(["--algorithm=GAIT", "--learn_inv"])))

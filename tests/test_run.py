@@ -97,20 +97,27 @@ def test_published_flags_exist_with_their_defaults():
         assert getattr(args, name) == value and type(getattr(args, name)) is type(value), name
 
 
+# The flags a flag needs beside it (run.py refuses it alone, see settings.refusal).
+CONTEXT = {"learn_inv": ["--algorithm=GAIT"],
+           "no_inv_init": ["--algorithm=TP", "--learn_inv"],
+           "inv_learning_rate": ["--algorithm=GAIT", "--learn_inv"]}
+
+
 @pytest.mark.parametrize("option", [option for option, _ in parser_options()])
 def test_every_flag_parses_in_both_forms(option):
     action = dict(parser_options())[option]
     parser = build_parser()
     value = sample(action)
+    context = CONTEXT.get(action.dest, [])
     if value is None:
-        args = parser.parse_args([option])
+        args = parser.parse_args(context + [option])
         assert getattr(args, action.dest) is True
         assert getattr(parser.parse_args([]), action.dest) is False
         return
     text, expected = value
     assert expected != action.default, "the sample must differ from the default"
-    joined = parser.parse_args([f"{option}={text}"])
-    separate = parser.parse_args([option, text])
+    joined = parser.parse_args(context + [f"{option}={text}"])
+    separate = parser.parse_args(context + [option, text])
     assert getattr(joined, action.dest) == expected
     assert getattr(separate, action.dest) == expected
     assert type(getattr(joined, action.dest)) is type(expected)
@@ -149,8 +156,13 @@ BAD = [  # (argv, a word the message must contain)
     (["--learnig_rate=0.1"], "learnig_rate"),
     (["--nb_layres", "2"], "nb_layres"),
     (["stray_argument"], "stray_argument"),
+    (["--learn_inv"], "--learn_inv"),
+    (["--algorithm=BP", "--learn_inv", "--nb_layers=4"], "BP"),
+    (["--algorithm=GAIT", "--no_inv_init"], "--learn_inv"),
+    (["--algorithm=TP", "--inv_learning_rate=0.01"], "--inv_learning_rate"),
+    (["--algorithm=GAIT", "--learn_inv", "--gamma=0"], "gamma"),
 ]
-AS_PROCESSES = [BAD[index] for index in (0, 1, 3, 5, 6, 9, 12)]
+AS_PROCESSES = [BAD[index] for index in (0, 1, 3, 5, 6, 9, 12, 16, 17)]
 
 
 def assert_one_paragraph(message, word):
@@ -217,6 +229,14 @@ def test_run_py_is_executable_and_helps():
      "MNIST_BP_OrthoInit_0.0OrthoReg_1Seed_0.0001LR_3TOWER"),
     (["--orthogonal_reg=1e-3", "--learning_rate=0.5", "--seed=12"],
      "MNIST_BP_0.001OrthoReg_12Seed_0.5LR_1L"),
+    (["--algorithm=GAIT", "--orthogonal_reg=0.1", "--orthogonal_init", "--nb_layers=4",
+      "--learn_inv"], "MNIST_GAIT_OrthoInit_0.1OrthoReg_LearnInv_1Seed_0.0001LR_4L"),
+    (["--algorithm=TP", "--orthogonal_reg=1000", "--learning_rate=1e-5", "--learn_inv",
+      "--no_inv_init", "--inv_learning_rate=1e-4", "--tower"],
+     "MNIST_TP_1000.0OrthoReg_LearnInv_NoInvInit_1Seed_1e-05LR_0.0001InvLR_1TOWER"),
+    (["--algorithm=GAIT", "--gamma=0.01", "--validation=10000"],
+     "MNIST_GAIT_0.0OrthoReg_0.01Gamma_1Seed_0.0001LR_10000Val_1L"),
+    (["--algorithm=GAIT", "--gamma=0.001"], "MNIST_GAIT_0.0OrthoReg_1Seed_0.0001LR_1L"),
     # flags that are not part of the name leave it alone
     (["--eval_interval=0", "--nb_epochs=3", "--dtype=float32", "--load", "--overwrite"],
      "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_1L"),
@@ -402,3 +422,31 @@ def test_a_run_with_a_validation_set_scores_it_and_trains_on_the_rest(data_root,
     assert_clean(cli([flag.replace("--nb_epochs=1", "--nb_epochs=2") for flag in flags]
                      + ["--load"]), 0)
     assert len(numpy.loadtxt(folder / "validation_acc.txt")) == 3
+
+
+def test_a_run_with_learned_inverses_dumps_and_resumes_them(data_root, tmp_path):
+    """TP with learned inverses from a drawn start on genuine MNIST (one hidden layer, one
+    epoch, the quality logged every 250 batches): V and c of layer 1 (only: layer 0's inverse
+    is never used) beside W and b, in the checkpoint with their moments; inverse_quality.txt
+    with a row per logged batch; --load under another start is refused. (That V, c and
+    their moments resume exactly: test_checkpoint.)"""
+    root = data_root.require("MNIST")
+    flags = ["--algorithm=TP", "--learn_inv", "--no_inv_init", "--orthogonal_reg=1000",
+             "--learning_rate=1e-5", "--inv_learning_rate=1e-4", "--nb_epochs=1",
+             "--eval_interval=0", "--log_alignment=250", "--backend=numpy",
+             f"--data_dir={root}", f"--results_dir={tmp_path}"]
+    assert_clean(cli(flags), 0)
+    folder = tmp_path / "MNIST_TP_1000.0OrthoReg_LearnInv_NoInvInit_1Seed_1e-05LR_0.0001InvLR_1L"
+    names = sorted(path.name for path in folder.iterdir())
+    assert [name for name in names if "backward" in name] == [
+        "1Lbackward_biases.npy", "1Lbackward_weights.npy"]
+    quality = numpy.loadtxt(folder / "inverse_quality.txt")
+    assert quality.shape == (4, 4) and list(quality[:, 1]) == [0, 250, 500, 750]
+    assert quality[-1, 2] < quality[0, 2]  # the reconstruction error falls
+    with numpy.load(folder / "checkpoint.npz") as stored:
+        assert {"V1", "c1", "mV1", "vc1"} <= set(stored.files) and "V0" not in stored.files
+        numpy.testing.assert_array_equal(stored["V1"],
+                                         numpy.load(folder / "1Lbackward_weights.npy"))
+    record = json.load(open(folder / "run.json"))
+    assert record["settings"]["learn_inv"] and record["settings"]["inv_learning_rate"] == 1e-4
+    assert_clean(cli([flag for flag in flags if flag != "--no_inv_init"] + ["--load"]), 2)

@@ -20,6 +20,11 @@ from settings import build_parser
     ["--learning_rate=123456789", "--orthogonal_reg=0.30000000000000004"],
     ["--validation=10000", "--nb_layers=4"],
     ["--validation=1", "--tower", "--linear"],
+    ["--algorithm=GAIT", "--learn_inv", "--orthogonal_reg=0.1"],
+    ["--algorithm=TP", "--learn_inv", "--no_inv_init", "--inv_learning_rate=1e-3", "--tower"],
+    ["--algorithm=GAIT", "--gamma=0.01", "--learn_inv", "--inv_learning_rate=2.5e-12",
+     "--learning_rate=1e-5", "--validation=10000"],
+    ["--algorithm=GAIT", "--gamma=1e-12"],
 ])
 def test_folder_name_reads_back_into_the_settings_it_holds(argv):
     args = build_parser().parse_args(argv)

@@ -191,6 +191,38 @@ def test_alignment_adds_a_third_panel(capsys, tmp_path):
     assert png_size(tmp_path / "curves.png") == (1500, 420)
 
 
+def test_learned_inverses_add_columns_and_two_panels(capsys, tmp_path):
+    """Runs with inverse_quality.txt: the table and the CSV give the last row's mean
+    reconstruction error and distance over the learned inverses, mean ± sd over seeds ("-"
+    for a group without); the figure gets two more panels (log scale)."""
+    for seed, scale in ((1, 1.0), (2, 3.0)):
+        rows = numpy.array([[0, batch, 0.5 * scale, 0.3 * scale, 0.2, 0.4]
+                            for batch in (0, 500)] + [[0, 999, 0.1 * scale, 0.3 * scale,
+                                                       0.2 * scale, 0.0]])
+        folder = fabricate_run(tmp_path, [0.1, 0.5], algorithm="GAIT", seed=seed,
+                               learn_inv=True, alignment=rows[:, :4])
+        numpy.savetxt(os.path.join(folder, "inverse_quality.txt"), rows)
+    fabricate_run(tmp_path, [0.1, 0.6], algorithm="GAIT")
+    status, out, err = summarize_main(capsys, tmp_path, "--plot", tmp_path / "curves.png")
+    assert status == 0, err
+    assert "reconstruction error" in out and "inverse distance" in out
+    plain, learned = (line for line in out.splitlines() if line.startswith("MNIST"))
+    assert learned.split()[:6] == ["MNIST", "GAIT", "1L", "0.0001", "0", "yes"], out
+    assert plain.split()[:6] == ["MNIST", "GAIT", "1L", "0.0001", "0", "no"], out
+    assert plain.split()[-2:] == ["-", "-"], out
+    # reconstruction: means (0.1 + 0.3) / 2 = 0.2 and (0.3 + 0.9) / 2 = 0.6; distances 0.1, 0.3
+    assert "0.4 ± 0.28" in learned and "0.2 ± 0.14" in learned, out
+    assert png_size(tmp_path / "curves.png") == (2500, 420)
+    status, out, err = summarize_main(capsys, tmp_path, "--format", "csv")
+    table = list(csv.DictReader(io.StringIO(out)))
+    with_inverses = next(row for row in table if row["learn_inv"] == "True")
+    assert float(with_inverses["reconstruction_error_mean"]) == pytest.approx(0.4)
+    assert float(with_inverses["inverse_distance_sd"]) == pytest.approx(numpy.std([0.1, 0.3],
+                                                                                ddof=1))
+    assert next(row for row in table if row["learn_inv"] == "False")[
+        "reconstruction_error_mean"] == ""
+
+
 def test_bad_paths_and_unreadable_folders(capsys, tmp_path):
     status, _, err = summarize_main(capsys, tmp_path / "missing")
     assert status == 2 and "is not a folder" in err

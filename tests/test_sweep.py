@@ -104,6 +104,27 @@ def test_dry_run_prints_commands_run_py_accepts(capsys, tmp_path):
     assert not os.path.exists(tmp_path / "r")
 
 
+def test_a_sweep_leaves_out_what_run_py_refuses_and_says_so(capsys, tmp_path):
+    """--learn_inv on off over BP, GAIT and TP: BP with learned inverses is left out (one
+    line saying why), every other combination is run, and the commands carry the flags; a
+    grid of refused combinations only is bad input."""
+    status, parsed, err = dry_run(
+        capsys, "--algorithm", "BP", "GAIT", "TP", "--learn_inv", "on", "off", "--gamma",
+        "0.01", "--results_dir", tmp_path / "r")
+    assert status == 0 and "prepared 5 (5 new)" in err
+    assert err.count("left out 1 combination of the grid that run.py refuses: --learn_inv "
+                     "needs --algorithm=GAIT or TP") == 1
+    assert sorted((run.algorithm, run.learn_inv) for run in parsed) == [
+        ("BP", False), ("GAIT", False), ("GAIT", True), ("TP", False), ("TP", True)]
+    assert all(run.gamma == 0.01 for run in parsed)
+    try:
+        status = sweep.main(["--algorithm", "BP", "--learn_inv", "--results_dir",
+                             str(tmp_path), "--dry-run"])
+    except SystemExit as exit_:
+        status = exit_.code
+    assert status == 2 and "every combination of the grid" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("arguments", [
     ["--seed", "5-1"], ["--dataset", "CIFAR"], ["--learning_rate", "-1"], ["--linear", "maybe"],
     ["--nb_layers", "two"], ["--eval_interval", "0", "10"], ["--jobs", "0"], ["--nosuch"],
