@@ -241,23 +241,20 @@ class Fused:
         return self.kernel(*arguments, **options)
 
 
-def sum_of_squares(array, runs=False):
-    """sum(array**2) as a 0-d array of the array's backend (no wait for the GPU); with
-    runs=True, one sum per run of a pack (over all axes but the first), a 1-d array. On a
-    GPU in two passes, row sums then their sums: one reduction kernel would use one block."""
+def sum_of_squares(array):
+    """sum(array**2) per run of a pack (over all axes but the first), a 1-d array of the
+    array's backend (no wait for the GPU). On a GPU in two passes, row sums then their sums:
+    one reduction kernel would use one block."""
     xp = array_module(array)
-    count = len(array) if runs else 1
     if xp is numpy:
-        flat = array.reshape(count, -1)
-        return numpy.einsum("ij,ij->i", flat, flat) if runs else numpy.asarray(
-            numpy.dot(flat[0], flat[0]))
+        flat = array.reshape(len(array), -1)
+        return numpy.einsum("ij,ij->i", flat, flat)
     if "sum_of_squares" not in _state:
         _state["sum_of_squares"] = xp.ReductionKernel(
             "T x", "T y", "x * x", "a + b", "y = a", "0", "sum_of_squares")
-    rows = array.reshape(count, -1, array.shape[-1]) if array.ndim > 1 + runs else (
-        array.reshape(count, 1, -1))
-    row_sums = _state["sum_of_squares"](rows, axis=2)
-    return row_sums.sum(axis=1) if runs else row_sums.sum()
+    rows = array.reshape(len(array), -1, array.shape[-1]) if array.ndim > 2 else (
+        array.reshape(len(array), 1, -1))
+    return _state["sum_of_squares"](rows, axis=2).sum(axis=1)
 
 
 def side_stream():

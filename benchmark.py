@@ -41,6 +41,7 @@ import numpy
 import settings as settings_table
 import step_runner
 import training
+from inv_layer import regularised
 from inv_net import InvNet, SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot, peak_memory_mb
 
@@ -124,11 +125,11 @@ def evaluation_flops(widths, nb_samples):
     return 2 * nb_samples * (sum(w * w for w in layers[:-1]) + layers[-1] * 10)
 
 
-def training_batches(count, runs=None):
-    """`count` synthetic batches (images in [0, 1], one-hot labels) as device arrays; for a
+def training_batches(count, runs):
+    """`count` synthetic batches (images in [0, 1], one-hot labels) as device arrays for a
     pack of `runs` runs, each batch stacked (runs, batch, units), a different one per run."""
     generator = numpy.random.RandomState(1)
-    shape = (count * BATCH,) if runs is None else (runs, count * BATCH)
+    shape = (runs, count * BATCH)
     images = backend.to_device(generator.rand(*shape, UNITS))
     labels = backend.to_device(one_hot(generator.randint(0, 10, numpy.prod(shape))).reshape(
         shape + (10,)))
@@ -139,12 +140,11 @@ def training_batches(count, runs=None):
 def time_step(net, settings, repeats):
     """(seconds per training step, runner): rounds of queued steps (on a GPU) or checked
     steps (on the host) on rotating batches, each round ending in a settle; the median.
-    A pack (`net.runs`) steps all its runs at once."""
+    `net` is a pack (a single run: a pack of one), `settings` its StepSettings.of_pack."""
     steps = STEPS_PER_ROUND[backend.name()]
     batches = training_batches(steps, net.runs)
     runner = step_runner.StepRunner(net, settings)
-    record = (training.Statistics() if net.runs is None else
-              [training.Statistics() for _ in range(net.runs)])
+    record = [training.Statistics() for _ in range(net.runs)]
     state = {"batch": 0}
 
     def round_of_steps():
@@ -189,8 +189,9 @@ def measure(dtype, repeats, profile=False, pack_sizes=()):
              [UNITS, 784, 500, 200, 10])):
         rows, profiles = {}, {}
         for name, rule, ortho_weighting, learning_rate, learned in ROWS:
-            net = make_net(learned)
-            settings = training.StepSettings(rule, learning_rate, ortho_weighting)
+            net = InvNet.stack([make_net(learned)])  # a single run: a pack of one
+            settings = training.StepSettings.of_pack(
+                [training.StepSettings(rule, learning_rate, ortho_weighting)])
             seconds, runner = time_step(net, settings, repeats)
             flops = step_flops(widths, rule, ortho_weighting, learned)
             rows[name] = {"ms_per_step": seconds * 1e3, "gflop": flops / 1e9,
@@ -198,7 +199,7 @@ def measure(dtype, repeats, profile=False, pack_sizes=()):
                           "redone_steps": runner.redone,
                           "graph_replay_difference": runner.replay.difference}
             if profile and backend.name() == "cupy":
-                profiles[name] = profile_step(net, settings, runner)
+                profiles[name] = profile_step(runner)
         evaluation = time_evaluation(make_net(), max(3, repeats // 2))
         eval_flops = evaluation_flops(widths, TRAIN + TEST)
         for row in rows.values():
@@ -250,18 +251,20 @@ def time_packs(sizes, single_ms, repeats):
     return figures
 
 
-def profile_step(net, settings, runner, replays=200):
-    """Milliseconds of GPU time of each phase of a queued step (each phase captured alone
-    as a CUDA graph and replayed), the whole step's graph, and the host's time to queue one
-    step without a graph (Python and kernel launches)."""
-    images, labels = training_batches(1)[0]
+def profile_step(runner, replays=200):
+    """Milliseconds of GPU time of each phase of a queued step of `runner` (each phase
+    captured alone as a CUDA graph and replayed), the whole step's graph, and the host's time
+    to queue one step without a graph (Python and kernel launches)."""
+    net, settings = runner.net, runner.step_settings
+    images, labels = training_batches(1, net.runs)[0]
     rule = getattr(net, training.RULES[settings.algorithm])
     forward, targets, directions = training.rule_directions(net, settings, images, labels)
-    solved = [(layer, forward[index + 1][:, :layer.nb_units])
+    solved = [(layer, forward[index + 1][..., :layer.nb_units])
               for index, layer in enumerate(net.layers) if layer.kept_inverse is not None]
     phases = {
         "forward pass": lambda: net.forward_pass(images),
-        "directions (all)": lambda: rule(forward, targets, settings.orthogonal_reg),
+        "directions (all)": lambda: rule(forward, targets, settings.orthogonal_reg,
+                                         **settings.rule_options()),
         "  solves (kept inverses)": lambda: [layer.kept_inverse.solve(layer.weight_matrix, y)
                                              for layer, y in solved],
         "  regulariser": lambda: [layer.orthogonality_gradient(-settings.orthogonal_reg)
@@ -269,12 +272,13 @@ def profile_step(net, settings, runner, replays=200):
         "checks": lambda: training.finiteness_sums(
             [forward[-1]] + list(net.named(directions).values()), runner.guard.sums),
         "optimiser": lambda: net.update_parameters(directions, settings.learning_rate,
-                                                   runner.guard.array),
+                                                   runner.guard.array,
+                                                   settings.inv_learning_rate),
         "batch tally": lambda: runner.tally.add(forward[-1], labels),
     }
     if not solved:
         del phases["  solves (kept inverses)"]
-    if not settings.orthogonal_reg:
+    if not regularised(settings.orthogonal_reg):
         del phases["  regulariser"]
     milliseconds = {}
     for name, work in phases.items():

@@ -182,8 +182,12 @@ def gemm_plan(left, right):
 def gemm(left, right):
     """left @ right by cuBLAS's gemm (or strided batched gemm, for two stacks of one length)
     called directly, for backend.matmul on a GPU: C = A B is computed as the column-major
-    C^T = B^T A^T, with no copies of transposed views. None where it does not apply (no
-    direct products, other dtypes or shapes, or stacks without batched products)."""
+    C^T = B^T A^T, with no copies of transposed views; stacks of one matrix (a pack of one
+    run) by the plain gemm of a single run. None where it does not apply (no direct
+    products, other dtypes or shapes, or stacks without batched products)."""
+    if left.ndim == 3 and len(left) == 1 and right.ndim == 3 and len(right) == 1:
+        product = gemm(left[0], right[0])  # a pack of one run: a single run's product
+        return None if product is None else product[None]
     cublas = handles()
     if cublas is None or left.dtype != right.dtype or left.dtype.type not in _GEMM or not (
             left.size and right.size) or left.ndim != right.ndim or left.ndim not in (2, 3) or (

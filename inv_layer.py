@@ -65,8 +65,9 @@ class KeptInverse:
     tolerance 128 (a refined solve's is about 3 once X is close; in a run's first steps,
     whose updates move W most, the bound can miss, and the caller redoes the step with LU
     solves).
-    All work writes into arrays made here, so that a CUDA graph can replay it. For a pack,
-    X holds one inverse per run and `bound` one value per run.
+    All work writes into arrays made here, so that a CUDA graph can replay it. It serves a
+    pack's layer (step_runner.StepRunner): W of shape (runs, units, units), X one inverse per
+    run and `bound` one value per run.
     """
 
     REFINEMENTS = 3
@@ -74,29 +75,22 @@ class KeptInverse:
     def __init__(self, weight_matrix):
         xp = backend.array_module(weight_matrix)
         units, dtype = weight_matrix.shape[-1], weight_matrix.dtype
-        self.runs = len(weight_matrix) if weight_matrix.ndim > 2 else None
         self.identity = xp.eye(units, dtype=dtype)
         self.inverse = xp.empty_like(weight_matrix)
         self.reset(weight_matrix)
-        self.bound = xp.zeros(self.runs or 1, dtype=dtype)
+        self.bound = xp.zeros(len(weight_matrix), dtype=dtype)
         self.active = True  # False: solve by LU (step_runner.StepRunner's checked steps)
         self.tolerance = float((128 * numpy.finfo(dtype).eps) ** 2)
 
     def reset(self, weight_matrix):
         """X = inv(W) by an LU solve (after a failed solve, or W set from outside); NaN for a
-        singular W, so that every solve fails its check (and LU reports the singularity); in a
-        pack, run by run."""
-        if self.runs is not None:
-            for run in range(self.runs):
-                self._reset_one(weight_matrix[run], self.inverse[run])
-            return
-        self._reset_one(weight_matrix, self.inverse)
-
-    def _reset_one(self, weight_matrix, inverse):
-        try:
-            inverse[...] = backend.solve_right(weight_matrix, self.identity)
-        except numpy.linalg.LinAlgError:
-            inverse[...] = numpy.nan
+        singular W, so that every solve fails its check (and LU reports the singularity); run
+        by run."""
+        for run_weights, run_inverse in zip(weight_matrix, self.inverse):
+            try:
+                run_inverse[...] = backend.solve_right(run_weights, self.identity)
+            except numpy.linalg.LinAlgError:
+                run_inverse[...] = numpy.nan
 
     def solve(self, weight_matrix, y):
         """z with z W = y (z = y @ inv(W)), refined against X; see the class."""
@@ -109,10 +103,8 @@ class KeptInverse:
         for _ in range(self.REFINEMENTS):
             residual = y - backend.matmul(solution, weight_matrix)
             solution += backend.matmul(residual, inverse)
-        runs = self.runs is not None
-        _RESIDUAL_BOUND(backend.sum_of_squares(residual, runs),
-                        backend.sum_of_squares(inverse_error, runs),
-                        backend.sum_of_squares(y, runs), self.bound)
+        _RESIDUAL_BOUND(backend.sum_of_squares(residual), backend.sum_of_squares(inverse_error),
+                        backend.sum_of_squares(y), self.bound)
         return solution
 
     def acceptable(self):

@@ -62,14 +62,15 @@ class MomentOptimizer:
         self.second_moments = {name: backend.array_module(p).zeros_like(p)
                                for name, p in parameters.items()}
 
-    def step(self, parameters, directions, learning_rates, guard=None, runs=None):
+    def step(self, parameters, directions, learning_rates, guard=None):
         """Apply one step to every parameter array ({name: array}), along the direction of
         the same name and with the learning rate of that name (`learning_rates`), in place.
 
         Host: blocks shared among threads (`backend.in_shares`), each block's passes in that
         thread's own scratch. `guard` (see step_runner.StepRunner): skip the step if the
-        guard's window has failed. A pack (`runs` its number of runs) has arrays with a
-        leading run axis and may have one learning rate per run (an array of shape (runs, 1, 1)).
+        guard's window has failed. A learning rate is a number, or for a pack's arrays (a
+        leading run axis) one rate per run (an array of shape (runs, 1, 1)): each run's arrays
+        then take a step of their own with their rate, as a single run's.
         """
         first = next(iter(parameters.values()))
         xp = backend.array_module(first)
@@ -77,7 +78,7 @@ class MomentOptimizer:
                    self.second_moments[name], learning_rates[name]) for name in parameters]
         if xp is not numpy:
             for p, u, m, v, rate in arrays:
-                rates = (rate.reshape((runs,) + (1,) * (p.ndim - 1)) if numpy.ndim(rate) > 0
+                rates = (rate.reshape((-1,) + (1,) * (p.ndim - 1)) if numpy.ndim(rate) > 0
                          else p.dtype.type(rate))
                 if guard is None:
                     _MOMENT_STEP(u, rates, p, m, v)
@@ -86,11 +87,10 @@ class MomentOptimizer:
             return
         if guard is not None and guard[1] >= 0:
             return
-        if runs is not None:  # each run's arrays with its own learning rate, as a single run's
-            arrays = [(p[run], u[run], m[run], v[run], rates[run])
-                      for p, u, m, v, rate in arrays
-                      for rates in [numpy.broadcast_to(numpy.ravel(rate), (runs,))]
-                      for run in range(runs)]
+        arrays = [(p[run], u[run], m[run], v[run], run_rate)
+                  if numpy.ndim(rate) > 0 else (p, u, m, v, rate)
+                  for p, u, m, v, rate in arrays
+                  for run, run_rate in enumerate(numpy.ravel(rate))]
         blocks = [block + (rate,) for p, u, m, v, rate in arrays
                   for block in zip(*map(backend.row_blocks, (p, u, m, v)))]
 
@@ -344,7 +344,7 @@ class InvNet:
                  else learning_rate
                  for index, layer in enumerate(self.layers)
                  for name, (_, letter) in layer.parameter_names.items()}
-        self.optimizer.step(self.parameters(), self.named(directions), rates, guard, self.runs)
+        self.optimizer.step(self.parameters(), self.named(directions), rates, guard)
 
     def update_inverse_model(self):
         """Make every inverse exact for the current weights: check that each W can be

@@ -37,11 +37,10 @@ import backend  # noqa: E402
 import data  # noqa: E402
 import run_folder  # noqa: E402
 import settings as settings_table  # noqa: E402
-import step_runner  # noqa: E402
+import trainer  # noqa: E402
 import training  # noqa: E402
 from folders import Folders, Run, UsageError, guarded  # noqa: E402
-from inv_net import InvNet  # noqa: E402
-from run_folder import EXIT_DIVERGED, EXIT_FINISHED, EXIT_SIGNAL, EXIT_USAGE  # noqa: E402
+from run_folder import EXIT_USAGE  # noqa: E402
 
 def pack_key(settings):
     """What makes runs compatible in a pack: the settings the table marks "shared" and, for
@@ -95,63 +94,6 @@ def parse_members(texts):
     return members
 
 
-def train_pack(runs, sets, command, stop, until=None):
-    """Train `runs` (folders.Run, begun, all at the same epoch) as one pack until each has its
-    epochs, has diverged or a signal stops them (`stop`, a stopping.StopSignal), or they reach
-    epoch `until` (each run's `net` is then its state in the pack, to go on in another).
-    Returns the exit status."""
-    args = runs[0].args
-    net = InvNet.stack([each.net for each in runs])
-    settings = training.StepSettings.of_pack([training.StepSettings.of(each.args)
-                                              for each in runs])
-    runner = step_runner.StepRunner(net, settings)
-    statistics = [each.statistics for each in runs]
-    feed = training.Feed([sets[data_key(each.args)] for each in runs])
-    progress = training.Progress(max(each.args.nb_epochs for each in runs), feed.nb_batches)
-    reported, status = set(), EXIT_FINISHED
-    while runner.run_ids:
-        epoch = runs[runner.run_ids[0]].epoch
-        progress.start_epoch(epoch)
-        try:
-            completed = training.train_epoch(runner, feed, statistics, args.eval_interval,
-                                             progress, stop, epoch)
-        except training.Diverged:
-            completed = None  # every run left has diverged
-        for index, message in runner.diverged.items():
-            if index not in reported:
-                reported.add(index)
-                runs[index].diverged(message)
-                status = EXIT_DIVERGED
-        if completed is None:
-            break
-        if not completed:
-            for index in runner.run_ids:
-                runs[index].interrupted()
-            print(f"Stopped during epoch {epoch + 1}; each results folder holds the checkpoint "
-                  f"after its last completed epoch. Resume with:\n  {command}", file=sys.stderr)
-            return EXIT_SIGNAL[stop.received]
-        progress.end_epoch(statistics)
-        done = []
-        for position, index in enumerate(runner.run_ids):
-            runs[index].net = runner.net.run(position)
-            runs[index].end_epoch(runs[index].net)
-            if runs[index].epoch >= runs[index].args.nb_epochs:
-                runs[index].finished()
-                print(f"Finished {runs[index].epoch} epochs; results in {runs[index].folder}")
-                done.append(position)
-        if done:
-            runner.remove(done, statistics)
-        if runner.run_ids and runs[runner.run_ids[0]].epoch == until:
-            break
-    return status
-
-
-def data_key(args):
-    """What names a run's data (data.load_run_sets' arguments): data set, data root and the
-    number of validation images held out."""
-    return args.dataset, args.data_dir, args.validation
-
-
 def resume_line(members):
     """The pack command that continues every member (--load in each)."""
     texts = [shlex.join([arg for arg in argv if arg not in ("--load", "--overwrite")]
@@ -181,7 +123,7 @@ def train_members(texts, folders):
             [os.path.join(os.path.dirname(sys.argv[0]), "run.py")] + member_argv)))
     sets = {}
     for each in runs:  # each data set read and put on the device once
-        key = data_key(each.args)
+        key = trainer.data_key(each.args)
         if key not in sets:
             sets[key] = training.to_device_sets(*data.load_run_sets(*key))
     command = resume_line(members)
@@ -192,39 +134,7 @@ def train_members(texts, folders):
             each.interrupted(at_once=True)
         print(f"Stopped at once; each results folder holds the checkpoint of its last "
               f"completed epoch. Resume with:\n  {command}", file=sys.stderr, flush=True)
-    stop = StopSignal(stopped_at_once)
-    for each in runs:
-        each.begin(sets[data_key(each.args)])
-    return train_in_packs(runs, lambda group, until: train_pack(group, sets, command, stop,
-                                                                until))
-
-
-def training_left(run_):
-    """Whether `run_` (a folders.Run) still trains in this process: it is running (not diverged)
-    and short of its epochs."""
-    return run_.record["status"] == "running" and run_.epoch < run_.args.nb_epochs
-
-
-def train_in_packs(runs, train_group):
-    """Train `runs` (folders.Run, begun) in packs of runs at one epoch: the runs at the earliest
-    epoch train as a pack (`train_group(group, until)`, an exit status) until they reach
-    `until`, the epoch of the next runs, which then join them in one pack. A run that has
-    diverged never trains again; a run already at its epochs is recorded finished. Returns
-    the exit status (the worst; a signal's at once, every run left recorded interrupted)."""
-    status = EXIT_FINISHED
-    while any(map(training_left, runs)):
-        epochs = sorted({each.epoch for each in runs if training_left(each)})
-        group = [each for each in runs if training_left(each) and each.epoch == epochs[0]]
-        outcome = train_group(group, epochs[1] if len(epochs) > 1 else None)
-        if outcome in EXIT_SIGNAL.values():
-            for each in runs:  # the runs of later groups, too
-                each.interrupted()
-            return outcome
-        status = max(status, outcome)
-    for each in runs:
-        if each.record["status"] == "running":  # at its epochs (maybe already when resumed)
-            each.finished()
-    return status
+    return trainer.train_runs(runs, sets, command, StopSignal(stopped_at_once))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import signal
 import sys
 import warnings
 
-from run_folder import EXIT_DIVERGED, EXIT_FINISHED, EXIT_SIGNAL
 from stopping import StopSignal, stop_before_training
 
 if __name__ == "__main__":  # installed before the slow imports below
@@ -19,7 +18,7 @@ if __name__ == "__main__":  # installed before the slow imports below
 
 import backend  # noqa: E402
 import data  # noqa: E402
-import step_runner  # noqa: E402
+import trainer  # noqa: E402
 import training  # noqa: E402
 from folders import Folders, Run, guarded  # noqa: E402
 from settings import build_parser  # noqa: E402
@@ -32,9 +31,10 @@ def resume_command(argv):
 
 
 def train_run(args, argv, folder, stored):
-    """Load data, build or restore the network, train to --nb_epochs, keep the folder current."""
-    sets = training.to_device_sets(*data.load_run_sets(args.dataset, args.data_dir,
-                                                       args.validation))
+    """Load data, build or restore the network, train to --nb_epochs as a pack of one
+    (trainer.train_runs), keep the folder current. Returns the exit status."""
+    key = trainer.data_key(args)
+    sets = {key: training.to_device_sets(*data.load_run_sets(*key))}
     run = Run(args, argv, folder, stored)
 
     def stopped_at_once():
@@ -43,29 +43,7 @@ def train_run(args, argv, folder, stored):
             run.interrupted(at_once=True)
             print(f"Stopped at once; {folder} holds the checkpoint of the last completed epoch. "
                   f"Resume with:\n  {resume_command(argv)}", file=sys.stderr, flush=True)
-    stop = StopSignal(stopped_at_once)
-    statistics = run.begin(sets)
-    feed = training.Feed([sets])
-    progress = training.Progress(args.nb_epochs, feed.nb_batches)
-    runner = step_runner.StepRunner(run.net, training.StepSettings.of(args))
-    while run.epoch < args.nb_epochs:
-        progress.start_epoch(run.epoch)
-        try:
-            completed = training.train_epoch(runner, feed, statistics, args.eval_interval,
-                                             progress, stop, run.epoch)
-        except training.Diverged as diverged:
-            run.diverged(str(diverged))
-            return EXIT_DIVERGED
-        if not completed:
-            run.interrupted()
-            print(f"Stopped during epoch {run.epoch + 1}; {folder} holds the checkpoint after "
-                  f"epoch {run.epoch}. Resume with:\n  {resume_command(argv)}", file=sys.stderr)
-            return EXIT_SIGNAL[stop.received]
-        progress.end_epoch(statistics)
-        run.end_epoch(run.net)
-    run.finished()
-    print(f"Finished {run.epoch} epochs; results in {folder}")
-    return EXIT_FINISHED
+    return trainer.train_runs([run], sets, resume_command(argv), StopSignal(stopped_at_once))
 
 
 def main(argv=None):

@@ -239,10 +239,10 @@ class InversePolicy:
 
 class Members:
     """The runs of a pack still training (`run_ids`, their indices in the pack as made) and
-    the messages of those that diverged (`diverged`, by index); None for a single run."""
+    the messages of those that diverged (`diverged`, by index)."""
 
     def __init__(self, runs):
-        self.run_ids = None if runs is None else list(range(runs))
+        self.run_ids = list(range(runs))
         self.diverged = {}
 
     def now(self, arrays, run_ids):
@@ -299,8 +299,8 @@ class BatchTally:
 
 
 class StepRunner:
-    """Runs the training steps of one network, or of a pack, checked as `train_step` checks
-    them.
+    """Runs the training steps of a pack (InvNet.stack: one run or more), checked as
+    `train_step` checks them.
 
     On the host each step is `train_step`, checked at once. On a GPU (`deferred`) a step is
     queued without waiting for the GPU: its checks go into the `guard`, and once a step has
@@ -312,10 +312,10 @@ class StepRunner:
     switch to LU solves (`inverses`); a queued LU solve that finds W singular fails its step
     like a check. The queued step is replayed from a CUDA graph (`replay`).
 
-    A pack (`net.runs` not None, `settings` of `StepSettings.of_pack`, `statistics` a list
-    with one Statistics per run) shares one guard: a failed check of any run redoes the step
-    for all. A run found diverged leaves the pack alone (`members`), the others go on from
-    the same step; Diverged is raised when none is left.
+    The pack (`settings` of `StepSettings.of_pack`, `statistics` a list with one Statistics
+    per run) shares one guard: a failed check of any run redoes the step for all. A run
+    found diverged leaves the pack alone (`members`), the others go on from the same step;
+    Diverged is raised when none is left.
     """
 
     def __init__(self, net, settings, deferred=None, graphs=None):
@@ -334,7 +334,7 @@ class StepRunner:
 
     @property
     def run_ids(self):
-        """The indices (in the pack as made) of the runs still training; None: a single run."""
+        """The indices (in the pack as made) of the runs still training."""
         return self.members.run_ids
 
     @property
@@ -345,7 +345,7 @@ class StepRunner:
     def _prepare_queue(self):
         """The kept inverses and the guard's arrays, for the network as it is now."""
         self.inverses.prepare(self.net, self.settings.algorithm)
-        self.guard.prepare(self.inverses.kept, self.net.runs or 1,
+        self.guard.prepare(self.inverses.kept, self.net.runs,
                            self.net.layers[0].weight_matrix.dtype)
 
     def step(self, images, one_hot_labels, statistics, epoch, batch_index):
@@ -403,8 +403,6 @@ class StepRunner:
                     return train_step(self.net, self.step_settings, images, one_hot_labels,
                                       statistics, epoch, batch_index), one_hot_labels
             except Diverged as diverged:
-                if diverged.runs is None:
-                    raise
                 self._keep(self.members.leave(diverged.runs), statistics)
 
     def remove(self, positions, statistics):
@@ -450,7 +448,6 @@ class StepRunner:
                 self._queue(entry)
 
     def running_statistics(self):
-        """(accuracy, loss) of the training batches since the last call (a list of them, one
-        per run, for a pack), or None if there was none (waits for the GPU)."""
-        pairs = self.tally.read()
-        return pairs[0] if pairs and self.run_ids is None else pairs
+        """[(accuracy, loss)] of the training batches since the last call, one per run, or
+        None if there was none (waits for the GPU)."""
+        return self.tally.read()

@@ -9,7 +9,7 @@ import numpy
 
 import backend
 from inv_net import output_targets
-from run_statistics import Statistics
+from run_statistics import Statistics  # noqa: F401 (training.Statistics: the API's name)
 from utils import angle_degrees, one_hot
 
 RULES = {"BP": "get_backprop_updates", "GAIT": "get_gait_updates", "TP": "get_tp_updates"}
@@ -62,9 +62,9 @@ class Progress:
         running = runner.running_statistics()
         if running is None:
             batches = ""
-        elif isinstance(running, tuple):
-            batches = f"batches acc {running[0]:.4f} loss {running[1]:.4f}; "
-        else:  # a pack's list, a pair per run
+        elif len(running) == 1:
+            batches = f"batches acc {running[0][0]:.4f} loss {running[0][1]:.4f}; "
+        else:  # a pair per run of the pack
             batches = "batches acc " + " ".join(f"{accuracy:.4f}" for accuracy, _ in running) + "; "
         note = batches + latest(statistics)
         if self.bar is not None:
@@ -83,9 +83,10 @@ class Progress:
 
 
 def latest(statistics):
-    """Statistics.latest() of a single run; of a pack (a list), the test accuracies in order."""
-    if isinstance(statistics, Statistics):
-        return statistics.latest()
+    """Of a pack's runs' Statistics (a list): Statistics.latest() of a pack of one, the test
+    accuracies in order of several."""
+    if len(statistics) == 1:
+        return statistics[0].latest()
     return "test acc " + " ".join(f"{run.values['test_acc'][-1]:.4f}" for run in statistics)
 
 
@@ -145,11 +146,9 @@ class StepSettings:
             inv_learning_rate=tuple(self.inv_learning_rate[p] for p in positions))
 
     def on_backend(self):
-        """These settings as a step uses them: a pack's per-run learning rates and lambdas as
-        backend arrays of shape (runs, 1, 1) (lambda 0.0 when it is zero for every run)."""
-        if not isinstance(self.learning_rate, tuple):
-            return self
-
+        """A pack's settings (`of_pack`) as a step uses them: the per-run learning rates and
+        lambdas as backend arrays of shape (runs, 1, 1) (lambda 0.0 when it is zero for every
+        run)."""
         def per_run(values):
             return backend.to_device(numpy.asarray(values, dtype=float).reshape(-1, 1, 1))
         return dataclasses.replace(
@@ -164,9 +163,7 @@ class StepSettings:
 
 def runs_of(net, statistics):
     """[(run network, its Statistics, take)] for each run of a pack (`take(array)` is the
-    run's part of a pack array); [(net, statistics, identity)] for a single run."""
-    if net.runs is None:
-        return [(net, statistics, lambda array: array)]
+    run's part of a pack array)."""
     return [(net.run(position), statistics[position],
              lambda array, position=position: array[position])
             for position in range(net.runs)]
@@ -201,52 +198,51 @@ def _first_not_finite(arrays):
 
 
 def check_finite(net, forward, directions, statistics, where):
-    """Raise Diverged unless the output, every layer's directions (a dict per layer, as the
-    rules give them) and the statistics are finite; the message names the first layer at
-    fault and `where`.
+    """Raise Diverged unless, for every run of the pack `net`, the output, every layer's
+    directions (a dict per layer, as the rules give them) and the statistics (a list, one
+    Statistics per run) are finite; Diverged names the runs at fault (its `runs`), each
+    message the first layer at fault and `where` (`run_fault`)."""
+    faults = {}
+    for position, (run, run_statistics, take) in enumerate(runs_of(net, statistics)):
+        problem = run_fault(run, list(map(take, forward)),
+                            [{name: take(direction) for name, direction in layer.items()}
+                             for layer in directions], run_statistics)
+        if problem is not None:
+            faults[position] = (f"Training diverged at {where}: {problem}. Try a smaller "
+                                f"--learning_rate, or a larger --orthogonal_reg, which keeps "
+                                f"the weights well conditioned.")
+    if faults:
+        raise Diverged("; ".join(faults.values()), runs=faults)
+
+
+def run_fault(net, forward, directions, statistics):
+    """What is not finite in one run (`net` a network of its own, the other arguments its
+    arrays and Statistics), or None.
 
     One wait for the GPU: the sums of `finiteness_sums`, read together; the arrays are
-    looked at one by one only when a sum is not finite. A pack is checked run by run
-    (`statistics` a list), and Diverged names the runs at fault (its `runs`).
+    looked at one by one only when a sum is not finite.
     """
-    if net.runs is not None:
-        faults = {}
-        for position, (run, run_statistics, take) in enumerate(runs_of(net, statistics)):
-            try:
-                check_finite(run, list(map(take, forward)),
-                             [{name: take(direction) for name, direction in layer.items()}
-                              for layer in directions], run_statistics, where)
-            except Diverged as diverged:
-                faults[position] = str(diverged)
-        if faults:
-            raise Diverged("; ".join(faults.values()), runs=faults)
-        return
     xp = backend.array_module(forward[-1])
     sums = finiteness_sums([forward[-1]] + list(net.named(directions).values()))
     latest = [values[-1] for values in statistics.values.values() if values]
     with numpy.errstate(over="ignore", invalid="ignore"):
         total = sums.sum()
     if bool(xp.isfinite(total)) and all(map(math.isfinite, latest)):
-        return
-    problem = None
+        return None
     if _first_not_finite([forward[-1]]) is not None:
         first = _first_not_finite(forward[1:])
-        problem = (f"the output of layer {first} is not finite (its weights, or those below "
-                   f"it, overflowed)")
-    else:
-        layers = [_first_not_finite(list(layer.values())) is not None for layer in directions]
-        if any(layers):
-            top = max(index for index, bad in enumerate(layers) if bad)
-            problem = (f"the update directions of layer {top} are not finite (the error passed "
-                       f"down through layer {top + 1} overflowed, or its weights are singular "
-                       f"and cannot be inverted)" if top + 1 < len(net.layers) else
-                       f"the update directions of layer {top} are not finite")
-        elif not all(map(math.isfinite, latest)):
-            problem = "the accuracy or loss is not finite"
-    if problem is None:  # finite values whose sum overflowed: nothing is wrong
-        return
-    raise Diverged(f"Training diverged at {where}: {problem}. Try a smaller --learning_rate, "
-                   f"or a larger --orthogonal_reg, which keeps the weights well conditioned.")
+        return (f"the output of layer {first} is not finite (its weights, or those below "
+                f"it, overflowed)")
+    layers = [_first_not_finite(list(layer.values())) is not None for layer in directions]
+    if any(layers):
+        top = max(index for index, bad in enumerate(layers) if bad)
+        return (f"the update directions of layer {top} are not finite (the error passed "
+                f"down through layer {top + 1} overflowed, or its weights are singular "
+                f"and cannot be inverted)" if top + 1 < len(net.layers) else
+                f"the update directions of layer {top} are not finite")
+    if not all(map(math.isfinite, latest)):
+        return "the accuracy or loss is not finite"
+    return None  # finite values whose sum overflowed: nothing is wrong
 
 
 def rule_directions(net, settings, images, one_hot_labels):
@@ -269,8 +265,9 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     direction is not finite or a weight matrix is singular; then logs the alignment with BP
     and the learned inverses' quality when due (one row per run and batch, only for a step
     that passed its checks).
-    Waits for the GPU once (the checks); `StepRunner` queues steps without waiting.
-    A pack (`settings.on_backend()`, `statistics` a list) is checked run by run.
+    `net` is a pack (of one run or more; `settings` of StepSettings.of_pack, on_backend();
+    `statistics` a list, one Statistics per run), checked run by run. Waits for the GPU
+    once per run (the checks); `StepRunner` queues steps without waiting.
     """
     try:
         forward, targets, directions = rule_directions(net, settings, images, one_hot_labels)
@@ -279,8 +276,6 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
                    f"weights are singular and cannot be inverted ({error}). Try a smaller "
                    f"--learning_rate, or a larger --orthogonal_reg, which keeps the weights "
                    f"well conditioned.")
-        if net.runs is None:
-            raise Diverged(message) from None
         runs = runs_of(net, statistics)
         # the runs whose weights are singular; all of them if none alone is (never a retry
         # without a run taken out)
@@ -312,9 +307,9 @@ def invertible(net):
 
 
 class Feed:
-    """The data a StepRunner trains on: per run a RunData (`to_device_sets`; a triple
-    (training set, one-hot targets, test set) is read as a RunData without validation set),
-    one for a single run, one per run of a pack (all training sets of one size)."""
+    """The data a StepRunner trains on: a RunData per run of the pack (`to_device_sets`; a
+    triple (training set, one-hot targets, test set) is read as a RunData without validation
+    set), all training sets of one size."""
 
     def __init__(self, sets):
         self.sets = [RunData(*each) for each in sets]
@@ -324,11 +319,9 @@ class Feed:
         self.batch_size, self.nb_batches = batch_layout(sizes.pop())
 
     def batch(self, batch_index, run_ids):
-        """(images, one-hot labels) of batch `batch_index`: a single run's (run_ids None), or
-        the runs' batches stacked (runs, batch, units)."""
+        """(images, one-hot labels) of batch `batch_index` of the runs `run_ids` (their
+        positions in the sets), stacked (runs, batch, units)."""
         rows = slice(batch_index * self.batch_size, (batch_index + 1) * self.batch_size)
-        if run_ids is None:
-            return self.sets[0].train[0][rows], self.sets[0].targets[rows]
         xp = backend.array_module(self.sets[0].targets)
         return (xp.stack([self.sets[run].train[0][rows] for run in run_ids]),
                 xp.stack([self.sets[run].targets[rows] for run in run_ids]))
@@ -337,7 +330,7 @@ class Feed:
         """Evaluate each run on its own sets (training, test, validation); append to its
         Statistics."""
         for position, (run, run_statistics, _) in enumerate(runs_of(net, statistics)):
-            each = self.sets[0 if run_ids is None else run_ids[position]]
+            each = self.sets[run_ids[position]]
             run_statistics.record(run, each.train, each.test, each.validation)
             run_statistics.evaluated_after = evaluated_after
 

@@ -135,3 +135,44 @@ def split(directions):
     """(weight directions, bias directions) of a rule's directions (a dict per layer)."""
     return ([layer["weights"] for layer in directions],
             [layer["biases"] for layer in directions])
+
+
+# ----------------------------------------------------------------------------- a pack of one
+
+class PackOfOne:
+    """A single network trained as run.py trains a run: by a StepRunner on a pack of one
+    (InvNet.stack([net]); the pack's arrays are copies, `net` is the trained run's view).
+    `step` and `settle` take a single run's batch (2-d arrays) and Statistics; the runner's
+    other attributes (guard, inverses, replay, redone, ...) are the StepRunner's."""
+
+    def __init__(self, net, settings, **options):
+        import step_runner
+        import training
+        from inv_net import InvNet
+        self.runner = step_runner.StepRunner(InvNet.stack([net]),
+                                             training.StepSettings.of_pack([settings]), **options)
+        self.lists = {}
+
+    def _list(self, statistics):
+        """The one-run list of `statistics`, the same list each time (the runner edits it)."""
+        return self.lists.setdefault(id(statistics), [statistics])
+
+    def step(self, images, one_hot_labels, statistics, epoch, batch_index):
+        self.runner.step(images[None], one_hot_labels[None], self._list(statistics), epoch,
+                         batch_index)
+
+    def settle(self, statistics):
+        self.runner.settle(self._list(statistics))
+
+    @property
+    def net(self):
+        """The trained run: a network of its own whose arrays are views of the pack's."""
+        return self.runner.net.run(0)
+
+    def running_statistics(self):
+        """(accuracy, loss) of the run's batches since the last call, or None."""
+        pairs = self.runner.running_statistics()
+        return None if pairs is None else pairs[0]
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)

@@ -9,9 +9,8 @@ import pytest
 
 import backend
 import cublas
-import step_runner
 import training
-from helpers import assert_clean, cli, split
+from helpers import PackOfOne, assert_clean, cli, split
 from inv_net import SquareInvNet, output_targets
 from utils import one_hot
 
@@ -100,11 +99,13 @@ def test_threaded_training_is_bit_identical_to_one_thread(monkeypatch, threads):
     results = {}
     for count in (1, threads):
         monkeypatch.setattr(backend, "host_threads", lambda count=count: count)
-        net = SquareInvNet(784, 2, start_seed=3)
+        runner = PackOfOne(SquareInvNet(784, 2, start_seed=3),
+                           training.StepSettings("GAIT", 1e-3, 0.1), deferred=False)
         images, labels = batch(4)
-        settings = training.StepSettings("GAIT", 1e-3, 0.1)
+        statistics = training.Statistics()
         for step in range(3):
-            training.train_step(net, settings, images, labels, training.Statistics(), 0, step)
+            runner.step(images, labels, statistics, 0, step)
+        net = runner.net
         chunk = numpy.random.RandomState(5).rand(4096, 784)
         results[count] = [p.copy() for p in net.parameters().values()] + [net.class_outputs(chunk)]
     for single, shared in zip(results[1], results[threads]):
@@ -243,12 +244,12 @@ def five_steps(algorithm, backend_name, nudge=False):
             host = backend.to_host(layer.weight_matrix)
             layer.weight_matrix = backend.to_device(
                 host * (1 + 2.0 ** -52 * signs.choice([-1, 1], host.shape)))
-    statistics, settings = training.Statistics(), training.StepSettings(algorithm, 1e-4, 0.1)
+    statistics = training.Statistics()
+    runner = PackOfOne(net, training.StepSettings(algorithm, 1e-4, 0.1), deferred=False)
     for step in range(5):
         images, labels = batch(step)
-        training.train_step(net, settings, backend.to_device(images), backend.to_device(labels),
-                            statistics, 0, step)
-    return [backend.to_host(array) for array in net.parameters().values()]
+        runner.step(backend.to_device(images), backend.to_device(labels), statistics, 0, step)
+    return [backend.to_host(array) for array in runner.net.parameters().values()]
 
 
 def relative_differences(first, second):
@@ -328,13 +329,13 @@ def test_cupy_queued_graph_steps_equal_checked_steps(algorithm, restore_backend)
     for label, deferred, scale in (("queued", True, 1.0), ("checked", False, 1.0),
                                    ("nudged", False, 1 + 2.0 ** -52)):
         net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True)
-        runner = step_runner.StepRunner(net, settings, deferred=deferred)
+        runner = PackOfOne(net, settings, deferred=deferred)
         statistics = training.Statistics()
         for step in range(120):
             rows = slice(60 * step, 60 * (step + 1))
             runner.step(images[rows] * scale, labels[rows], statistics, 0, step)
         runner.settle(statistics)
-        weights[label] = [backend.to_host(p) for p in net.parameters().values()]
+        weights[label] = [backend.to_host(p) for p in runner.net.parameters().values()]
         if deferred:
             print(f"{algorithm}: graph replay vs step {runner.replay.difference}, steps redone "
                   f"{runner.inverses.failures}")
@@ -349,6 +350,48 @@ def test_cupy_queued_graph_steps_equal_checked_steps(algorithm, restore_backend)
 
 
 @gpu
+@pytest.mark.parametrize("algorithm", ["GAIT", "TP"])
+def test_cupy_learned_inverse_steps_equal_numpys_and_replay_from_a_graph(algorithm,
+                                                                         restore_backend):
+    """Learned inverses (drawn start), 60 steps on CuPy queued with CUDA graphs, against the
+    same steps checked on NumPy: no kept inverse and no redone step, the graph's replay equal
+    to the step, every array (W, b, V, c, moments) within what a one-ulp change of the
+    inputs makes NumPy's steps differ (BLAS sums in another order)."""
+    generator = numpy.random.RandomState(0)
+    host_images = generator.rand(60 * 60, 784)
+    host_labels = one_hot(generator.randint(0, 10, 60 * 60))
+    lambdas = {"GAIT": (0.1, 1e-4), "TP": (1000.0, 1e-5)}
+    settings = training.StepSettings(algorithm, lambdas[algorithm][1], lambdas[algorithm][0])
+    states = {}
+    for label, name, deferred, scale in (("queued", "cupy", True, 1.0),
+                                         ("numpy", "numpy", False, 1.0),
+                                         ("nudged", "numpy", False, 1 + 2.0 ** -52)):
+        backend.select(name, dtype="float64")
+        images, labels = backend.to_device(host_images * scale), backend.to_device(host_labels)
+        net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True, learn_inverses=True,
+                           exact_start=False)
+        runner = PackOfOne(net, settings, deferred=deferred)
+        statistics = training.Statistics()
+        for step in range(60):
+            rows = slice(60 * step, 60 * (step + 1))
+            runner.step(images[rows], labels[rows], statistics, 0, step)
+        runner.settle(statistics)
+        states[label] = {key: backend.to_host(value)
+                         for key, value in runner.net.state().items()}
+        if deferred:
+            assert runner.inverses.kept == [] and runner.redone == 0
+            assert runner.replay.graph is not None and runner.replay.difference == 0.0
+    names = sorted(states["numpy"])
+    difference = max(relative_differences([states["queued"][k] for k in names],
+                                          [states["numpy"][k] for k in names]))
+    spread = max(relative_differences([states["nudged"][k] for k in names],
+                                      [states["numpy"][k] for k in names]))
+    print(f"{algorithm} learned inverses: cupy vs numpy {difference:.1e}, one-ulp spread "
+          f"{spread:.1e}")
+    assert difference <= 10 * spread + 1e-13
+
+
+@gpu
 def test_cupy_a_non_finite_batch_in_a_queued_window_is_named(restore_backend):
     backend.select("cupy", dtype="float64")
     generator = numpy.random.RandomState(0)
@@ -360,14 +403,14 @@ def test_cupy_a_non_finite_batch_in_a_queued_window_is_named(restore_backend):
     results = []
     for deferred, steps in ((True, 20), (False, 13)):
         net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True)
-        runner = step_runner.StepRunner(net, settings, deferred=deferred)
+        runner = PackOfOne(net, settings, deferred=deferred)
         statistics = training.Statistics()
         with pytest.raises(training.Diverged, match=r"epoch 1, batch 13: the output of layer 0"):
             for step in range(20):
                 rows = slice(60 * step, 60 * (step + 1))
                 runner.step(images[rows], labels[rows], statistics, 0, step)
             runner.settle(statistics)
-        results.append([backend.to_host(p) for p in net.parameters().values()])
+        results.append([backend.to_host(p) for p in runner.net.parameters().values()])
     for queued, checked in zip(*results):
         numpy.testing.assert_array_equal(queued, checked)
 

@@ -96,7 +96,7 @@ def test_learned_inverses_resume_exactly_from_a_checkpoint(tmp_path):
     into a fresh network goes on bit for bit as the uninterrupted run: V, c and their
     moments are in the checkpoint (the authors' branch reset them to exact inverses); the
     inverse-quality rows come back too, and inverse_quality.txt names its columns."""
-    import step_runner
+    from helpers import PackOfOne
     from test_training import batches
     data = batches(8, units=48)
     settings = training.StepSettings("GAIT", 1e-3, 0.1, log_alignment=2, inv_learning_rate=3e-3)
@@ -105,7 +105,7 @@ def test_learned_inverses_resume_exactly_from_a_checkpoint(tmp_path):
         return SquareInvNet(48, 2, 5, True, learn_inverses=True, exact_start=False)
 
     def steps(net, statistics, indices):
-        runner = step_runner.StepRunner(net, settings)
+        runner = PackOfOne(net, settings)
         for index in indices:
             runner.step(*data[index], statistics, 0, index)
         return runner.net

@@ -261,8 +261,8 @@ def kept_inverse_shortfalls(to_backend, trials=200):
         weights = left @ np.diag(np.logspace(-3, 3, 4)) @ right.T
         inverse = np.linalg.inv(weights) @ (np.eye(4) - 0.075 * generator.randn(4, 4))
         rhs = generator.randn(5, 4)
-        weights, inverse, rhs = map(to_backend, (weights, inverse, rhs))
-        kept = KeptInverse(weights)
+        weights, inverse, rhs = (to_backend(array[None]) for array in (weights, inverse, rhs))
+        kept = KeptInverse(weights)  # of a pack of one run
         kept.inverse[...] = inverse
         residual = rhs - kept.solve(weights, rhs) @ weights
         shortfalls.append(float((residual ** 2).sum() / (rhs ** 2).sum() / kept.bound[0]))

@@ -18,7 +18,7 @@ import run_folder
 import step_runner
 import training
 from inv_net import InvNet, SquareInvNet, TowerInvNet
-from helpers import ENV, REPO, assert_clean, cli
+from helpers import ENV, REPO, PackOfOne, assert_clean, cli
 from utils import one_hot
 from settings import build_parser
 
@@ -37,12 +37,14 @@ def synthetic_sets(runs, nb_train=2000, nb_test=300, units=48, seed=0):
 
 
 def train_alone(net, settings, feed_set, steps, deferred=False):
-    """The state of `net` after `steps` steps of a single run, and its Statistics."""
-    runner = step_runner.StepRunner(net, settings, deferred=deferred)
+    """`net` after `steps` steps of a single run (as run.py trains it, a pack of one; the
+    run's view), and its Statistics."""
+    runner = PackOfOne(net, settings, deferred=deferred)
     statistics = training.Statistics()
     feed = training.Feed([feed_set])
     for batch_index in range(steps):
-        runner.step(*feed.batch(batch_index, None), statistics, 0, batch_index)
+        images, labels = feed.batch(batch_index, [0])
+        runner.step(images[0], labels[0], statistics, 0, batch_index)
     runner.settle(statistics)
     return runner.net, statistics
 
@@ -132,7 +134,8 @@ def test_a_pack_evaluates_each_runs_validation_set_as_its_single_run():
     for position, seed in enumerate((1, 2)):
         single, _ = train_alone(SquareInvNet(48, 1, seed, True), settings[0], sets[position], 10)
         single_statistics = training.Statistics(names=names)
-        training.Feed([sets[position]]).record(single, single_statistics, None, (0, 9))
+        training.Feed([sets[position]]).record(InvNet.stack([single]), [single_statistics], [0],
+                                               (0, 9))
         assert statistics[position].values == single_statistics.values
         assert len(statistics[position].values["validation_acc"]) == 1
 
@@ -434,11 +437,9 @@ def test_cupy_pack_steps_equal_single_runs(algorithm, cupy_float64):
                      backend.to_device(one_hot(labels)), None))
 
     def queued(nets, run_sets, scale=1.0):
-        is_pack = len(nets) > 1
-        runner = step_runner.StepRunner(InvNet.stack(nets) if is_pack else nets[0],
-                                     training.StepSettings.of_pack([settings] * len(nets))
-                                     if is_pack else settings)
-        statistics = [training.Statistics() for _ in nets] if is_pack else training.Statistics()
+        runner = step_runner.StepRunner(InvNet.stack(nets),
+                                        training.StepSettings.of_pack([settings] * len(nets)))
+        statistics = [training.Statistics() for _ in nets]
         feed = training.Feed(run_sets)
         feed.batch_size, feed.nb_batches = 60, steps
         for batch_index in range(steps):
@@ -450,8 +451,9 @@ def test_cupy_pack_steps_equal_single_runs(algorithm, cupy_float64):
 
     packed = queued([SquareInvNet(784, 4, seed, True) for seed in (1, 2, 3)], sets)
     for position, seed in enumerate((1, 2, 3)):
-        alone = queued([SquareInvNet(784, 4, seed, True)], [sets[position]])
-        nudged = queued([SquareInvNet(784, 4, seed, True)], [sets[position]], 1 + 2.0 ** -52)
+        alone = queued([SquareInvNet(784, 4, seed, True)], [sets[position]]).run(0)
+        nudged = queued([SquareInvNet(784, 4, seed, True)], [sets[position]],
+                        1 + 2.0 ** -52).run(0)
         got = [backend.to_host(array) for array in packed.run(position).parameters().values()]
         expected = [backend.to_host(array) for array in alone.parameters().values()]
         difference = largest_relative_difference(got, expected)

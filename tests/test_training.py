@@ -16,7 +16,7 @@ import inv_net
 import settings as settings_table
 import step_runner
 import training
-from helpers import by_layer
+from helpers import PackOfOne, by_layer
 from inv_layer import KeptInverse
 from inv_net import InvNet, SquareInvNet, TowerInvNet
 from utils import evaluate, one_hot
@@ -34,18 +34,19 @@ def batches(count, seed=0, units=784):
 
 
 def trained(algorithm, data, deferred, nb_hidden=2, check_every=None, net=None):
-    """(net, runner) after a runner's steps over `data` (paper lambda and learning rate)."""
+    """(the trained run, its runner) after a runner's steps over `data` (a pack of one, as
+    run.py trains; paper lambda and learning rate)."""
     ortho_weighting, learning_rate = PAPER[algorithm]
     net = net or SquareInvNet(784, nb_hidden, start_seed=1, orthogonal_init=True)
-    runner = step_runner.StepRunner(net, training.StepSettings(algorithm, learning_rate,
-                                                            ortho_weighting), deferred=deferred)
+    runner = PackOfOne(net, training.StepSettings(algorithm, learning_rate, ortho_weighting),
+                       deferred=deferred)
     if check_every:
         runner.guard.CHECK_EVERY = runner.guard.check_every = check_every
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         runner.step(images, labels, statistics, 0, index)
     runner.settle(statistics)
-    return net, runner
+    return runner.net, runner
 
 
 def relative_difference(first, second):
@@ -82,12 +83,12 @@ def test_queued_steps_with_kept_inverses_agree_with_lu_steps(algorithm):
 
 def test_kept_inverse_solves_as_exactly_as_lu_after_a_step():
     generator = numpy.random.RandomState(3)
-    weights = numpy.linalg.qr(generator.randn(784, 784))[0]
+    weights = numpy.linalg.qr(generator.randn(784, 784))[0][None]  # a pack of one run
     kept = KeptInverse(weights)
-    moved = weights + 1e-4 * numpy.sign(generator.randn(784, 784)) / 28  # a training step's move
-    rhs = generator.randn(60, 784)
+    moved = weights + 1e-4 * numpy.sign(generator.randn(1, 784, 784)) / 28  # a step's move
+    rhs = generator.randn(1, 60, 784)
     solution = kept.solve(moved, rhs)
-    exact = numpy.linalg.solve(moved.T, rhs.T).T
+    exact = numpy.linalg.solve(moved[0].T, rhs[0].T).T[None]
     assert kept.acceptable()
     assert numpy.linalg.norm(solution - exact) <= 1e-13 * numpy.linalg.norm(exact)
     assert numpy.linalg.norm(rhs - solution @ moved) <= numpy.linalg.norm(rhs - exact @ moved)
@@ -96,14 +97,14 @@ def test_kept_inverse_solves_as_exactly_as_lu_after_a_step():
 @pytest.mark.parametrize("change", ["large move", "singular"])
 def test_kept_inverse_reports_a_solve_it_cannot_make_exact(change):
     generator = numpy.random.RandomState(4)
-    weights = numpy.linalg.qr(generator.randn(50, 50))[0]
+    weights = numpy.linalg.qr(generator.randn(50, 50))[0][None]  # a pack of one run
     kept = KeptInverse(weights)
     if change == "large move":
-        weights = weights + 0.5 * generator.randn(50, 50)
+        weights = weights + 0.5 * generator.randn(1, 50, 50)
     else:
         weights = weights.copy()
-        weights[:, 0] = weights[:, 1]
-    kept.solve(weights, generator.randn(60, 50))
+        weights[..., 0] = weights[..., 1]
+    kept.solve(weights, generator.randn(1, 60, 50))
     assert not kept.acceptable()
 
 
@@ -113,7 +114,7 @@ def test_a_failed_solve_is_redone_by_lu():
     data = batches(10)
     net = SquareInvNet(784, 2, start_seed=1, orthogonal_init=True)
     settings = training.StepSettings("GAIT", 1e-4, 0.1)
-    runner = step_runner.StepRunner(net, settings, deferred=True)
+    runner = PackOfOne(net, settings, deferred=True)
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         if index == 4:
@@ -122,7 +123,8 @@ def test_a_failed_solve_is_redone_by_lu():
     runner.settle(statistics)
     checked, _ = trained("GAIT", data, deferred=False)
     assert runner.inverses.failures == [4]
-    assert relative_difference(net.parameters().values(), checked.parameters().values()) <= 1e-10
+    assert relative_difference(runner.net.parameters().values(),
+                               checked.parameters().values()) <= 1e-10
 
 
 def switched_to_lu(steps=30, algorithm="TP"):
@@ -131,14 +133,14 @@ def switched_to_lu(steps=30, algorithm="TP"):
     data = batches(steps, units=48)
     net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
     ortho_weighting, learning_rate = PAPER[algorithm]
-    runner = step_runner.StepRunner(net, training.StepSettings(algorithm, learning_rate,
-                                                            ortho_weighting), deferred=True)
+    runner = PackOfOne(net, training.StepSettings(algorithm, learning_rate, ortho_weighting),
+                       deferred=True)
     runner.guard.tolerance = -1.0  # every solve fails its check
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         runner.step(backend.to_device(images), backend.to_device(labels), statistics, 0, index)
     runner.settle(statistics)
-    return net, runner, statistics, data
+    return runner.net, runner, statistics, data
 
 
 def test_many_failed_solves_switch_the_run_to_lu():
@@ -149,7 +151,8 @@ def test_many_failed_solves_switch_the_run_to_lu():
                          net=SquareInvNet(48, 2, start_seed=1, orthogonal_init=True))
     assert runner.steps_done == len(data)
     assert runner.inverses.failures == list(range(runner.inverses.FAILURES_PER_100_STEPS + 1))
-    assert not runner.inverses.kept and all(layer.kept_inverse is None for layer in net.layers)
+    assert not runner.inverses.kept and all(layer.kept_inverse is None
+                                            for layer in runner.runner.net.layers)
     assert relative_difference(net.parameters().values(), checked.parameters().values()) <= 1e-10
 
 
@@ -183,38 +186,44 @@ def test_finite_sums_that_overflow_are_redone_but_not_counted_as_failed_solves()
 def test_a_non_finite_batch_stops_training_before_the_weights_change(deferred):
     data = batches(9)
     data[6][0][3, 5] = numpy.nan
-    net = SquareInvNet(784, 2, start_seed=1, orthogonal_init=True)
+    runner = PackOfOne(SquareInvNet(784, 2, start_seed=1, orthogonal_init=True),
+                       training.StepSettings("GAIT", *reversed(PAPER["GAIT"])), deferred=deferred)
+    statistics = training.Statistics()
     with pytest.raises(training.Diverged, match=r"epoch 1, batch 6: the output of layer 0"):
-        trained("GAIT", data, deferred=deferred, net=net)
+        for index, (images, labels) in enumerate(data):
+            runner.step(images, labels, statistics, 0, index)
+        runner.settle(statistics)
     before, _ = trained("GAIT", data[:6], deferred=False)
-    for a, b in zip(net.parameters().values(), before.parameters().values()):
+    for a, b in zip(runner.net.parameters().values(), before.parameters().values()):
         assert numpy.isfinite(a).all()
         assert numpy.linalg.norm(a - b) <= 1e-10 * numpy.linalg.norm(b)
 
 
-def test_check_finite_looks_at_every_weight_direction():
-    net = TowerInvNet([6, 6, 5, 4], start_seed=1)
-    forward = net.forward_pass(numpy.ones((3, 6)))
-    weights = [numpy.ones((n, n)) for n in (6, 5, 4)]
-    biases = [numpy.ones(n) for n in (6, 5, 4)]
-    training.check_finite(net, forward, by_layer(weights, biases), training.Statistics(),
-                              "here")
-    weights[1][2, 3] = numpy.inf
-    with pytest.raises(training.Diverged, match="at here: the update directions of layer 1 "):
-        training.check_finite(net, forward, by_layer(weights, biases), training.Statistics(),
-                              "here")
+def test_check_finite_looks_at_every_weight_direction_of_every_run():
+    """A pack of two: an infinity in run 1's directions of layer 1 names that run and layer."""
+    net = InvNet.stack([TowerInvNet([6, 6, 5, 4], start_seed=seed) for seed in (1, 2)])
+    forward = net.forward_pass(numpy.ones((2, 3, 6)))
+    weights = [numpy.ones((2, n, n)) for n in (6, 5, 4)]
+    biases = [numpy.ones((2, n)) for n in (6, 5, 4)]
+    statistics = [training.Statistics(), training.Statistics()]
+    training.check_finite(net, forward, by_layer(weights, biases), statistics, "here")
+    weights[1][1, 2, 3] = numpy.inf
+    with pytest.raises(training.Diverged, match="at here: the update directions of layer 1 ") as (
+            diverged):
+        training.check_finite(net, forward, by_layer(weights, biases), statistics, "here")
+    assert list(diverged.value.runs) == [1]
 
 
 def test_check_finite_ignores_finite_values_whose_sum_overflows():
     net = TowerInvNet([6, 6], start_seed=1)
     forward = net.forward_pass(numpy.ones((3, 6)))
     huge = numpy.full((6, 6), 1e307)
-    training.check_finite(net, forward, by_layer([huge], [numpy.ones(6)]), training.Statistics(),
-                          "here")
+    assert training.run_fault(net, forward, by_layer([huge], [numpy.ones(6)]),
+                              training.Statistics()) is None
     huge[4, 1] = numpy.inf  # the positive control: one infinity among them is found
-    with pytest.raises(training.Diverged, match="at here: the update directions of layer 0 "):
-        training.check_finite(net, forward, by_layer([huge], [numpy.ones(6)]),
-                              training.Statistics(), "here")
+    assert training.run_fault(net, forward, by_layer([huge], [numpy.ones(6)]),
+                              training.Statistics()).startswith(
+        "the update directions of layer 0 are not finite")
 
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
@@ -224,8 +233,8 @@ def test_a_diverging_step_logs_no_alignment_row(deferred):
     data = batches(9, units=48)
     data[6][0][3, 5] = numpy.nan
     net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
-    runner = step_runner.StepRunner(net, training.StepSettings("GAIT", 1e-4, 0.1, log_alignment=2),
-                                 deferred=deferred)
+    runner = PackOfOne(net, training.StepSettings("GAIT", 1e-4, 0.1, log_alignment=2),
+                       deferred=deferred)
     statistics = training.Statistics()
     with pytest.raises(training.Diverged, match="batch 6"):
         for index, (images, labels) in enumerate(data):
@@ -238,7 +247,7 @@ def test_running_statistics_are_the_batches_accuracy_and_loss_before_each_update
     """With a negligible learning rate the batches' tally equals evaluate() on them."""
     data = batches(6)
     net = SquareInvNet(784, 1, start_seed=2, orthogonal_init=True)
-    runner = step_runner.StepRunner(net, training.StepSettings("BP", 1e-300))
+    runner = PackOfOne(net, training.StepSettings("BP", 1e-300))
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         runner.step(images, labels, statistics, 0, index)
@@ -261,7 +270,7 @@ def test_running_statistics_of_a_pack_go_on_after_a_run_leaves():
     nets = [SquareInvNet(48, 1, seed, True) for seed in (1, 2, 3)]
     singles = []
     for net, setting, (images, labels) in zip(nets, settings, sets):
-        runner = step_runner.StepRunner(net, setting)
+        runner = PackOfOne(net, setting)
         for batch in range(6):
             runner.step(images[batch], labels[batch], training.Statistics(), 0, batch)
         singles.append(runner.running_statistics())
@@ -286,12 +295,12 @@ def test_progress_lines_show_the_batches_and_the_latest_evaluation():
                                       "test_acc": [0.25], "test_loss": [1.0]})
     statistics.evaluated_after = (0, 9)
 
-    class Runner:
+    class Runner:  # a pack of one run, as run.py trains it
         def running_statistics(self):
-            return 0.75, 0.125
+            return [(0.75, 0.125)]
     progress.start_epoch(0)
     for batch_index in range(2):
-        progress.batch_done(batch_index, statistics, Runner())
+        progress.batch_done(batch_index, [statistics], Runner())
     assert re.fullmatch(r"epoch 1/1 batch 2/20 [0-9.]+s batches acc 0.7500 loss 0.1250; "
                         r"evaluation \(after epoch 1 batch 9\): train acc 0.5000, "
                         r"test acc 0.2500\n", stream.getvalue())
@@ -353,8 +362,7 @@ def test_learned_inverses_from_a_random_start_learn_on_mnist(data_root):
     train, _ = data.load_dataset("MNIST", data_root.require("MNIST"))
     net = SquareInvNet(784, 1, start_seed=1, orthogonal_init=True, learn_inverses=True,
                        exact_start=False)
-    runner = step_runner.StepRunner(net, training.StepSettings("GAIT", 1e-4, 0.1,
-                                                               log_alignment=50))
+    runner = PackOfOne(net, training.StepSettings("GAIT", 1e-4, 0.1, log_alignment=50))
     statistics = training.Statistics()
     labels = one_hot(train[1])
     for index in range(301):
@@ -430,14 +438,13 @@ def test_steps_replayed_from_a_captured_graph_are_the_steps(monkeypatch, capture
     monkeypatch.setattr(backend.Graph, "capture", staticmethod(fake_capture))
     data = batches(7)
     net = SquareInvNet(784, 2, start_seed=1, orthogonal_init=True)
-    runner = step_runner.StepRunner(net, training.StepSettings("BP", 1e-4), deferred=True,
-                                 graphs=True)
+    runner = PackOfOne(net, training.StepSettings("BP", 1e-4), deferred=True, graphs=True)
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         runner.step(images, labels, statistics, 0, index)
     runner.settle(statistics)
     checked, _ = trained("BP", data, deferred=False)
-    for a, b in zip(net.parameters().values(), checked.parameters().values()):
+    for a, b in zip(runner.net.parameters().values(), checked.parameters().values()):
         numpy.testing.assert_array_equal(a, b)
     if capture == "works":
         assert isinstance(runner.replay.graph, ReplayedPython) and runner.replay.difference == 0.0
