@@ -4,13 +4,13 @@ A layer can also hold the same layer of several runs at once (a pack, see inv_ne
 W of shape (runs, units, units), b of (runs, units), activities of (runs, rows, units); every
 formula below is then applied to each run's matrices, as one batched product.
 """
-import copy
 
 import numpy
 import scipy.stats
 
 import backend
 import utils
+from parameters import LayerParameters
 
 
 def drawn_matrices(nb_units, seed=None, orthogonal_init=False, count=1):
@@ -112,7 +112,7 @@ class KeptInverse:
         return bool((self.bound <= self.tolerance).all())
 
 
-class InvLayer:
+class InvLayer(LayerParameters):
     """An invertible square layer with leaky-ReLU (or linear) transfer.
 
     Forward: h = f(x @ W + b). Inverse: x = (f^-1(h) - b) @ inv(W), by an LU solve against
@@ -131,6 +131,7 @@ class InvLayer:
     """
 
     PARAMETERS = {"weights": ("weight_matrix", "W"), "biases": ("biases", "b")}
+    TRANSIENT = ("kept_inverse",)
     LEARNED_INVERSE = {"backward_weights": ("backward_weights", "V"),
                        "backward_biases": ("backward_biases", "c")}
 
@@ -152,28 +153,6 @@ class InvLayer:
         self.kept_inverse = None
         self.runs = None  # the number of runs of a pack, None for a single run
 
-    @classmethod
-    def stack(cls, layers):
-        """The layer of a pack: the same layer of several runs (all of one width and transfer),
-        each parameter stacked along a leading run axis (copies; no kept inverse)."""
-        xp = backend.array_module(layers[0].weight_matrix)
-        pack = copy.copy(layers[0])
-        pack.seed = [layer.seed for layer in layers]
-        for attribute, _ in pack.parameter_names.values():
-            setattr(pack, attribute, xp.stack([getattr(layer, attribute) for layer in layers]))
-        pack.kept_inverse, pack.runs = None, len(layers)
-        return pack
-
-    def run(self, index):
-        """The layer of run `index` of a pack, whose parameters are views of the pack's arrays
-        (what it computes and saves is that run's; it solves by LU)."""
-        single = copy.copy(self)
-        single.seed = self.seed[index]
-        for attribute, _ in self.parameter_names.values():
-            setattr(single, attribute, getattr(self, attribute)[index])
-        single.kept_inverse, single.runs = None, None
-        return single
-
     @staticmethod
     def _row_biases(biases):
         """b shaped to broadcast over an activity's rows: (units,) or (runs, 1, units)."""
@@ -186,6 +165,11 @@ class InvLayer:
         probe = xp.eye(1, self.nb_units, dtype=self.weight_matrix.dtype)
         backend.solve_right(self.weight_matrix, xp.broadcast_to(
             probe, self.weight_matrix.shape[:-2] + probe.shape))
+        if self.kept_inverse is not None:
+            self.kept_inverse.reset(self.weight_matrix)
+
+    def parameters_set(self):
+        """New parameters from outside (`set_state`): a kept inverse is made exact again."""
         if self.kept_inverse is not None:
             self.kept_inverse.reset(self.weight_matrix)
 
@@ -288,37 +272,3 @@ class InvLayer:
             weight_direction += self.orthogonality_gradient(-ortho_weighting)
         return {"weights": weight_direction, "biases": -local_errors.mean(axis=-2)}
 
-    def state(self):
-        """{name: array} of this layer's parameters (the arrays themselves), in the order of
-        `parameter_names`: {"weights": W, "biases": b} (then V and c)."""
-        return {name: getattr(self, attribute)
-                for name, (attribute, _) in self.parameter_names.items()}
-
-    def set_state(self, state):
-        """Set every parameter from host or device arrays of the shapes they have (copied);
-        ValueError naming the parameters otherwise, with nothing changed."""
-        wrong = [f"{name} of shape {state[name].shape}, not {getattr(self, attribute).shape}"
-                 for name, (attribute, _) in self.parameter_names.items()
-                 if state[name].shape != getattr(self, attribute).shape]
-        if wrong:
-            raise ValueError(f"{'; '.join(wrong)}: not those of this {self.nb_units}-unit "
-                             f"layer")
-        for name, (attribute, _) in self.parameter_names.items():
-            setattr(self, attribute, backend.to_device(backend.to_host(state[name])))
-        if self.kept_inverse is not None:
-            self.kept_inverse.reset(self.weight_matrix)
-
-    def save_params(self, prefix):
-        """Write `prefix + name + ".npy"` of each parameter (weights.npy, biases.npy, and
-        backward_weights.npy, backward_biases.npy for a learned inverse; host NumPy arrays)."""
-        for name, array in self.state().items():
-            numpy.save(prefix + name + ".npy", backend.to_host(array))
-
-    def load_params(self, prefix):
-        """Read the files of `save_params` (no pickles)."""
-        try:
-            self.set_state({name: numpy.load(prefix + name + ".npy", allow_pickle=False)
-                            for name in self.parameter_names})
-        except ValueError as error:
-            files = " / ".join(f"{prefix}{name}.npy" for name in self.parameter_names)
-            raise ValueError(f"{files}: {error}") from None

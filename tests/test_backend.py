@@ -288,7 +288,7 @@ def random_with_specials(shape, seed):
 def test_cupy_fused_kernels_equal_numpy_bit_for_bit(dtype, restore_backend):
     """Each fused kernel against the NumPy operations it replaces (NaN, -0, inf included)."""
     import utils
-    from inv_net import MomentOptimizer
+    from optimizer import MomentOptimizer
     results = {}
     for name in ("numpy", "cupy"):
         backend.select(name, dtype=dtype)

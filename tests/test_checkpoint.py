@@ -52,7 +52,7 @@ def test_a_checkpoint_with_positional_moments_still_resumes():
     by parameter (m0, v0, m1, ... in the order W0, b0, W1, b1): a 12-unit network with one
     hidden layer, seed 3, after three steps. It restores every array by its old name, and
     the next step equals that step taken from the stored arrays themselves."""
-    from inv_net import MomentOptimizer
+    from optimizer import MomentOptimizer
     stored = checkpoint.read_checkpoint(os.path.join(os.path.dirname(__file__), "data",
                                                      "positional_moments"))
     meta, arrays = stored

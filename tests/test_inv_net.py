@@ -11,6 +11,7 @@ import inv_net
 import utils
 from helpers import by_layer, split
 from inv_net import SquareInvNet, TowerInvNet
+from optimizer import MomentOptimizer
 
 
 def gaussian_weights(units, seed):
@@ -542,7 +543,7 @@ def test_optimizer_hand_made_two_by_two():
 
 def test_moment_optimizer_keeps_moments_per_array():
     a, b = np.zeros(3), np.zeros(3)
-    optimizer = inv_net.MomentOptimizer({"a": a, "b": b})
+    optimizer = MomentOptimizer({"a": a, "b": b})
     optimizer.step({"a": a, "b": b}, {"a": np.array([1.0, 2.0, -3.0]), "b": np.zeros(3)},
                    {"a": 0.5, "b": 0.5})
     np.testing.assert_allclose(a, 0.5 * np.array([0.1, 0.2, -0.3])
