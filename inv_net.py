@@ -1,4 +1,5 @@
-"""Invertible multilayer networks, their three learning rules and their optimiser.
+"""Invertible multilayer networks and their three learning rules (their parameters, packs
+and optimiser step: parameters.NetParameters).
 
 A network is a stack of square `InvLayer`s; layer l reads the first `width_l` units of
 the activity h_l below it (all of them in a square network; the rest are "auxiliary").
