@@ -95,8 +95,8 @@ def package_versions():
 
 class Run:
     """One run's results folder while it trains: its network, run record, checkpoint and
-    results files, kept current at each step of the run's life. A single run (`train_run`)
-    and each run of a pack (pack.py) keep their folders alike through this class."""
+    results files, kept current at each step of the run's life (trainer.py trains it, alone
+    for run.py or in a pack for pack.py)."""
 
     def __init__(self, args, argv, folder, stored, command=None):
         self.args, self.folder, self.stored = args, folder, stored

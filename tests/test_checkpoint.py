@@ -97,8 +97,9 @@ def test_learned_inverses_resume_exactly_from_a_checkpoint(tmp_path):
     moments are in the checkpoint (the authors' branch reset them to exact inverses); the
     inverse-quality rows come back too, and inverse_quality.txt names its columns."""
     from helpers import PackOfOne
-    from test_training import batches
-    data = batches(8, units=48)
+    from utils import one_hot
+    generator = numpy.random.RandomState(0)
+    data = [(generator.rand(60, 48), one_hot(generator.randint(0, 10, 60))) for _ in range(8)]
     settings = training.StepSettings("GAIT", 1e-3, 0.1, log_alignment=2, inv_learning_rate=3e-3)
 
     def make():
