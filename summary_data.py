@@ -254,6 +254,8 @@ def label_values(group, columns):
             **{name: "yes" if key[name] else "no"
                for name in ("linear", "learn_inv", "no_inv_init")},
             "learning_rate": f"{key['learning_rate']:g}",
+            "inv_learning_rate": ("lr" if key["inv_learning_rate"] is None
+                                  else f"{key['inv_learning_rate']:g}"),
             "orthogonal_reg": f"{key['orthogonal_reg']:g}",
             "dtype": key["dtype"] or "?"}
     return {name: text.get(name, str(key[name])) for name in columns}
