@@ -353,6 +353,30 @@ def test_queued_steps_of_learned_inverses_equal_checked_steps(algorithm):
         numpy.testing.assert_array_equal(queued.state()[name], array, err_msg=name)
 
 
+@pytest.mark.parametrize("network", ["square, drawn start", "linear tower"])
+def test_learned_inverses_train_in_float32(network):
+    """float32 (the backend's dtype): V, c and their moments are float32 like W and b, the
+    steps stay finite, and the quality rows are logged."""
+    backend.select("numpy", dtype="float32")
+    try:
+        make = {"square, drawn start": lambda: SquareInvNet(48, 2, 1, True, learn_inverses=True,
+                                                             exact_start=False),
+                "linear tower": lambda: TowerInvNet([48, 48, 30, 10], 1, True, linear=True,
+                                                    learn_inverses=True)}[network]
+        runner = PackOfOne(make(), training.StepSettings("GAIT", 1e-3, 0.1, log_alignment=2))
+        statistics = training.Statistics()
+        for index, (images, labels) in enumerate(batches(6, units=48)):
+            runner.step(backend.to_device(images), backend.to_device(labels), statistics, 0,
+                        index)
+        state = runner.net.state()
+        assert {"V1", "c2", "mV1", "vc2"} <= set(state)
+        assert all(array.dtype == numpy.float32 and numpy.isfinite(array).all()
+                   for array in state.values())
+        assert len(statistics.inverse_quality) == 3
+    finally:
+        backend.select("numpy", dtype="float64")
+
+
 def test_learned_inverses_from_a_random_start_learn_on_mnist(data_root):
     """From a drawn start (V a second random orthogonal matrix, c = 0), 300 GAIT steps on
     genuine MNIST (one hidden layer of 784; the paper's lambda, learning rate 1e-4) bring
