@@ -165,11 +165,11 @@ class InvLayer(LayerParameters):
         probe = xp.eye(1, self.nb_units, dtype=self.weight_matrix.dtype)
         backend.solve_right(self.weight_matrix, xp.broadcast_to(
             probe, self.weight_matrix.shape[:-2] + probe.shape))
-        if self.kept_inverse is not None:
-            self.kept_inverse.reset(self.weight_matrix)
+        self.parameters_set()
 
     def parameters_set(self):
-        """New parameters from outside (`set_state`): a kept inverse is made exact again."""
+        """New parameters from outside (`set_state`, `update_inverse`): a kept inverse is
+        made exact again."""
         if self.kept_inverse is not None:
             self.kept_inverse.reset(self.weight_matrix)
 

@@ -121,20 +121,25 @@ class NetParameters:
         """A pack of the runs `indices` of this pack (copies), e.g. without a diverged run."""
         return self.stack([self.run(index) for index in indices])
 
-    def parameters(self):
-        """{name: array} of every layer's parameters, the arrays the optimiser updates in
-        place: W0, b0, W1, b1, V1, c1, ... (the letter of LayerParameters.parameter_names, then the
-        layer)."""
-        return {letter + str(index): getattr(layer, attribute)
+    def _keyed(self):
+        """(checkpoint key, layer index, parameter name, attribute) of every parameter, in
+        order: W0, b0, W1, b1, V1, c1, ... (the letter of the layer's parameter_names, then
+        the layer's index)."""
+        return [(letter + str(index), index, name, attribute)
                 for index, layer in enumerate(self.layers)
-                for attribute, letter in layer.parameter_names.values()}
+                for name, (attribute, letter) in layer.parameter_names.items()]
+
+    def parameters(self):
+        """{key: array} of every layer's parameters by checkpoint key (`_keyed`): the arrays
+        the optimiser updates in place."""
+        return {key: getattr(self.layers[index], attribute)
+                for key, index, _, attribute in self._keyed()}
 
     def named(self, directions):
-        """A rule's directions (a dict per layer, keyed like LayerParameters.parameter_names) keyed
-        as `parameters()`: {"W0": ..., "b0": ..., "W1": ...}."""
-        return {layer.parameter_names[name][1] + str(index): direction
-                for index, (layer, layer_directions) in enumerate(zip(self.layers, directions))
-                for name, direction in layer_directions.items()}
+        """A rule's directions (a dict per layer, keyed like LayerParameters.parameter_names)
+        keyed as `parameters()`: {"W0": ..., "b0": ..., "W1": ...}."""
+        return {key: directions[index][name] for key, index, name, _ in self._keyed()
+                if name in directions[index]}
 
     def update_parameters(self, directions, learning_rate, guard=None,
                           inverse_learning_rate=None):
@@ -145,10 +150,8 @@ class NetParameters:
         if self.optimizer is None:
             self.optimizer = MomentOptimizer(self.parameters())
         inverse_rate = learning_rate if inverse_learning_rate is None else inverse_learning_rate
-        rates = {letter + str(index): inverse_rate if name in layer.LEARNED_INVERSE
-                 else learning_rate
-                 for index, layer in enumerate(self.layers)
-                 for name, (_, letter) in layer.parameter_names.items()}
+        rates = {key: inverse_rate if name in self.layers[index].LEARNED_INVERSE
+                 else learning_rate for key, index, name, _ in self._keyed()}
         self.optimizer.step(self.parameters(), self.named(directions), rates, guard)
 
     def state(self):
@@ -165,9 +168,9 @@ class NetParameters:
         against the shape it replaces (ValueError); moments present make the optimiser
         (MomentOptimizer.set_state also reads an earlier version's names), absent ones
         leave it unmade."""
+        keyed = self._keyed()
         for index, layer in enumerate(self.layers):
-            layer.set_state({name: state[letter + str(index)]
-                             for name, (_, letter) in layer.parameter_names.items()})
+            layer.set_state({name: state[key] for key, at, name, _ in keyed if at == index})
         self.optimizer = None
         first = next(iter(self.parameters()))
         if "m" + first in state or "m0" in state:

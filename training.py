@@ -320,8 +320,12 @@ class Feed:
 
     def batch(self, batch_index, run_ids):
         """(images, one-hot labels) of batch `batch_index` of the runs `run_ids` (their
-        positions in the sets), stacked (runs, batch, units)."""
+        positions in the sets), stacked (runs, batch, units): for one run, views of its sets
+        (a stack would copy the batch at every step)."""
         rows = slice(batch_index * self.batch_size, (batch_index + 1) * self.batch_size)
+        if len(run_ids) == 1:
+            run = self.sets[run_ids[0]]
+            return run.train[0][rows][None], run.targets[rows][None]
         xp = backend.array_module(self.sets[0].targets)
         return (xp.stack([self.sets[run].train[0][rows] for run in run_ids]),
                 xp.stack([self.sets[run].targets[rows] for run in run_ids]))
