@@ -7,6 +7,7 @@ network on CPU and GPU.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 # After each product OpenBLAS's idle threads spin for about 2**28 cycles, holding the cores
 # that `in_shares` needs for the optimiser (README, Performance, says what it cost). Let them
@@ -15,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 import numpy  # noqa: E402
 
-_state = {"xp": numpy, "dtype": numpy.float64, "device": None}
+# The selected array module (NumPy or CuPy: Any, as CuPy has no type information), dtype and
+# GPU id, and what is made once for them (thread pool, kernels, side stream).
+_state: dict[str, Any] = {"xp": numpy, "dtype": numpy.float64, "device": None}
 DTYPES = ("float64", "float32")
 CHOICES = ("auto", "numpy", "cupy")  # the backends `select` takes by name
 
@@ -108,6 +111,19 @@ def to_host(array):
     if isinstance(array, numpy.ndarray):
         return array
     return array.get()
+
+
+def copied_into(target, source):
+    """`source` (host or device) as an array of the selected backend and dtype, written
+    into `target` where `target` is such an array of its shape (then `target` itself, at the
+    same address: a captured CUDA graph that reads or writes it stays valid), else a new
+    array (`to_device`)."""
+    value = to_device(to_host(source))
+    if (array_module(target) is array_module(value) and target.shape == value.shape
+            and target.dtype == value.dtype):
+        target[...] = value
+        return target
+    return value
 
 
 def block_rows(array, elements=1 << 15):

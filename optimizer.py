@@ -121,8 +121,9 @@ class MomentOptimizer:
         return state
 
     def set_state(self, state):
-        """Copy moments named as in `state()` (host or device arrays) into this optimiser, each
-        checked against its parameter's shape (ValueError naming it otherwise). Checkpoints
+        """Copy moments named as in `state()` (host or device arrays) into this optimiser's
+        arrays, in place (`backend.copied_into`), each checked against its parameter's shape
+        (ValueError naming it otherwise, with nothing changed). Checkpoints
         of earlier versions named the moments by position (m0, v0, m1, ... in the order of
         the parameters W0, b0, W1, ...): those names are read too."""
         moments = {}
@@ -136,4 +137,4 @@ class MomentOptimizer:
                 moments[letter, name] = stored
         for (letter, name), stored in moments.items():
             own = self.first_moments if letter == "m" else self.second_moments
-            own[name] = backend.to_device(backend.to_host(stored))
+            own[name] = backend.copied_into(own[name], stored)

@@ -52,9 +52,10 @@ class LayerParameters:
                 for name, (attribute, _) in self.parameter_names.items()}
 
     def set_state(self, state):
-        """Set every parameter from host or device arrays of the shapes they have (copied);
-        ValueError naming the parameters otherwise, with nothing changed; then
-        `parameters_set()`."""
+        """Set every parameter from host or device arrays of the shapes they have, copied into
+        the parameter's own array (`backend.copied_into`: a captured CUDA graph stays valid;
+        a run's view of a pack writes into the pack); ValueError naming the parameters
+        otherwise, with nothing changed; then `parameters_set()`."""
         wrong = [f"{name} of shape {state[name].shape}, not {getattr(self, attribute).shape}"
                  for name, (attribute, _) in self.parameter_names.items()
                  if state[name].shape != getattr(self, attribute).shape]
@@ -62,7 +63,7 @@ class LayerParameters:
             raise ValueError(f"{'; '.join(wrong)}: not those of this {self.nb_units}-unit "
                              f"layer")
         for name, (attribute, _) in self.parameter_names.items():
-            setattr(self, attribute, backend.to_device(backend.to_host(state[name])))
+            setattr(self, attribute, backend.copied_into(getattr(self, attribute), state[name]))
         self.parameters_set()
 
     def parameters_set(self):
@@ -164,18 +165,24 @@ class NetParameters:
         return state
 
     def set_state(self, state):
-        """Copy arrays named as in `state()` (host or device) into the network, each checked
-        against the shape it replaces (ValueError); moments present make the optimiser
-        (MomentOptimizer.set_state also reads an earlier version's names), absent ones
-        leave it unmade."""
+        """Copy arrays named as in `state()` (host or device) into the network's own arrays,
+        each checked against the shape it replaces (ValueError). Moments present go into the
+        optimiser (made if there is none; MomentOptimizer.set_state also reads an earlier
+        version's names); absent ones leave it unmade, or zero its moments in place (the
+        same steps as a new optimiser's). Every array stays where it was, so a CUDA graph
+        captured over them stays valid."""
         keyed = self._keyed()
         for index, layer in enumerate(self.layers):
             layer.set_state({name: state[key] for key, at, name, _ in keyed if at == index})
-        self.optimizer = None
         first = next(iter(self.parameters()))
         if "m" + first in state or "m0" in state:
-            self.optimizer = MomentOptimizer(self.parameters())
+            if self.optimizer is None:
+                self.optimizer = MomentOptimizer(self.parameters())
             self.optimizer.set_state(state)
+        elif self.optimizer is not None:
+            for moments in (self.optimizer.first_moments, self.optimizer.second_moments):
+                for moment in moments.values():
+                    moment[...] = 0
 
     def parameter_files(self):
         """{file name: array} of every layer's parameters (the arrays themselves):
