@@ -35,6 +35,7 @@ import json
 import statistics as stats
 import sys
 import time
+from typing import Any
 
 import backend  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS
 import numpy
@@ -58,7 +59,9 @@ ROWS = tuple([(rule, rule, 0.0, PAPER[rule]["learning_rate"], False) for rule in
              + [(f"{rule} learned inv", rule, 0.0, PAPER[rule]["learning_rate"], True)
                 for rule in ("GAIT", "TP")])
 LEARNED_TARGET = 2.0  # a learned-inverse step (lambda 0) costs at most this many BP steps
-GPU_TARGETS = {"ms_per_step": {"float64": 1.0, "float32": 0.8}, "evaluation_efficiency": 0.8}
+# {"ms_per_step": {dtype: ms}, "evaluation_efficiency": a fraction of the limit}
+GPU_TARGETS: dict[str, Any] = {"ms_per_step": {"float64": 1.0, "float32": 0.8},
+                               "evaluation_efficiency": 0.8}
 STEPS_PER_ROUND = {"numpy": 10, "cupy": 50}
 PACK_ROWS = ("BP", "GAIT lambda=0.1", "TP lambda=1000")  # the paper's settings
 PACK_TARGET = {"row": "GAIT lambda=0.1", "size": 8, "times_single_step": 2.0}
@@ -224,7 +227,7 @@ def measure(dtype, repeats, profile=False, pack_sizes=()):
 def time_packs(sizes, single_ms, repeats):
     """Per paper setting and pack size: ms per pack step, steps/s per run, the pack step over
     one single run's step (`single_ms`, from the rows above) and MB held per run."""
-    figures = {}
+    figures: dict[str, dict[int, dict[str, Any]]] = {}  # {row name: {pack size: its figures}}
     # Gaussian initialisation (an orthogonal one takes seconds per matrix to draw): the cost
     # of a step does not depend on it
     runs = [SquareInvNet(UNITS, 4, 1 + 10 * run) for run in range(max(sizes))]

@@ -122,17 +122,19 @@ def save_results(folder, net, statistics):
         save_array(os.path.join(folder, name), backend.to_host(array))
 
 
-def save_checkpoint(folder, net, statistics, epoch, settings):
+def save_checkpoint(folder, net, statistics, epoch, settings, lu_only=False):
     """Everything needed to continue, in one atomic `checkpoint.npz`.
 
     Arrays: the network's state (`InvNet.state()`: W{i}, b{i}, the optimiser's moments
-    m{j}, v{j}), the four statistics; `meta` holds JSON text: epoch reached, settings,
-    backend, dtype.
+    m{j}, v{j}), the four statistics, `lu_only` (whether the run had switched from kept
+    inverses to LU solves, step_runner.InversePolicy); `meta` holds JSON text: epoch
+    reached, settings, backend, dtype.
     """
     arrays = {name: backend.to_host(array) for name, array in net.state().items()}
     for name, values in statistics.values.items():
         arrays[name] = numpy.asarray(values, dtype=numpy.float64)
     arrays["alignment"] = numpy.asarray(statistics.alignment, dtype=numpy.float64)
+    arrays["lu_only"] = numpy.array(bool(lu_only))
     if statistics.inverse_quality:
         arrays["inverse_quality"] = numpy.asarray(statistics.inverse_quality,
                                                   dtype=numpy.float64)
@@ -160,6 +162,12 @@ def read_checkpoint(folder):
         raise RunFolderError(f"The checkpoint {path} cannot be read ({error}). It is not a "
                              f"checkpoint this package wrote, or it was damaged; start a fresh "
                              f"run with --overwrite.") from None
+
+
+def switched_to_lu(arrays):
+    """Whether a checkpoint's run had switched to LU solves (`save_checkpoint`'s `lu_only`;
+    False for a checkpoint written before it was stored)."""
+    return bool(arrays["lu_only"]) if "lu_only" in arrays else False
 
 
 def restore_checkpoint(net, arrays):

@@ -198,7 +198,7 @@ def gemm(left, right):
     out = xp.empty(left.shape[:-1] + right.shape[-1:], dtype=left.dtype)
     library = cublas["library"]
     stream = xp.cuda.get_current_stream()
-    handle = cublas["side_handle" if stream.ptr == backend.backend.side_stream().ptr else "handle"]
+    handle = cublas["side_handle" if stream.ptr == backend.side_stream().ptr else "handle"]
     library.cublasSetStream_v2(handle, stream.ptr)
     library.cublasSetPointerMode_v2(handle, 0)  # scalars from the host
     name, batched_name, scalar = _GEMM[left.dtype.type]

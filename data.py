@@ -2,9 +2,12 @@
 
 `load_dataset` returns host float64 arrays. The files are read in a child process (torch's
 import stays out of the training process), from `<data_dir>/<Name>/raw/`; gzipped files
-are unpacked beside themselves first, and missing ones are downloaded by torchvision. Every
-failure is a DataError whose message names the folder and the files to put there.
+are unpacked beside themselves first, and missing ones are downloaded by torchvision first
+(`fetch_missing`, which leaves no folder behind where that fails: run.py and pack.py call it
+before they make a results folder). Every failure is a DataError whose message names the
+folder and the files to put there.
 """
+import contextlib
 import gzip
 import os
 
@@ -62,23 +65,65 @@ def _idx_file_intact(path):
         return False
 
 
+def missing_files(folder):
+    """The RAW_FILES of which `folder` holds neither the file nor its `.gz`."""
+    return [stem for stem in RAW_FILES
+            if not any(os.path.exists(os.path.join(folder, stem + suffix))
+                       for suffix in ("", ".gz"))]
+
+
+def not_there(dataset, folder, missing, why=""):
+    """The DataError of a data set whose files `missing` are not in `folder` (`why`: what
+    follows, such as " and could not be downloaded (...)")."""
+    return DataError(f"The {dataset} data set is not in {folder}{why}. Put these files there "
+                     f"(gzipped .gz or unpacked): {', '.join(missing)}; or run once on a "
+                     f"machine with internet access and copy the folder.")
+
+
+def _download(dataset, data_dir):
+    """In a child process: download a data set with torchvision; None, or why it failed."""
+    import torchvision.datasets
+    try:
+        getattr(torchvision.datasets, DATASETS[dataset])(data_dir, train=True, download=True)
+    except Exception as error:
+        return type(error).__name__
+    return None
+
+
+def fetch_missing(dataset, data_dir):
+    """Download a data set whose files are not all in its raw folder (torchvision, in a child
+    process); nothing if they are. Where that fails, the folders the attempt made (the data
+    root, `<Name>`, `raw`) are removed again if empty, and a DataError names the folder and
+    the files to put there: a run that cannot have its data leaves nothing behind."""
+    folder = raw_folder(data_dir, dataset)
+    if not missing_files(folder):
+        return
+    made = [path for path in (data_dir, os.path.dirname(folder), folder)
+            if path and not os.path.isdir(path)]
+    failure = "interrupted"
+    try:
+        failure = _in_child_process(_download, dataset, data_dir)
+    finally:
+        missing = missing_files(folder)
+        for path in reversed(made if missing else []):
+            with contextlib.suppress(OSError):  # a folder holding anything stays
+                os.rmdir(path)
+    if missing:
+        raise not_there(dataset, folder, missing, f" and could not be downloaded ({failure})")
+
+
 def _torchvision_split(dataset, data_dir, train):
-    """(images, labels) of one split as uint8 NumPy arrays, through torchvision."""
+    """(images, labels) of one split as uint8 NumPy arrays, through torchvision (which
+    downloads nothing here: `fetch_missing` did)."""
     import torchvision.datasets
     folder = raw_folder(data_dir, dataset)
-    present = all(os.path.exists(os.path.join(folder, stem)) for stem in RAW_FILES)
     cls = getattr(torchvision.datasets, DATASETS[dataset])
     try:
-        data = cls(data_dir, train=train, download=not present)
+        data = cls(data_dir, train=train, download=False)
     except Exception as error:
-        if not present:
-            missing = [stem for stem in RAW_FILES
-                       if not os.path.exists(os.path.join(folder, stem))]
-            raise DataError(
-                f"The {dataset} data set is not in {folder} and could not be downloaded "
-                f"({type(error).__name__}). Put these files there (gzipped .gz or unpacked): "
-                f"{', '.join(missing)}; or run once on a machine with internet access and "
-                f"copy the folder.") from None
+        missing = [stem for stem in RAW_FILES if not os.path.exists(os.path.join(folder, stem))]
+        if missing:  # removed since fetch_missing looked
+            raise not_there(dataset, folder, missing) from None
         damaged = [stem for stem in RAW_FILES if not _idx_file_intact(os.path.join(folder, stem))]
         raise DataError(f"The {dataset} files in {folder} could not be read ({error}): "
                         f"{', '.join(damaged) or 'a file'} is corrupt or truncated. Replace "
@@ -133,11 +178,13 @@ def load_dataset(dataset, data_dir="./data"):
     """Training and test sets as ((x_train, y_train), (x_test, y_test)), host float64.
 
     Images are flattened to 784 values and divided by the largest absolute pixel value of
-    the training set (255); labels are integers 0..9 (see `utils.one_hot`). The files are read
-    by torchvision in a child process (see `_in_child_process`).
+    the training set (255); labels are integers 0..9 (see `utils.one_hot`). Missing files are
+    downloaded first (`fetch_missing`); the files are read by torchvision in a child process
+    (see `_in_child_process`).
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown data set {dataset!r}: use one of {', '.join(DATASETS)}")
+    fetch_missing(dataset, data_dir)
     train_images, train_labels, test_images, test_labels = _in_child_process(
         _read_raw_splits, dataset, data_dir)
     scale = float(numpy.max(numpy.abs(train_images)))

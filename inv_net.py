@@ -10,6 +10,8 @@ input; the per-layer update they share is `_directions`.
 with a leading run axis (activities (runs, rows, units)); the formulas are the same.
 """
 
+from typing import Any
+
 import backend
 from inv_layer import InvLayer, regularised
 from parameters import NetParameters
@@ -29,6 +31,8 @@ class InvNet(NetParameters):
     `learn_inverses`: the layers whose inverses the rules use (all but the first) learn them
     (InvLayer.learns_inverse), starting exact or, if not `exact_start`, as drawn.
     """
+
+    layers: list[InvLayer]
 
     def __init__(self, widths, seeds, orthogonal_init=False, linear=False, learn_inverses=False,
                  exact_start=True):
@@ -87,7 +91,7 @@ class InvNet(NetParameters):
         `ortho_weighting` may hold one lambda per run (an array of shape (runs, 1, 1)).
         """
         nb_layers = len(self.layers)
-        directions = [None] * nb_layers
+        directions: list[Any] = [None] * nb_layers  # a dict per layer, made from the top down
         with backend.Branch(enabled=regularised(ortho_weighting)) as regularising:
             regularisers = [layer.orthogonality_gradient(-ortho_weighting)
                             for layer in self.layers] if regularised(ortho_weighting) else []

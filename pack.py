@@ -27,7 +27,7 @@ import signal
 import sys
 import warnings
 
-from stopping import StopSignal, stop_before_training
+from stopping import StopSignal, script_command, stop_before_training
 
 if __name__ == "__main__":  # before the slow imports and the data sets, as run.py's
     for _signum in (signal.SIGINT, signal.SIGTERM):
@@ -58,12 +58,28 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(EXIT_USAGE, f"pack.py: {message}. Run ./pack.py --help; nothing was written.\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, but an unknown flag is named before a missing --member (argparse
+        reports only the missing --member when a misspelt one, --membr, stands in for it)."""
+        parsed, unknown = self.parse_known_args(args, namespace)
+        flags = [text.split("=")[0] for text in unknown
+                 if text.startswith("-") and " " not in text]
+        if unknown:
+            what = (f"unknown flag {', '.join(flags)}" if flags
+                    else f"unrecognized arguments: {shlex.join(unknown)}")
+            self.error(f"{what}: each run of the pack is one --member 'RUN.PY FLAGS'")
+        if not parsed.member:
+            self.error("the following arguments are required: --member")
+        return parsed
+
 
 def build_parser():
     parser = Parser(description=__doc__.split("\n\n")[0],
-                    formatter_class=argparse.RawDescriptionHelpFormatter,
-                    epilog=__doc__.split("\n", 1)[1])
-    parser.add_argument("--member", action="append", required=True, metavar="'RUN.PY FLAGS'",
+                    formatter_class=settings_table.RawDefaultsShown,
+                    epilog=__doc__.split("\n", 1)[1],
+                    usage="%(prog)s [-h] --member 'RUN.PY FLAGS' [--member 'RUN.PY FLAGS' ...]")
+    # required, but checked by Parser.parse_args, after unknown flags
+    parser.add_argument("--member", action="append", metavar="'RUN.PY FLAGS'",
                         help="one run of the pack: run.py's flags as one quoted argument")
     return parser
 
@@ -73,7 +89,11 @@ def parse_members(texts):
     and for compatibility; raises UsageError naming the member at fault."""
     members = []
     for index, text in enumerate(texts):
-        argv = shlex.split(text)
+        try:
+            argv = shlex.split(text)
+        except ValueError as reason:  # an unbalanced quote, a trailing backslash
+            raise UsageError(f"--member {index + 1} ({text}) cannot be split into flags "
+                             f"({reason}): balance its quotes.") from None
         parser = settings_table.build_parser()
 
         def error(message, index=index, text=text):
@@ -95,10 +115,12 @@ def parse_members(texts):
 
 
 def resume_line(members):
-    """The pack command that continues every member (--load in each)."""
+    """The pack command that continues every member (--load in each), as it runs from the
+    shell (`script_command`)."""
     texts = [shlex.join([arg for arg in argv if arg not in ("--load", "--overwrite")]
                         + ["--load"]) for _, argv in members]
-    return shlex.join([sys.argv[0]] + [part for text in texts for part in ("--member", text)])
+    return shlex.join(script_command(sys.argv[0])
+                      + [part for text in texts for part in ("--member", text)])
 
 
 def main(argv=None):
@@ -116,6 +138,11 @@ def train_members(texts, folders):
     first = members[0][0]
     print(f"Using {backend.select(first.backend, first.device, first.dtype)}; a pack of "
           f"{len(members)} runs")
+    # Every member checked (refused or not) and every data set had before any folder is made.
+    for args, _ in members:
+        folders.check(args)
+    for key in dict.fromkeys(trainer.data_key(args)[:2] for args, _ in members):
+        data.fetch_missing(*key)
     runs = []
     for args, member_argv in members:
         folder, stored = folders.open(args)

@@ -5,6 +5,8 @@ names: stacking the runs of a pack along a leading axis and viewing one run of i
 state a checkpoint holds, the parameter files, and the optimiser's step."""
 import copy
 import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy
 
@@ -17,7 +19,15 @@ class LayerParameters:
     """A layer's parameter arrays by name (`parameter_names`, set by the layer), and the
     attributes a pack or a run's view does not share (`TRANSIENT`, made None)."""
 
-    TRANSIENT = ()
+    TRANSIENT: ClassVar[tuple[str, ...]] = ()
+    # Set by the layer: the parameters of a learned inverse among its parameter_names, its
+    # width, its seed (an int or None; a pack's list of its runs' seeds) and the number of
+    # runs of a pack (None for a single run).
+    LEARNED_INVERSE: ClassVar[dict[str, tuple[str, str]]]
+    parameter_names: dict[str, tuple[str, str]]
+    nb_units: int
+    seed: Any
+    runs: int | None
 
     @classmethod
     def stack(cls, layers):
@@ -88,6 +98,12 @@ class NetParameters:
     """A network's parameters (its `layers`' LayerParameters, W0, b0, W1, ... by checkpoint
     name), its optimiser (`optimizer`, a MomentOptimizer made at the first step), packs of
     networks and views of their runs."""
+
+    # Set by the network: its layers, its optimiser (None before the first step) and the
+    # number of runs of a pack (None for a single run).
+    layers: Sequence[LayerParameters]
+    optimizer: MomentOptimizer | None
+    runs: int | None
 
     @classmethod
     def stack(cls, nets):

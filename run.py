@@ -10,7 +10,7 @@ import signal
 import sys
 import warnings
 
-from stopping import StopSignal, stop_before_training
+from stopping import StopSignal, script_command, stop_before_training
 
 if __name__ == "__main__":  # installed before the slow imports below
     for _signum in (signal.SIGINT, signal.SIGTERM):
@@ -25,9 +25,9 @@ from settings import build_parser  # noqa: E402
 
 
 def resume_command(argv):
-    """The command line that resumes this run."""
+    """The command line that resumes this run, as it runs from the shell (`script_command`)."""
     kept = [arg for arg in argv if arg not in ("--load", "--overwrite")]
-    return shlex.join([sys.argv[0]] + kept + ["--load"])
+    return shlex.join(script_command(sys.argv[0]) + kept + ["--load"])
 
 
 def train_run(args, argv, folder, stored):
@@ -54,6 +54,8 @@ def main(argv=None):
 
     def work():
         print(f"Using {backend.select(args.backend, args.device, args.dtype)}")
+        folders.check(args)  # bad input refused, and the data set had, before anything is made
+        data.fetch_missing(args.dataset, args.data_dir)
         folder, stored = folders.open(args)
         return train_run(args, argv, folder, stored)
     return guarded("run.py", folders, work)

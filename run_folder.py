@@ -27,14 +27,14 @@ ERROR_LOG = "error.log"
 # The settings that change what a run computes: a stored run resumes only under equal ones.
 COMPUTATION = settings_table.names(computation=True)
 # The settings a folder name holds (eval_interval and dtype are not in it), in its order.
-NAMED = tuple(sorted((setting.name for setting in settings_table.TABLE if setting.folder),
-                     key=lambda name: settings_table.SETTINGS[name].folder.position))
-FOLDER_NAME = re.compile("".join(settings_table.SETTINGS[name].folder.pattern
-                                 for name in NAMED))
+PIECES = {setting.name: setting.folder for setting in settings_table.TABLE
+          if setting.folder is not None}  # {name: its settings.NamePiece}
+NAMED = tuple(sorted(PIECES, key=lambda name: PIECES[name].position))
+FOLDER_NAME = re.compile("".join(PIECES[name].pattern for name in NAMED))
 
 # run.py's exit statuses (sweep.py's mean the same): README's table says what each asks for.
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_SIGNAL: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}  # {signal number: status}
 
 
 PARAMETER_FILE = re.compile(r"(?P<layer>\d+)L(?P<name>(?:backward_)?(?:weights|biases))\.npy")
@@ -76,9 +76,10 @@ def statistics_names(validation):
 def folder_name(settings):
     """{dataset}_{algorithm}_[Linear_][OrthoInit_]{reg}OrthoReg_{seed}Seed_{lr}LR_{n}L|TOWER
     for run.py's arguments (or any object with those attributes), as published: the name
-    pieces (settings.NamePiece) of the NAMED settings in order."""
-    return "".join(settings_table.SETTINGS[name].folder.text(getattr(settings, name))
-                   for name in NAMED)
+    pieces (settings.NamePiece) of the NAMED settings in order, in their canonical form (a
+    value equal to the one it defaults to shows as the default)."""
+    values = settings_table.canonical({name: getattr(settings, name) for name in NAMED})
+    return "".join(PIECES[name].text(values[name]) for name in NAMED)
 
 
 def settings_from_name(name):
@@ -87,7 +88,7 @@ def settings_from_name(name):
     if match is None:
         return None
     try:
-        return {name: settings_table.SETTINGS[name].folder.parse(match[name]) for name in NAMED}
+        return {name: PIECES[name].parse(match[name]) for name in NAMED}
     except ValueError:
         return None
 
@@ -105,7 +106,8 @@ def computation_settings(settings):
 def setting_differences(stored, settings):
     """'name stored X, asked Y' for each COMPUTATION setting in which a stored run's settings
     (a dict, from run.json or the checkpoint; a setting added since takes the value such a
-    run had) differ from run.py's arguments `settings`."""
+    run had) differ from run.py's arguments `settings`; both in their canonical form."""
     stored = settings_table.stored_settings(stored)
-    return [f"{name} stored {stored.get(name)!r}, asked {getattr(settings, name)!r}"
-            for name in COMPUTATION if stored.get(name) != getattr(settings, name)]
+    asked = settings_table.canonical(computation_settings(settings))
+    return [f"{name} stored {stored.get(name)!r}, asked {asked[name]!r}"
+            for name in COMPUTATION if stored.get(name) != asked[name]]

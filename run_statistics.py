@@ -18,7 +18,9 @@ class Statistics:
         self.values = values or {name: [] for name in names}
         self.alignment = alignment or []
         self.inverse_quality = inverse_quality or []  # rows (epoch, batch, errors, distances)
-        self.evaluated_after = None  # (epoch, batch) of the latest evaluation in this process
+        # when the latest evaluation was made (training.evaluation_moment: "untrained",
+        # "after epoch 1", "after epoch 1 batch 991"), None if not known
+        self.evaluation_moment = None
 
     def record(self, net, train, test, validation=None):
         """Evaluate `net` on each set and append its accuracy and loss (the validation set's
@@ -31,10 +33,14 @@ class Statistics:
             self.values[prefix + "_acc"].append(accuracy)
             self.values[prefix + "_loss"].append(loss)
 
+    def moment_label(self):
+        """When the latest evaluation was made, in parentheses after a space (" (untrained)",
+        " (after epoch 1)"), or an empty text if not known."""
+        return "" if self.evaluation_moment is None else f" ({self.evaluation_moment})"
+
     def latest(self):
-        """A short text of the latest evaluation: its accuracies and the batch it followed."""
-        where = ("" if self.evaluated_after is None else
-                 f" (after epoch {self.evaluated_after[0] + 1} batch {self.evaluated_after[1]})")
+        """A short text of the latest evaluation: its accuracies and when it was made."""
+        where = self.moment_label()
         validation = (f", validation acc {self.values['validation_acc'][-1]:.4f}"
                       if self.values.get("validation_acc") else "")
         return (f"evaluation{where}: train acc {self.values['training_acc'][-1]:.4f}, "

@@ -6,11 +6,13 @@ and the tally of the training batches (`BatchTally`). One checked step is
 `training.train_step`."""
 import contextlib
 import sys
+from typing import Any
 
 import numpy
 
 import backend
-from training import Diverged, finiteness_sums, rule_directions, train_step
+from training import (Diverged, batch_name, finiteness_sums, parameter_faults, rule_directions,
+                      train_step)
 
 # Why a queued step failed its checks (bits of the guard's third value).
 SUMS_NOT_FINITE, SOLVE_NOT_EXACT, SINGULAR = 1, 2, 4
@@ -72,7 +74,7 @@ class Guard:
         self.xp, self.window, self.check_every = xp, [], self.CHECK_EVERY
         self.sums = self.bounds = None
         self.tolerance, self.nb_bounds = 0.0, 0
-        self.array = None
+        self.array: Any | None = None  # the guard, a backend array (made by `prepare`)
 
     def prepare(self, kept, runs, dtype):
         """Arrays a CUDA graph can keep: the bounds of the kept inverses (`kept`, one slot per
@@ -98,6 +100,7 @@ class Guard:
         """Count a step that could not be queued as queued and failed (`reason`), in order
         with the steps queued before it (no wait)."""
         xp, guard = self.xp, self.array
+        assert guard is not None, "Guard.prepare makes the guard"
         first = guard[1] < 0
         guard[2] = xp.where(first, reason, guard[2])
         guard[1] = xp.where(first, guard[0], guard[1])
@@ -120,6 +123,7 @@ class Guard:
 
     def reset(self):
         """A new window: no step queued, none failed."""
+        assert self.array is not None, "Guard.prepare makes the guard"
         self.array[0], self.array[1], self.array[2] = 0, -1, 0
 
 
@@ -127,6 +131,8 @@ class GraphReplay:
     """A queued step captured once as a CUDA graph on fixed input arrays and replayed
     (`enabled`): captured at the second step, and kept only if a replay computes what the
     step itself computes (`difference`, relative); else steps stay eager."""
+
+    inputs: tuple[Any, Any] | None  # the backend arrays a graph reads (images, labels)
 
     def __init__(self, enabled):
         self.enabled, self.difference = enabled, None
@@ -150,6 +156,7 @@ class GraphReplay:
             step(images, one_hot_labels)
             self.queued_before = True
             return
+        assert self.inputs is not None, "captured with the graph"
         self.inputs[0][...] = images
         self.inputs[1][...] = one_hot_labels
         self.graph.launch()
@@ -175,9 +182,8 @@ class GraphReplay:
         for array, saved in zip(changed, before):
             array[...] = saved
         graph.launch()
-        self.difference = max(
-            float(xp.abs(array - expected).max() / max(float(xp.abs(expected).max()), 1e-300))
-            for array, expected in zip(changed, eager) if array.size)
+        self.difference = max((replay_difference(array, expected)
+                               for array, expected in zip(changed, eager)), default=0.0)
         if self.difference <= 1e-12:
             return graph
         print(f"note: a CUDA graph replay differed from the step by {self.difference:.1e} "
@@ -188,17 +194,35 @@ class GraphReplay:
         return None
 
 
+def replay_difference(replayed, expected):
+    """How far a graph's replay is from the eager step, relative: max |r - e| / max |e| over
+    the entries finite in both (0 where e is all 0), and inf where the two differ in an
+    entry not finite in both (NaN against NaN, or the same infinity, is no difference: a run
+    already diverged must not switch graphs off for the pack)."""
+    xp = backend.array_module(replayed)
+    finite = xp.isfinite(replayed) & xp.isfinite(expected)
+    same = (replayed == expected) | (xp.isnan(replayed) & xp.isnan(expected))
+    if not bool((finite | same).all()):
+        return float("inf")
+    if not bool(finite.any()):
+        return 0.0
+    replayed, expected = xp.where(finite, replayed, 0), xp.where(finite, expected, 0)
+    gap, scale = float(xp.abs(replayed - expected).max()), float(xp.abs(expected).max())
+    return gap / scale if scale > 0 else (0.0 if gap == 0 else float("inf"))
+
+
 class InversePolicy:
     """Kept inverses (inv_layer.KeptInverse) in place of LU solves in queued GAIT and TP
     steps, and the switch back to LU solves: a kept inverse's solve fails in a run's first
     steps (the first updates move W most) and whenever W is badly conditioned; more than
     FAILURES_PER_100_STEPS failed steps within 100 steps (`failures`, by step number) and
-    the run solves by LU from then on (`lu_only`)."""
+    the run solves by LU from then on (`lu_only`, kept in the run's checkpoint: a resumed run
+    starts switched)."""
 
     FAILURES_PER_100_STEPS = 20
 
-    def __init__(self):
-        self.kept, self.failures, self.lu_only = [], [], False
+    def __init__(self, lu_only=False):
+        self.kept, self.failures, self.lu_only = [], [], lu_only
 
     def prepare(self, net, algorithm):
         """Keep inverses in the layers the rule inverts (not for BP, nor after the switch)."""
@@ -316,9 +340,12 @@ class StepRunner:
     per run) shares one guard: a failed check of any run redoes the step for all. A run
     found diverged leaves the pack alone (`members`), the others go on from the same step;
     Diverged is raised when none is left.
+
+    `lu_only`: the runs had switched to LU solves (InversePolicy; a resumed run's checkpoint
+    says so).
     """
 
-    def __init__(self, net, settings, deferred=None, graphs=None):
+    def __init__(self, net, settings, deferred=None, graphs=None, lu_only=False):
         self.net, self.settings = net, settings
         self.step_settings = settings.on_backend()
         self.members = Members(net.runs)
@@ -326,8 +353,8 @@ class StepRunner:
         self.deferred = self.xp is not numpy if deferred is None else deferred
         self.replay = GraphReplay(self.deferred and self.xp is not numpy if graphs is None
                                  else graphs)
-        self.guard, self.inverses, self.tally = Guard(self.xp), InversePolicy(), BatchTally(
-            self.xp)
+        self.guard, self.inverses = Guard(self.xp), InversePolicy(lu_only)
+        self.tally = BatchTally(self.xp)
         self.steps_done, self.redone = 0, 0
         if self.deferred:
             self._prepare_queue()
@@ -404,6 +431,16 @@ class StepRunner:
                                       statistics, epoch, batch_index), one_hot_labels
             except Diverged as diverged:
                 self._keep(self.members.leave(diverged.runs), statistics)
+
+    def check_parameters(self, statistics, epoch, batch_index):
+        """After the step of `batch_index`, the last of the epoch (before its evaluation and
+        checkpoint): settle, then take the runs with a parameter that is not finite out of
+        the pack (`training.parameter_faults`; the checks of a step see what its update made
+        only at the next step); Diverged when none is left."""
+        self.settle(statistics)
+        faults = parameter_faults(self.net, batch_name(epoch, batch_index))
+        if faults:
+            self._keep(self.members.leave(faults), statistics)
 
     def remove(self, positions, statistics):
         """Take the runs at `positions` out of the pack (between steps: a run has its epochs);

@@ -1,7 +1,9 @@
 """How a run stops on Ctrl-C or SIGTERM: at once before training (`stop_before_training`, the
 handler run.py and pack.py install before their slow imports), at the next batch boundary
-during training (`StopSignal`). Light: only the standard library and the exit statuses."""
+during training (`StopSignal`); how to start a script again in the commands printed then
+(`script_command`). Light: only the standard library and the exit statuses."""
 import os
+import shutil
 import signal
 import sys
 
@@ -27,6 +29,32 @@ def stop_before_training(signum, frame):
             child.kill()
     finally:
         os._exit(EXIT_SIGNAL[signum])
+
+
+def same_program(first, second):
+    """Whether two paths name one program: the same file reached from the same folder (a
+    virtual environment's python is a link to the system's, but not the same program)."""
+    return (os.path.dirname(os.path.abspath(first)) == os.path.dirname(os.path.abspath(second))
+            and os.path.realpath(first) == os.path.realpath(second))
+
+
+def script_command(script):
+    """The start of a shell command that runs `script` (a path, as in sys.argv[0]) as this
+    process runs it, for the resume commands printed: the script itself where that runs (a
+    path with a folder, executable, its `#!/usr/bin/env python3` finding this interpreter),
+    otherwise this interpreter, named as it was started where the shell finds that name,
+    then the script (`python3 run.py`, not `run.py`, which the shell does not look for in
+    the current folder)."""
+    interpreter = sys.executable
+    started_as = (getattr(sys, "orig_argv", None) or [interpreter])[0]
+    found = shutil.which(started_as)
+    if found and same_program(found, interpreter):
+        interpreter = started_as
+    on_path = shutil.which("python3")
+    if (os.sep in script and os.access(script, os.X_OK) and on_path
+            and same_program(on_path, sys.executable)):
+        return [script]
+    return [interpreter, script]
 
 
 class StopSignal:

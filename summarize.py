@@ -69,7 +69,7 @@ def mean_sd_text(values):
     return f"{mean:.3g}" if numpy.isnan(sd) else f"{mean:.3g} ± {sd:.2g}"
 
 
-def display_rows(groups):
+def display_rows(groups) -> tuple[list[str], list[list[str]], list[str], int]:
     """Header and rows of the table (strings), and the footnotes. With validation sets, two
     more columns: the test accuracy at each run's evaluation of best validation accuracy,
     and that evaluation's epoch ("-" for groups without one); with learned inverses, two
@@ -179,8 +179,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         runs, warnings = summary_data.read_runs(args.paths)
-        for warning in warnings:
+        for warning in warnings:  # each skipped folder, and why
             print(f"summarize.py: {warning}", file=sys.stderr)
+        found = len(runs) + len(warnings)
+        folders = f"results folder{'s' if found != 1 else ''}"
+        print(f"summarize.py: read {len(runs)} of {found} {folders} ({len(warnings)} skipped)"
+              if warnings else f"summarize.py: read {found} {folders}", file=sys.stderr)
+        if not runs:
+            raise SummaryError(f"none of the {found} results folders under "
+                               f"{', '.join(args.paths)} could be read (each is named above, "
+                               f"with why)")
         groups = summary_data.group_runs(runs)
         if args.format == "csv":
             write_csv(groups, sys.stdout)

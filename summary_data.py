@@ -67,9 +67,9 @@ class Run:
     settings: dict
     status: str
     curves: dict
-    alignment: numpy.ndarray = None  # rows: epoch position, then one angle per layer
+    alignment: numpy.ndarray | None = None  # rows: epoch position, then one angle per layer
     # rows: epoch position, reconstruction error per learned inverse, then distance per one
-    inverse_quality: numpy.ndarray = None
+    inverse_quality: numpy.ndarray | None = None
 
     def final_inverse_quality(self):
         """(reconstruction error, distance to the exact inverse) of the last logged row, each
@@ -145,7 +145,9 @@ def find_folders(path):
 
 
 def read_runs(paths):
-    """(runs, warnings): every readable results folder under the paths, each once."""
+    """(runs, warnings): every readable results folder under the paths, each once, and a
+    warning for each other one, naming it and why it was skipped (SummaryError if there is
+    no results folder at all)."""
     runs, warnings, seen = [], [], set()
     for path in paths:
         if not os.path.isdir(path):
@@ -159,7 +161,7 @@ def read_runs(paths):
                 runs.append(read_run(folder))
             except (OSError, ValueError, KeyError) as error:
                 warnings.append(f"skipping {folder}: {error}")
-    if not runs:
+    if not runs and not warnings:
         raise SummaryError(f"no results folders (with {' or '.join(MARKERS)}) under "
                            f"{', '.join(paths)}")
     return runs, warnings

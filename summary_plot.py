@@ -75,7 +75,8 @@ def appearance(groups):
     labels = [summary_data.label_values(group, columns) for group in groups]
     varying = [name for name in columns if len({label[name] for label in labels}) > 1]
     varying = varying or ["algorithm"]
-    seen, styles = {}, []
+    seen: dict[str, int] = {}  # {algorithm: groups of it styled so far}
+    styles = []
     for group, label in zip(groups, labels):
         algorithm = group.key["algorithm"]
         colour = COLOURS.get(algorithm) or SPARE_COLOURS[len(seen) % len(SPARE_COLOURS)]

@@ -5,9 +5,11 @@ Example:
   ./sweep.py --preset paper --dataset MNIST FMNIST --algorithm BP GAIT TP --seed 1-5 \\
       --nb_layers 4 --jobs 2
 Every run.py flag takes one or more values (integer ranges such as 1-5; on/off for the
-switches --linear, --tower, --orthogonal_init, which alone mean on); the runs are the
-product of all values. --preset paper sets, per algorithm, the paper's learning rate,
-orthogonal regulariser and initialisation; flags given explicitly override it.
+switches --linear, --tower, --orthogonal_init, --learn_inv, --no_inv_init, which alone mean
+on); the runs are the product of all values, less the combinations run.py refuses (each
+reason printed once: --learn_inv or --gamma with BP, say). --preset paper sets, per
+algorithm, the paper's learning rate, orthogonal regulariser and initialisation; flags given
+explicitly override it.
 Re-running a sweep skips finished runs and resumes interrupted or failed ones (--load).
 --pack N trains up to N compatible runs (pack.pack_key: one algorithm, network, dtype and
 cadence; data set, seed, learning rate, lambda, initialisation and epochs may differ) in one
@@ -30,12 +32,15 @@ from run_folder import EXIT_USAGE
 from sweep_launch import SweepError
 
 # Grid flags (the table's `grid` rows), outermost first: the seeds of one setting are adjacent.
-GRID = tuple(sorted((setting.name for setting in settings_table.TABLE if setting.grid is not None),
-                    key=lambda name: settings_table.SETTINGS[name].grid))
+_GRID_POSITION = {setting.name: setting.grid for setting in settings_table.TABLE
+                  if setting.grid is not None}
+GRID = tuple(sorted(_GRID_POSITION, key=lambda name: _GRID_POSITION[name]))
 ALWAYS_WRITTEN = settings_table.names(always_written=True)  # the others when not default
 SWITCHES = tuple(name for name in GRID if settings_table.SETTINGS[name].kind == "switch")
 INTEGERS = tuple(name for name in GRID
                  if getattr(settings_table.SETTINGS[name].convert, "kind", None) is int)
+# Grid flags the results folder's name does not show: runs differing in them alone collide.
+UNNAMED = tuple(name for name in GRID if settings_table.SETTINGS[name].folder is None)
 PASSED = settings_table.names(sweep="passed")  # one value, passed to every run
 PATHS = settings_table.names(kind="path")  # made absolute, always written
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
@@ -51,30 +56,35 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser():
     parser = Parser(description=__doc__.split("\n\n")[0],
-                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    formatter_class=settings_table.RawDefaultsShown,
                     epilog=__doc__.split("\n", 1)[1])
     grid = parser.add_argument_group("the grid (run.py's flags, each with one or more values)")
     for name in GRID:
-        aliases = settings_table.SETTINGS[name].aliases
+        setting = settings_table.SETTINGS[name]
+        # run.py's help, and the default a run takes when the grid does not name the flag
+        default = "off" if name in SWITCHES else setting.default
+        text = (setting.help or "").replace("%", "%%") + (
+            "" if default is None else f" (default: {default})")
         if name in SWITCHES:
-            grid.add_argument(f"--{name}", nargs="*", metavar="on|off")
+            grid.add_argument(f"--{name}", nargs="*", metavar="on|off", help=text)
         else:
-            grid.add_argument(f"--{name}", *aliases, nargs="+", metavar="VALUE")
+            grid.add_argument(f"--{name}", *setting.aliases, nargs="+", metavar="VALUE",
+                              help=text)
     grid.add_argument("--preset", choices=settings_table.PRESETS,
                       help="per-algorithm settings of the paper (explicit flags win)")
     shared = parser.add_argument_group("passed unchanged to every run")
     for name in PASSED:
         setting = settings_table.SETTINGS[name]
         shared.add_argument(f"--{name}", default=setting.default,
-                            choices=settings_table.choices(setting))
+                            choices=settings_table.choices(setting), help=setting.help)
     control = parser.add_argument_group("execution")
     control.add_argument("--jobs", type=int, help="processes (runs or packs) at a time "
                                                   "(default: one per --devices entry, else 1)")
     control.add_argument("--devices", type=int, nargs="+", metavar="ID",
                          help="GPU ids, given round-robin to the processes as --device")
     control.add_argument("--pack", type=int, default=1, metavar="N",
-                         help="train up to N compatible runs in one pack.py process (default "
-                              "1: each run alone)")
+                         help="train up to N compatible runs in one pack.py process (1: each "
+                              "run alone)")
     control.add_argument("--dry-run", action="store_true",
                          help="print one command per line instead (with --slurm: write the "
                               "job files and print the sbatch command)")
@@ -85,7 +95,7 @@ def build_parser():
     slurm.add_argument("--slurm", action="store_true", help="submit with sbatch --array")
     slurm.add_argument("--slurm-dir", help="job script, commands and logs (default "
                                            "RESULTS_DIR/slurm)")
-    slurm.add_argument("--job-name", default="gait-sweep")
+    slurm.add_argument("--job-name", default="gait-sweep", help="sbatch --job-name")
     for option in ("partition", "time", "gpus-per-task", "mem", "cpus-per-task"):
         slurm.add_argument(f"--{option}", help=f"sbatch --{option}")
     slurm.add_argument("--max-parallel", type=int, help="array tasks running at a time (%%M)")
@@ -111,24 +121,24 @@ def grid_values(name, texts, parser):
             raise SweepError(f"--{name} takes on or off (or nothing, meaning on), not "
                              f"{' '.join(texts)}")
         return list(dict.fromkeys(text.lower() in ON for text in texts or ["on"]))
+
+    def convert(text):
+        try:
+            return getattr(parser.parse_args([f"--{name}={text}"]), name)
+        except SweepError as error:
+            raise SweepError(f"{error} (in --{name} {' '.join(texts)})") from None
     expanded = []
     for text in texts:
         match = re.fullmatch(r"(-?\d+)-(-?\d+)", text) if name in INTEGERS else None
         if match is None:
             expanded.append(text)
             continue
-        first, last = int(match[1]), int(match[2])
+        first, last = convert(match[1]), convert(match[2])  # its ends checked before it grows
         if last < first:
             raise SweepError(f"the range --{name} {text} is empty: write FIRST-LAST with "
                              f"FIRST <= LAST")
         expanded += [str(value) for value in range(first, last + 1)]
-    values = []
-    for text in expanded:
-        try:
-            values.append(getattr(parser.parse_args([f"--{name}={text}"]), name))
-        except SweepError as error:
-            raise SweepError(f"{error} (in --{name} {' '.join(texts)})") from None
-    return list(dict.fromkeys(values))
+    return list(dict.fromkeys(convert(text) for text in expanded))
 
 
 def expand(args):
@@ -143,7 +153,8 @@ def expand(args):
              for name in GRID if getattr(args, name) is not None}
     shared = {name: os.path.abspath(getattr(args, name)) if name in PATHS else getattr(args, name)
               for name in PASSED}
-    runs, left_out = [], {}
+    runs: list[argparse.Namespace] = []
+    left_out: dict[str, int] = {}  # {refusal: how many combinations it left out}
     for combination in itertools.product(*given.values()):
         explicit = dict(zip(given, combination))
         algorithm = explicit.get("algorithm", defaults["algorithm"])
@@ -151,6 +162,7 @@ def expand(args):
         settings = argparse.Namespace(**{**defaults, **preset, **explicit, **shared})
         reason = settings_table.refusal(settings)
         if reason is None:
+            vars(settings).update(settings_table.canonical(vars(settings)))  # as run.py's
             runs.append(settings)
         else:
             left_out[reason] = left_out.get(reason, 0) + 1
@@ -160,14 +172,17 @@ def expand(args):
     if not runs:
         raise SweepError("every combination of the grid is one that run.py refuses (see "
                          "above): change the grid")
-    folders = {}
+    folders: dict[str, argparse.Namespace] = {}
     for settings in runs:
         other = folders.setdefault(run_folder.results_folder(settings), settings)
         if other is not settings:
+            differing = [name for name in UNNAMED
+                         if getattr(settings, name) != getattr(other, name)] or UNNAMED
             raise SweepError(
                 f"two runs of the grid would share the results folder "
                 f"{run_folder.results_folder(settings)}: the folder name does not hold "
-                f"eval_interval, dtype or nb_epochs, so give those a single value (or run one "
+                f"{', '.join(UNNAMED)}, so give "
+                f"{' and '.join(f'--{name}' for name in differing)} a single value (or run one "
                 f"sweep per value with its own --results_dir)")
     return runs
 
@@ -194,7 +209,8 @@ def command(settings, mode=None):
 def group_packs(jobs, size):
     """The jobs in packs of at most `size` with equal pack.pack_key, each pack in grid order,
     the packs in the order of their first runs."""
-    packs, last_pack = [], {}
+    packs: list[list[sweep_launch.Job]] = []
+    last_pack: dict[tuple, list[sweep_launch.Job]] = {}  # {pack key: its last pack}
     for job in jobs:
         key = pack.pack_key(job.settings)
         if key not in last_pack or len(last_pack[key]) == size:

@@ -57,8 +57,8 @@ class Job:
     action: str = "new"  # new, resume, restart, finished, diverged, busy, conflict
     note: str = ""
     outcome: str = "planned"  # planned, done, failed, interrupted, not started, submitted, prepared
-    returncode: int = None
-    log: str = None
+    returncode: int | None = None  # once it ran: its exit status (run.py's, for a pack's run)
+    log: str | None = None
 
     @property
     def mode(self):
@@ -70,13 +70,14 @@ class Job:
 class Launch:
     """One process of the sweep: the run.py command of one run, or the pack.py command of a
     pack of runs (its members), and what it did."""
-    jobs: list
-    command: list
-    log: str = None
-    process: object = None
-    started: float = None
-    index: int = None
-    records_before: list = None  # each run's run.json text when the process started
+    jobs: list[Job]
+    command: list[str]
+    # Set when it starts (`start`):
+    log: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+    started: float | None = None
+    index: int | None = None
+    records_before: list[str | None] | None = None  # each run's run.json text (or None) then
 
     @property
     def is_pack(self):
@@ -179,12 +180,14 @@ def run_locally(launches, parallel, log_dir):
     """
     os.makedirs(log_dir, exist_ok=True)
     environment = thread_environment(parallel)
-    running, received = [], []
+    running: list[Launch] = []  # started (`start`), so each has its process
+    received: list[int] = []
 
     def forward(signum, frame):
         received.append(signum)
         for launch in running:
-            launch.process.send_signal(signum)
+            if launch.process is not None:
+                launch.process.send_signal(signum)
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT,
                                                                       signal.SIGTERM)}
     pending, count = list(launches), 0
@@ -195,7 +198,8 @@ def run_locally(launches, parallel, log_dir):
                 start(launch, count, len(launches), log_dir, environment)
                 running.append(launch)
             time.sleep(0.2)
-            for launch in [launch for launch in running if launch.process.poll() is not None]:
+            for launch in [launch for launch in running
+                           if launch.process is not None and launch.process.poll() is not None]:
                 running.remove(launch)
                 finish(launch, len(launches))
     finally:

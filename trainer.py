@@ -34,9 +34,14 @@ def train_pack(runs, sets, command, stop, until=None):
     net = InvNet.stack([each.net for each in runs])
     settings = training.StepSettings.of_pack([training.StepSettings.of(each.args)
                                               for each in runs])
-    runner = step_runner.StepRunner(net, settings)
+    # one InversePolicy for the pack: switched to LU solves if any run's checkpoint says so
+    runner = step_runner.StepRunner(net, settings, lu_only=any(each.lu_only for each in runs))
     statistics = [each.statistics for each in runs]
     feed = training.Feed([sets[data_key(each.args)] for each in runs])
+    for each in runs:  # an evaluation not made in this process: the untrained or a checkpoint's
+        if each.statistics.evaluation_moment is None:
+            each.statistics.evaluation_moment = training.last_evaluation_moment(
+                each.epoch, each.args.eval_interval, feed.nb_batches)
     progress = training.Progress(max(each.args.nb_epochs for each in runs), feed.nb_batches)
     reported, status = set(), EXIT_FINISHED
     while runner.run_ids:
@@ -65,7 +70,7 @@ def train_pack(runs, sets, command, stop, until=None):
         done = []
         for position, index in enumerate(runner.run_ids):
             runs[index].net = runner.net.run(position)
-            runs[index].end_epoch(runs[index].net)
+            runs[index].end_epoch(runs[index].net, runner.inverses.lu_only)
             if runs[index].epoch >= runs[index].args.nb_epochs:
                 runs[index].finished()
                 print(f"Finished {runs[index].epoch} epochs; results in {runs[index].folder}")
@@ -87,8 +92,15 @@ def train_in_packs(runs, train_group):
     """Train `runs` (folders.Run, begun) in packs of runs at one epoch: the runs at the earliest
     epoch train as a pack (`train_group(group, until)`, an exit status) until they reach
     `until`, the epoch of the next runs, which then join them in one pack. A run that has
-    diverged never trains again; a run already at its epochs is recorded finished. Returns
-    the exit status (the worst; a signal's at once, every run left recorded interrupted)."""
+    diverged never trains again; a run already at its epochs is recorded finished (before the
+    others train: a signal that stops them leaves it finished). Returns the exit status (the
+    worst; a signal's at once, every run left recorded interrupted)."""
+    def finish_those_at_their_epochs():
+        for each in runs:
+            if each.record["status"] == "running" and each.epoch >= each.args.nb_epochs:
+                each.finished()
+                print(f"Finished {each.epoch} epochs; results in {each.folder}")
+    finish_those_at_their_epochs()  # resumed at their epochs: nothing left to train
     status = EXIT_FINISHED
     while any(map(training_left, runs)):
         epochs = sorted({each.epoch for each in runs if training_left(each)})
@@ -99,10 +111,7 @@ def train_in_packs(runs, train_group):
                 each.interrupted()
             return outcome
         status = max(status, outcome)
-    for each in runs:
-        if each.record["status"] == "running":  # at its epochs (maybe already when resumed)
-            each.finished()
-            print(f"Finished {each.epoch} epochs; results in {each.folder}")
+    finish_those_at_their_epochs()  # every run still running is at its epochs now
     return status
 
 

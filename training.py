@@ -32,18 +32,41 @@ def evaluates_after(batch_index, eval_interval, nb_batches):
     return batch_index % eval_interval == 0 and batch_index != 0
 
 
+def evaluation_moment(epoch, batch_index, nb_batches):
+    """When an evaluation right after batch `batch_index` (0-based) of epoch `epoch` (0-based)
+    was made, as a run prints it (batches and epochs counted from 1, as the progress line's
+    "batch 10/1000" has done 10): "after epoch 1" after its last batch, else "after epoch 1
+    batch 991"."""
+    if batch_index == nb_batches - 1:
+        return f"after epoch {epoch + 1}"
+    return f"after epoch {epoch + 1} batch {batch_index + 1}"
+
+
+def last_evaluation_moment(epochs_done, eval_interval, nb_batches):
+    """The `evaluation_moment` of the latest evaluation of a run that has trained
+    `epochs_done` whole epochs at the cadence `eval_interval`: "untrained" if it has trained
+    none (or the cadence evaluates in no epoch)."""
+    evaluated = [batch for batch in range(nb_batches)
+                 if evaluates_after(batch, eval_interval, nb_batches)]
+    if not epochs_done or not evaluated:
+        return "untrained"
+    return evaluation_moment(epochs_done - 1, evaluated[-1], nb_batches)
+
+
 class Progress:
     """A tqdm bar per epoch on a terminal; plain lines (about ten an epoch) elsewhere.
 
     Each line (and the bar's note, as often) gives the accuracy and loss of the training
     batches since the previous line, as the forward pass computed them before each update
-    ("batches"), and the latest evaluation of the whole sets, with the batch it followed
-    (for a pack, each run's accuracies in the order of its runs).
+    ("batches"), and the latest evaluation of the whole sets, labelled with when it was made
+    ("untrained", "after epoch 1", "after epoch 1 batch 991": batches counted from 1, as
+    in "batch 1000/1000") (for a pack, each run's accuracies in the order of its runs).
     """
 
-    def __init__(self, nb_epochs, nb_batches, stream=sys.stderr):
-        self.nb_epochs, self.nb_batches, self.stream = nb_epochs, nb_batches, stream
-        self.interactive = stream.isatty()
+    def __init__(self, nb_epochs, nb_batches, stream=None):
+        self.nb_epochs, self.nb_batches = nb_epochs, nb_batches
+        self.stream = sys.stderr if stream is None else stream  # sys.stderr as it is now
+        self.interactive = self.stream.isatty()
         self.bar = None
 
     def start_epoch(self, epoch):
@@ -84,10 +107,11 @@ class Progress:
 
 def latest(statistics):
     """Of a pack's runs' Statistics (a list): Statistics.latest() of a pack of one, the test
-    accuracies in order of several."""
+    accuracies in order of several (evaluated together: the first run's moment)."""
     if len(statistics) == 1:
         return statistics[0].latest()
-    return "test acc " + " ".join(f"{run.values['test_acc'][-1]:.4f}" for run in statistics)
+    return (f"evaluation{statistics[0].moment_label()}: test acc "
+            + " ".join(f"{run.values['test_acc'][-1]:.4f}" for run in statistics))
 
 
 class Diverged(RuntimeError):
@@ -101,6 +125,12 @@ class Diverged(RuntimeError):
         self.runs = runs
 
 
+# A learning rate or lambda of StepSettings: a number (or None) for one run; for a pack
+# (`of_pack`) a tuple of one per run, which `on_backend` makes a backend array (NumPy or CuPy,
+# of shape (runs, 1, 1)). Any: what it is depends on the settings, not on the type.
+PerRun = typing.Any
+
+
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
     """What a training step needs: the rule, the learning rate, lambda of the orthogonal
@@ -108,11 +138,11 @@ class StepSettings:
     gamma and the learning rate of learned inverses (None: the learning rate)."""
 
     algorithm: str
-    learning_rate: float
-    orthogonal_reg: float = 0.0
+    learning_rate: PerRun
+    orthogonal_reg: PerRun = 0.0
     log_alignment: int = 0
     gamma: float = 0.001
-    inv_learning_rate: float = None
+    inv_learning_rate: PerRun = None
 
     @classmethod
     def of(cls, args):
@@ -208,16 +238,37 @@ def check_finite(net, forward, directions, statistics, where):
                             [{name: take(direction) for name, direction in layer.items()}
                              for layer in directions], run_statistics)
         if problem is not None:
-            faults[position] = (f"Training diverged at {where}: {problem}. Try a smaller "
-                                f"--learning_rate, or a larger --orthogonal_reg, which keeps "
-                                f"the weights well conditioned.")
+            faults[position] = f"Training diverged at {where}: {problem}. {advice(problem)}"
     if faults:
         raise Diverged("; ".join(faults.values()), runs=faults)
 
 
+class Fault(str):
+    """What `run_fault` found not finite (the text), and whether a learned inverse (V, c) is
+    at fault (`inverse`)."""
+
+    inverse: bool
+
+    def __new__(cls, text, inverse=False):
+        fault = super().__new__(cls, text)
+        fault.inverse = inverse
+        return fault
+
+
+def advice(fault):
+    """What a divergence message advises for `fault` (a Fault; None: W's): a smaller
+    --inv_learning_rate when a learned inverse's V or c is at fault, else a smaller
+    --learning_rate or a larger --orthogonal_reg."""
+    if getattr(fault, "inverse", False):
+        return ("Try a smaller --inv_learning_rate, the learning rate of the learned inverses "
+                "(V and c).")
+    return ("Try a smaller --learning_rate, or a larger --orthogonal_reg, which keeps the "
+            "weights well conditioned.")
+
+
 def run_fault(net, forward, directions, statistics):
     """What is not finite in one run (`net` a network of its own, the other arguments its
-    arrays and Statistics), or None.
+    arrays and Statistics): a Fault, or None.
 
     One wait for the GPU: the sums of `finiteness_sums`, read together; the arrays are
     looked at one by one only when a sum is not finite.
@@ -231,18 +282,49 @@ def run_fault(net, forward, directions, statistics):
         return None
     if _first_not_finite([forward[-1]]) is not None:
         first = _first_not_finite(forward[1:])
-        return (f"the output of layer {first} is not finite (its weights, or those below "
-                f"it, overflowed)")
-    layers = [_first_not_finite(list(layer.values())) is not None for layer in directions]
+        return Fault(f"the output of layer {first} is not finite (its weights, or those below "
+                     f"it, overflowed)")
+    layers = [[name for name, direction in layer.items()
+               if _first_not_finite([direction]) is not None] for layer in directions]
     if any(layers):
-        top = max(index for index, bad in enumerate(layers) if bad)
-        return (f"the update directions of layer {top} are not finite (the error passed "
-                f"down through layer {top + 1} overflowed, or its weights are singular "
-                f"and cannot be inverted)" if top + 1 < len(net.layers) else
-                f"the update directions of layer {top} are not finite")
+        top = max(index for index, names in enumerate(layers) if names)
+        layer = net.layers[top]
+        if all(name in layer.LEARNED_INVERSE for name in layers[top]):
+            # the output is finite, so W is: V or c grew until their own directions overflowed
+            keys = ", ".join(layer.parameter_names[name][1] + str(top) for name in layers[top])
+            return Fault(f"the update directions of layer {top}'s learned inverse ({keys}) are "
+                         f"not finite (its backward weights V or biases c grew too large)",
+                         inverse=True)
+        return Fault(f"the update directions of layer {top} are not finite (the error passed "
+                     f"down through layer {top + 1} overflowed, or its weights are singular "
+                     f"and cannot be inverted)" if top + 1 < len(net.layers) else
+                     f"the update directions of layer {top} are not finite")
     if not all(map(math.isfinite, latest)):
-        return "the accuracy or loss is not finite"
+        return Fault("the accuracy or loss is not finite")
     return None  # finite values whose sum overflowed: nothing is wrong
+
+
+def parameter_faults(net, where):
+    """{position: message} of the runs of the pack `net` with a parameter (W, b, and a learned
+    inverse's V, c) that is not finite, each message naming the run's first such parameter,
+    `where` and what to try. A step's checks see its outputs and directions, so what its
+    update made is seen by the next step; the last step of an epoch has none before the
+    epoch's checkpoint: this check. Waits for the GPU (once per parameter array)."""
+    faults: dict[int, str] = {}
+    for index, layer in enumerate(net.layers):
+        for name, (attribute, letter) in layer.parameter_names.items():
+            array = getattr(layer, attribute)
+            xp = backend.array_module(array)
+            finite = backend.to_host(xp.isfinite(array).reshape(len(array), -1).all(axis=1))
+            inverse = name in layer.LEARNED_INVERSE
+            owner = f"layer {index}'s learned inverse" if inverse else f"layer {index}"
+            kind = "weights" if name.endswith("weights") else "biases"
+            problem = Fault(f"{letter}{index} (the {kind} of {owner}) is not finite after the "
+                            f"step", inverse=inverse)
+            for position in numpy.flatnonzero(~finite):
+                faults.setdefault(int(position), f"Training diverged at {where}: {problem}. "
+                                                 f"{advice(problem)}")
+    return faults
 
 
 def rule_directions(net, settings, images, one_hot_labels):
@@ -272,17 +354,15 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     try:
         forward, targets, directions = rule_directions(net, settings, images, one_hot_labels)
     except numpy.linalg.LinAlgError as error:
-        message = (f"Training diverged at epoch {epoch + 1}, batch {batch_index}: a layer's "
-                   f"weights are singular and cannot be inverted ({error}). Try a smaller "
-                   f"--learning_rate, or a larger --orthogonal_reg, which keeps the weights "
-                   f"well conditioned.")
+        message = (f"Training diverged at {batch_name(epoch, batch_index)}: a layer's weights "
+                   f"are singular and cannot be inverted ({error}). {advice(None)}")
         runs = runs_of(net, statistics)
         # the runs whose weights are singular; all of them if none alone is (never a retry
         # without a run taken out)
         faults = {position: message for position, (run, _, _) in enumerate(runs)
                   if not invertible(run)}
         raise Diverged(message, faults or dict.fromkeys(range(len(runs)), message)) from None
-    check_finite(net, forward, directions, statistics, f"epoch {epoch + 1}, batch {batch_index}")
+    check_finite(net, forward, directions, statistics, batch_name(epoch, batch_index))
     if settings.log_alignment and batch_index % settings.log_alignment == 0:
         for run, run_statistics, take in runs_of(net, statistics):
             run_forward = list(map(take, forward))
@@ -295,6 +375,13 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     net.update_parameters(directions, settings.learning_rate,
                           inverse_learning_rate=settings.inv_learning_rate)
     return forward
+
+
+def batch_name(epoch, batch_index):
+    """Where a step is, as a divergence message says it: batch index 6 of epoch index 0 is
+    "epoch 1, batch 7", counted from 1 as a run prints batches (`evaluation_moment`; the
+    rows of the files keep 0-based indices)."""
+    return f"epoch {epoch + 1}, batch {batch_index + 1}"
 
 
 def invertible(net):
@@ -330,26 +417,32 @@ class Feed:
         return (xp.stack([self.sets[run].train[0][rows] for run in run_ids]),
                 xp.stack([self.sets[run].targets[rows] for run in run_ids]))
 
-    def record(self, net, statistics, run_ids, evaluated_after):
+    def record(self, net, statistics, run_ids, evaluated_after: tuple[int, int] | None):
         """Evaluate each run on its own sets (training, test, validation); append to its
-        Statistics."""
+        Statistics, with when it was made (`evaluated_after`: (epoch, batch index) of the
+        step before it, None before training)."""
+        moment = ("untrained" if evaluated_after is None
+                  else evaluation_moment(*evaluated_after, self.nb_batches))
         for position, (run, run_statistics, _) in enumerate(runs_of(net, statistics)):
             each = self.sets[run_ids[position]]
             run_statistics.record(run, each.train, each.test, each.validation)
-            run_statistics.evaluated_after = evaluated_after
+            run_statistics.evaluation_moment = moment
 
 
 def train_epoch(runner, feed, statistics, eval_interval, progress, should_stop, epoch):
     """Train one epoch over the batches in stored order; evaluate on the cadence.
 
     Returns False if `should_stop()` turned true at a batch boundary (epoch incomplete);
-    raises Diverged as soon as a step is found not finite, before it reaches the weights
-    (in a pack, when no run is left; see StepRunner).
+    raises Diverged as soon as a step is found not finite, before it reaches the weights,
+    or a parameter after the epoch's last step (before its evaluation; in a pack, when no
+    run is left; see StepRunner).
     """
     for batch_index in range(feed.nb_batches):
         if should_stop():
             return False
         runner.step(*feed.batch(batch_index, runner.run_ids), statistics, epoch, batch_index)
+        if batch_index == feed.nb_batches - 1:  # no step after it looks at what it updated
+            runner.check_parameters(statistics, epoch, batch_index)
         if evaluates_after(batch_index, eval_interval, feed.nb_batches):
             runner.settle(statistics)
             feed.record(runner.net, statistics, runner.run_ids, (epoch, batch_index))
@@ -378,7 +471,7 @@ class RunData(typing.NamedTuple):
     train: tuple
     targets: object
     test: tuple
-    validation: tuple = None
+    validation: tuple | None = None
 
 
 def to_device_sets(train, test, validation=None):

@@ -223,6 +223,81 @@ def test_cupy_direct_products_use_the_cublas_of_cupys_handle(restore_backend):
         assert float(cupy.abs(backend.matmul(left, right) - left @ right).max()) <= 1e-10
 
 
+def matmul_layouts(xp, dtype, runs):
+    """(name, left, right) of every operand layout backend.matmul meets, as 2-d arrays
+    (runs None) or as stacks of `runs` matrices: C-ordered, transposed views (swapaxes of
+    C-ordered arrays), column slices `[..., :c]` (a tower's inputs, the class columns), a
+    transposed column slice, rows broadcast from one row (stride 0: copied), and for stacks
+    one matrix broadcast to every run (run stride 0)."""
+    generator = numpy.random.RandomState(0)
+    lead = () if runs is None else (runs,)
+
+    def drawn(*shape):
+        return xp.asarray(generator.randn(*lead, *shape), dtype=dtype)
+    a, b = drawn(70, 50), drawn(50, 40)
+    a_t, b_t = drawn(50, 70).swapaxes(-1, -2), drawn(40, 50).swapaxes(-1, -2)
+    wide_a, wide_b, tall = drawn(70, 64), drawn(50, 64), drawn(50, 96)
+    row = drawn(1, 50)
+    layouts = [("C-ordered", a, b), ("transposed left", a_t, b), ("transposed right", a, b_t),
+               ("both transposed", a_t, b_t), ("column slice left", wide_a[..., :50], b),
+               ("column slice right", a, wide_b[..., :40]),
+               ("column slices both", wide_a[..., :50], wide_b[..., :40]),
+               ("transposed column slice", tall[..., :70].swapaxes(-1, -2), b),
+               ("transposed product", b.swapaxes(-1, -2), a.swapaxes(-1, -2)),
+               ("broadcast rows", xp.broadcast_to(row, lead + (70, 50)), b)]
+    if runs is not None:
+        single = xp.asarray(generator.randn(70, 50), dtype=dtype)
+        layouts.append(("one matrix for every run", xp.broadcast_to(single, (runs, 70, 50)), b))
+    return layouts
+
+
+@gpu
+@pytest.mark.parametrize("runs", [None, 1, 3], ids=["2-d", "stack-of-one", "stack-of-three"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cupy_matmul_equals_cupy_matmul_for_every_layout_eagerly_and_in_a_graph(dtype, runs,
+                                                                                 restore_backend):
+    """backend.matmul (cuBLAS called directly: gemm for 2-d arrays and stacks of one, strided
+    batched gemm for stacks of several) against CuPy's matmul for every layout, on the current
+    stream and on Branch's side stream, then captured into a CUDA graph on a stream of its own
+    (a memory pool of its own) and replayed: within the tolerance of cublas.py's own trial
+    products (100 machine epsilons of the largest value)."""
+    backend.select("cupy", dtype=dtype)
+    cupy = backend.xp()
+    direct = cublas.handles()  # before any capture: its trial products cannot be captured
+    assert direct is not None and direct["batched"], "direct cuBLAS products are off (stderr)"
+    layouts = matmul_layouts(cupy, numpy.dtype(dtype), runs)
+    expected = [cupy.matmul(left, right) for _, left, right in layouts]
+    backend.synchronize()  # the side stream does not wait for the operands' kernels
+
+    def assert_close(name, got, want, where):
+        assert got.shape == want.shape and got.dtype == want.dtype, (name, where)
+        tolerance = 100 * numpy.finfo(dtype).eps * float(cupy.abs(want).max())
+        error = float(cupy.abs(got - want).max())
+        assert error <= tolerance, f"{name} ({where}): off by {error:.1e} > {tolerance:.1e}"
+    for stream in (cupy.cuda.get_current_stream(), backend.side_stream()):
+        with stream:
+            products = [backend.matmul(left, right) for _, left, right in layouts]
+        stream.synchronize()
+        for (name, _, _), got, want in zip(layouts, products, expected):
+            assert_close(name, got, want, "eager")
+    outputs = [cupy.full(want.shape, numpy.nan, dtype=want.dtype) for want in expected]
+    pool, capturing = cupy.cuda.MemoryPool(), cupy.cuda.Stream(non_blocking=True)
+    backend.synchronize()
+    with cupy.cuda.using_allocator(pool.malloc), capturing:
+        capturing.begin_capture()
+        try:
+            for out, (_, left, right) in zip(outputs, layouts):
+                out[...] = backend.matmul(left, right)
+        finally:
+            graph = capturing.end_capture()
+    assert all(bool(cupy.isnan(out).all()) for out in outputs), "the capture ran the products"
+    for _ in range(2):  # replayed twice: the same products
+        graph.launch()
+        backend.synchronize()
+        for (name, _, _), got, want in zip(layouts, outputs, expected):
+            assert_close(name, got, want, "replayed from a CUDA graph")
+
+
 @gpu
 @pytest.mark.parametrize("orthogonal", [True, False], ids=["orthogonal", "gaussian"])
 @pytest.mark.parametrize("rule", RULES)
@@ -405,7 +480,8 @@ def test_cupy_a_non_finite_batch_in_a_queued_window_is_named(restore_backend):
         net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True)
         runner = PackOfOne(net, settings, deferred=deferred)
         statistics = training.Statistics()
-        with pytest.raises(training.Diverged, match=r"epoch 1, batch 13: the output of layer 0"):
+        with pytest.raises(training.Diverged,
+                           match=r"epoch 1, batch 14: the output of layer 0"):  # index 13
             for step in range(20):
                 rows = slice(60 * step, 60 * (step + 1))
                 runner.step(images[rows], labels[rows], statistics, 0, step)

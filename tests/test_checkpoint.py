@@ -130,3 +130,74 @@ def test_learned_inverses_resume_exactly_from_a_checkpoint(tmp_path):
     assert rows.shape == (2, 2 + 2 + 2)
     with open(tmp_path / "inverse_quality.txt") as file:
         assert "reconstruction_layer1 reconstruction_layer2 distance_layer1" in file.readline()
+
+
+def test_the_switch_to_lu_solves_is_checkpointed_and_restored_on_resume(tmp_path, monkeypatch,
+                                                                        capsys):
+    """step_runner.InversePolicy's switch from kept inverses to LU solves (a GPU run's, after
+    many failed solves) is stored in checkpoint.npz ("lu_only"); a checkpoint without it
+    (written before it was stored) means not switched. A run switched in epoch 1 and resumed
+    gets a runner already switched, which keeps no inverses, and checkpoints the switch
+    again. (On NumPy no run switches by itself: the runner of epoch 1 is switched by hand.)
+    The evaluation a resumed run starts with is labelled with when it was made."""
+    import step_runner
+    import trainer
+    from folders import Folders, Run
+    from inv_net import InvNet
+    from settings import build_parser
+    net = SquareInvNet(12, 1, start_seed=1)
+    statistics = training.Statistics({name: [0.5] for name in training.Statistics.NAMES})
+    for switched in (False, True):
+        checkpoint.save_checkpoint(str(tmp_path), net, statistics, 1, {"seed": 1},
+                                   lu_only=switched)
+        assert checkpoint.switched_to_lu(checkpoint.read_checkpoint(str(tmp_path))[1]) is switched
+    old = checkpoint.read_checkpoint(os.path.join(os.path.dirname(__file__), "data",
+                                                  "positional_moments"))
+    assert "lu_only" not in old[1] and checkpoint.switched_to_lu(old[1]) is False
+    for lu_only in (False, True):  # a switched runner keeps no inverses
+        runner = step_runner.StepRunner(
+            InvNet.stack([SquareInvNet(16, 1, 1, True)]),
+            training.StepSettings.of_pack([training.StepSettings("GAIT", 1e-4)]),
+            deferred=True, lu_only=lu_only)
+        assert runner.inverses.lu_only is lu_only
+        assert bool(runner.inverses.kept) is not lu_only
+        assert (runner.net.layers[1].kept_inverse is None) is lu_only
+
+    made = []
+
+    class Runner(step_runner.StepRunner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.inverses.lu_only)
+            if len(made) == 1:
+                self.inverses.lu_only = True  # as InversePolicy.failed switches a GPU run
+    monkeypatch.setattr(step_runner, "StepRunner", Runner)
+
+    class NeverStop:
+        received = None
+
+        def __call__(self):
+            return False
+    generator = numpy.random.RandomState(0)
+    labels = generator.randint(0, 10, 1000)
+    sets = training.to_device_sets((generator.rand(1000, 784), labels),
+                                   (generator.rand(50, 784), generator.randint(0, 10, 50)))
+    flags = ["--nb_layers=0", "--eval_interval=0", f"--results_dir={tmp_path / 'results'}"]
+    for epochs, extra in ((1, []), (2, ["--load"])):
+        argv = flags + [f"--nb_epochs={epochs}"] + extra
+        args = build_parser().parse_args(argv)
+        folders = Folders()
+        try:
+            folder, stored = folders.open(args)
+            run = Run(args, argv, folder, stored)
+            assert trainer.train_runs([run], {trainer.data_key(args): sets}, "resume",
+                                      NeverStop()) == 0
+        finally:
+            folders.release()
+        meta, arrays = checkpoint.read_checkpoint(folder)
+        assert meta["epoch"] == epochs and checkpoint.switched_to_lu(arrays)
+    assert made == [False, True]
+    resumed_lines = [line for line in capsys.readouterr().err.splitlines()
+                     if line.startswith("epoch 2/2 batch ")]
+    assert len(resumed_lines) == 10
+    assert all("evaluation (after epoch 1): " in line for line in resumed_lines[:-1])

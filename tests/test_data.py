@@ -72,6 +72,24 @@ def test_load_dataset_reports_missing_files(tmp_path):
         assert stem in message
 
 
+def test_a_data_set_that_cannot_be_had_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """No files and no network: the DataError names <data_dir>/MNIST/raw, and the folders the
+    download attempt made (the data root, MNIST, raw) are gone again; nothing else is touched."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    root = tmp_path / "data"
+    with pytest.raises(data.DataError) as caught:
+        data.load_dataset("MNIST", str(root))
+    assert os.path.join(str(root), "MNIST", "raw") in str(caught.value)
+    assert not root.exists()
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "MNIST").mkdir()
+    with pytest.raises(data.DataError):
+        data.fetch_missing("MNIST", str(tmp_path / "keep"))
+    assert os.listdir(tmp_path / "keep") == ["MNIST"]
+    assert os.listdir(tmp_path / "keep" / "MNIST") == []
+
+
 def test_load_dataset_names_only_the_missing_files(mnist_raw, tmp_path):
     raw = copy_mnist(mnist_raw, str(tmp_path), MNIST_FILES[1:])
     with pytest.raises(data.DataError) as caught:

@@ -24,7 +24,8 @@ import pytest
 
 import checkpoint
 import run_folder
-from helpers import NO_NETWORK, RAW_STEMS, STATISTICS, assert_clean, cli, line_count, spawn
+from helpers import (ENV, NO_NETWORK, RAW_STEMS, REPO, STATISTICS, assert_clean, cli,
+                     line_count, spawn)
 from inv_layer import InvLayer
 from folders import prepare_folder
 from settings import build_parser
@@ -286,6 +287,34 @@ def test_no_silent_overwrite_then_overwrite_starts_afresh(reference, mnist, tmp_
     assert ours == reference_acc[:1 + 19]  # a fresh first epoch, the old lines gone
 
 
+def published_results(folder):
+    """A results folder as the published scripts left it: statistics and weights, no run.json,
+    no checkpoint. Returns {name: bytes} of what it holds."""
+    os.makedirs(folder)
+    for name in ("training_acc.txt", "test_acc.txt"):
+        numpy.savetxt(os.path.join(folder, name), [0.1, 0.5])
+    numpy.save(os.path.join(folder, "0Lweights.npy"), numpy.eye(3))
+    return {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+
+
+def test_a_fresh_run_refuses_results_it_did_not_make(tmp_path):
+    """The published scripts' results in the folder: a fresh run (or --load) refuses with
+    status 2, names --overwrite, and changes nothing, not even a lock file."""
+    results = tmp_path / "results"
+    folder = str(results / NAME)
+    before = published_results(folder)
+    for extra in ([], ["--load"]):
+        done = cli(SMALL + ["--results_dir", results, "--data_dir", tmp_path / "nodata"] + extra,
+                   env=NO_NETWORK)
+        assert_clean(done, 2)
+        assert "--overwrite" in done.stderr and "move them" in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+        after = {name: open(os.path.join(folder, name), "rb").read()
+                 for name in os.listdir(folder)}
+        assert after == before
+    assert not (tmp_path / "nodata").exists()
+
+
 def test_second_process_on_a_folder_refuses_and_a_killed_one_frees_it(mnist, tmp_path):
     results = tmp_path / "results"
     folder = results / NAME
@@ -429,6 +458,64 @@ def test_divergence_stops_with_status_3_and_keeps_checkpoint(mnist, tmp_path):
         assert numpy.isfinite(numpy.load(os.path.join(folder, f"{index}Lweights.npy"))).all()
 
 
+# run.py whose update number argv[1] (the last step of an epoch) leaves W0 infinite
+OVERFLOWING_RUN_PY = """
+import sys
+import parameters
+import run
+update, updates = parameters.NetParameters.update_parameters, []
+
+
+def overflowing(net, *args, **kwargs):
+    update(net, *args, **kwargs)
+    updates.append(None)
+    if len(updates) == int(sys.argv[1]):
+        net.layers[0].weight_matrix[..., 0, 0] = float("inf")
+
+
+parameters.NetParameters.update_parameters = overflowing
+sys.exit(run.main(sys.argv[2:]))
+"""
+
+
+def test_weights_the_last_step_of_an_epoch_overflows_are_never_checkpointed(mnist, tmp_path):
+    """The last step of epoch 2 leaves W0 infinite (no later step would look at it): the run
+    diverges at the end of epoch 2 (status 3, run.json "diverged" after 1 epoch, the message
+    naming W0 and that batch), and the checkpoint and weight files stay those of epoch 1."""
+    results = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-c", OVERFLOWING_RUN_PY, "2000"]
+        + list(map(str, small_run(mnist, results, "--eval_interval", "0"))),
+        env=dict(ENV, **NO_NETWORK), capture_output=True, text=True, timeout=900, cwd=REPO)
+    done.output = done.stdout + done.stderr
+    assert_clean(done, 3)
+    assert "epoch 2, batch 1000: W0 (the weights of layer 0) is not finite" in done.stderr
+    folder = str(results / NAME)
+    record = record_of(folder)
+    assert (record["status"], record["epochs_done"]) == ("diverged", 1), record
+    assert "W0" in record["message"] and "--learning_rate" in record["message"]
+    meta, arrays = checkpoint_arrays(folder)
+    assert meta["epoch"] == 1 and numpy.isfinite(arrays["W0"]).all()
+    numpy.testing.assert_array_equal(numpy.load(os.path.join(folder, "0Lweights.npy")),
+                                     arrays["W0"])
+    for name in STATISTICS:  # before training and after epoch 1; none of the infinite W0
+        assert line_count(os.path.join(folder, name + ".txt")) == 2
+
+
+def test_learned_inverses_that_diverge_advise_a_smaller_inv_learning_rate(mnist, tmp_path):
+    results = tmp_path / "results"
+    done = cli(["--algorithm", "GAIT", "--nb_layers", "1", "--orthogonal_reg", "0.1",
+                "--orthogonal_init", "--learn_inv", "--inv_learning_rate=1e200",
+                "--eval_interval", "0", "--nb_epochs", "1", "--data_dir", mnist,
+                "--results_dir", results])
+    assert_clean(done, 3)
+    assert re.search(r"layer 1's learned inverse \(V1", done.stderr), done.stderr
+    assert "--inv_learning_rate" in done.stderr and "--learning_rate" not in done.stderr
+    record = record_of(str(results / "MNIST_GAIT_OrthoInit_0.1OrthoReg_LearnInv_1Seed_0.0001LR_"
+                                     "1e+200InvLR_1L"))
+    assert record["status"] == "diverged" and "--inv_learning_rate" in record["message"]
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def test_load_with_no_run_exits_2_and_writes_nothing(tmp_path):
@@ -465,6 +552,42 @@ def test_results_folder_that_cannot_be_created(mnist, tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.output
     assert str(blocker) in done.stderr, done.stderr
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("blocked", ["results_dir", "folder"])
+def test_a_failure_before_the_first_checkpoint_says_to_run_the_command_again(mnist, tmp_path,
+                                                                             blocked):
+    """The results folder cannot be made (--results_dir, or the folder itself, is a file):
+    status 1, and the advice fits, since there is no checkpoint: the same command again,
+    not --load (which would be refused)."""
+    results = tmp_path / "results"
+    blocker = results if blocked == "results_dir" else results / NAME
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    done = cli(small_run(mnist, results))
+    assert_clean(done, 1)
+    assert str(blocker) in done.stderr and "run the same command again" in done.stderr
+    assert "--load" not in done.stderr and "checkpoint" not in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_missing_data_set_creates_nothing_and_says_where_the_files_go(tmp_path):
+    """No data set, no network: status 1 (README: data missing is a failure), a message naming
+    <data_dir>/MNIST/raw and the files, the advice to run the same command again (not --load),
+    and neither an empty data folder nor a results folder left behind."""
+    data, results = tmp_path / "data", tmp_path / "results"
+    done = cli(small_run(str(data), results), env=NO_NETWORK)
+    assert_clean(done, 1)
+    assert str(data / "MNIST" / "raw") in done.stderr, done.stderr
+    for stem in RAW_STEMS:
+        assert stem in done.stderr
+    assert "run the same command again" in done.stderr and "--load" not in done.stderr
+    assert not data.exists() and not results.exists(), os.listdir(tmp_path)
+    data.mkdir()  # an existing data root: it stays, empty
+    done = cli(small_run(str(data), results), env=NO_NETWORK)
+    assert_clean(done, 1)
+    assert os.listdir(data) == [] and not results.exists()
 
 
 @pytest.mark.parametrize("kept", [("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte")])

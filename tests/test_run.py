@@ -9,12 +9,14 @@ import concurrent.futures
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 import numpy
 import pytest
 
+import backend
 import run_folder
 import settings as settings_table
 import training
@@ -98,7 +100,7 @@ def test_published_flags_exist_with_their_defaults():
 
 
 # The flags a flag needs beside it (run.py refuses it alone, see settings.refusal).
-CONTEXT = {"learn_inv": ["--algorithm=GAIT"],
+CONTEXT = {"learn_inv": ["--algorithm=GAIT"], "gamma": ["--algorithm=GAIT"],
            "no_inv_init": ["--algorithm=TP", "--learn_inv"],
            "inv_learning_rate": ["--algorithm=GAIT", "--learn_inv"]}
 
@@ -134,7 +136,7 @@ def test_published_spelling_of_the_regulariser_flag():
 
 @pytest.mark.parametrize("argv", [["--algorithm=BP"], ["--algorithm=GAIT"], ["--algorithm=TP"],
                                   ["--dataset=MNIST"], ["--dataset=FMNIST"],
-                                  ["--dataset=KMNIST"], ["--seed=-3"], ["--nb_layers=0"]])
+                                  ["--dataset=KMNIST"], ["--seed=0"], ["--nb_layers=0"]])
 def test_every_allowed_value_parses(argv):
     name, text = argv[0][2:].split("=")
     assert str(getattr(build_parser().parse_args(argv), name)) == text
@@ -161,8 +163,42 @@ BAD = [  # (argv, a word the message must contain)
     (["--algorithm=GAIT", "--no_inv_init"], "--learn_inv"),
     (["--algorithm=TP", "--inv_learning_rate=0.01"], "--inv_learning_rate"),
     (["--algorithm=GAIT", "--learn_inv", "--gamma=0"], "gamma"),
+    (["--seed=-3"], "--seed"),
+    (["--seed=4294967296"], "--seed"),
+    (["--algorithm=BP", "--gamma=0.01"], "--gamma"),
+    (["--algorithm=GAIT", "--learn_inv", "--nb_layers=0"], "--nb_layers"),
+    (["--eval_interval=1000"], "--eval_interval"),
+    (["--load", "--overwrite"], "--overwrite"),
+    (["--orthogonal_reg=inf"], "finite"),
 ]
-AS_PROCESSES = [BAD[index] for index in (0, 1, 3, 5, 6, 9, 12, 16, 17)]
+AS_PROCESSES = [BAD[index] for index in (0, 1, 3, 5, 6, 9, 12, 16, 17, 20, 21, 24, 25)]
+
+# Settings run.py refuses once parsed (settings.refusal), each with the words its message
+# must hold: the flag at fault and the fix (the values it takes).
+REFUSED = [
+    (["--seed=-3"], ["--seed", "0 to 4294967295"]),
+    (["--seed=4294967296"], ["--seed", "0 to 4294967295"]),
+    (["--seed=4294967295", "--nb_layers=2"], ["--seed", "at most 4294967294"]),
+    (["--seed=4294967293", "--tower"], ["--seed", "at most 4294967292"]),
+    (["--algorithm=BP", "--gamma=0.01"], ["--gamma", "--algorithm=GAIT", "drop --gamma"]),
+    (["--algorithm=TP", "--gamma=1e-05", "--learn_inv"], ["--gamma", "--algorithm=GAIT"]),
+    (["--algorithm=GAIT", "--learn_inv", "--nb_layers=0"],
+     ["--learn_inv", "--nb_layers=1", "--tower"]),
+    (["--algorithm=TP", "--learn_inv", "--no_inv_init", "--nb_layers=0"], ["--learn_inv"]),
+    (["--eval_interval=1000"], ["--eval_interval", "1000 batches", "at most 999"]),
+    (["--eval_interval=5000", "--validation=10000"], ["--eval_interval", "at most 999"]),
+    (["--eval_interval=1001", "--validation=58999"], ["--eval_interval", "at most 1000"]),
+    (["--load", "--overwrite"], ["--load", "--overwrite", "one of them"]),
+]
+# Their neighbours, which make a run.
+ACCEPTED = [["--seed=0"], ["--seed=4294967295"], ["--seed=4294967295", "--nb_layers=0"],
+            ["--seed=4294967294", "--nb_layers=2"], ["--seed=4294967292", "--tower"],
+            ["--algorithm=GAIT", "--gamma=0.01"], ["--algorithm=BP", "--gamma=0.001"],
+            ["--algorithm=TP", "--gamma=1e-3"],
+            ["--algorithm=GAIT", "--learn_inv", "--nb_layers=0", "--tower"],
+            ["--algorithm=TP", "--learn_inv", "--nb_layers=1"],
+            ["--eval_interval=999"], ["--eval_interval=0"], ["--eval_interval=1"],
+            ["--eval_interval=1000", "--validation=58999"], ["--load"], ["--overwrite"]]
 
 
 def assert_one_paragraph(message, word):
@@ -179,6 +215,36 @@ def test_bad_value_is_a_usage_error(argv, word, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert_one_paragraph(captured.err, word)
+
+
+@pytest.mark.parametrize("argv, words", REFUSED)
+def test_settings_that_cannot_make_a_run_are_refused_naming_flag_and_fix(argv, words, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    for word in words:
+        assert_one_paragraph(captured.err, word)
+
+
+@pytest.mark.parametrize("argv", ACCEPTED)
+def test_the_neighbours_of_refused_settings_make_a_run(argv):
+    build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("name", [setting.name for setting in settings_table.TABLE
+                                  if getattr(setting.convert, "kind", None) is float])
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN", "+infinity"])
+def test_a_float_flag_must_be_finite(name, text, capsys):
+    context = {"gamma": ["--algorithm=GAIT"],
+               "inv_learning_rate": ["--algorithm=GAIT", "--learn_inv"]}.get(name, [])
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(context + [f"--{name}={text}"])
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert_one_paragraph(message, f"--{name}")
+    assert f"{text!r} must be a finite number" in message, message
 
 
 def test_bad_values_exit_2_with_one_clean_paragraph(tmp_path):
@@ -210,6 +276,22 @@ def test_run_py_is_executable_and_helps():
         assert f"--{flag}" in done.stdout, flag
 
 
+@pytest.mark.parametrize("script", ["run.py", "./run.py", RUN_PY])
+def test_the_printed_resume_command_runs(script, monkeypatch):
+    """The command printed after Ctrl-C or SIGTERM runs as printed, however run.py was started
+    (`python run.py`: not `run.py ...`, which the shell does not find), with every flag kept,
+    quoted, --overwrite dropped and --load added."""
+    import run
+    argv = ["--seed=2", "--data_dir=a b", "--overwrite"]
+    monkeypatch.setattr(sys, "argv", [script] + argv)
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, script] + argv)
+    words = shlex.split(run.resume_command(argv))
+    assert words[-3:] == ["--seed=2", "--data_dir=a b", "--load"], words
+    done = subprocess.run(words[:-3] + ["--help"], cwd=os.path.dirname(RUN_PY), env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "--load" in done.stdout, (words, done.stderr)
+
+
 # ----------------------------------------------------------------------------- folder names
 
 @pytest.mark.parametrize("argv, name", [
@@ -238,8 +320,13 @@ def test_run_py_is_executable_and_helps():
      "MNIST_GAIT_0.0OrthoReg_0.01Gamma_1Seed_0.0001LR_10000Val_1L"),
     (["--algorithm=GAIT", "--gamma=0.001"], "MNIST_GAIT_0.0OrthoReg_1Seed_0.0001LR_1L"),
     # flags that are not part of the name leave it alone
-    (["--eval_interval=0", "--nb_epochs=3", "--dtype=float32", "--load", "--overwrite"],
+    (["--eval_interval=0", "--nb_epochs=3", "--dtype=float32", "--load"],
      "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_1L"),
+    (["--log_alignment=5", "--overwrite"], "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_1L"),
+    # negative zero is zero; an inverse learning rate equal to the learning rate the default
+    (["--orthogonal_reg=-0"], "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_1L"),
+    (["--algorithm=GAIT", "--learn_inv", "--inv_learning_rate=0.0001"],
+     "MNIST_GAIT_0.0OrthoReg_LearnInv_1Seed_0.0001LR_1L"),
 ])
 def test_results_folder_is_named_as_published(argv, name):
     args = build_parser().parse_args(argv)
@@ -288,6 +375,23 @@ def test_default_cadence_real_run_writes_100_lines(tmp_path):
     statistics = read_statistics(folder)
     assert statistics["test_acc"][0] < 0.3 < 0.7 < statistics["test_acc"][-1]
     assert statistics["test_loss"][-1] < statistics["test_loss"][0]
+
+
+def test_progress_lines_say_when_their_evaluation_was_made(data_root, tmp_path):
+    """--eval_interval=0: the lines of the first epoch show the evaluation before training,
+    labelled "untrained" (not as if nothing learnt); the last line and the epoch's summary
+    show the one after epoch 1. Batches are counted from 1 (no "batch 999" beside "batch
+    1000/1000")."""
+    done = cli(["--nb_layers", "0", "--nb_epochs", "1", "--eval_interval", "0", "--data_dir",
+                data_root.require("MNIST"), "--results_dir", tmp_path / "results"], cwd=tmp_path)
+    assert_clean(done, 0)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("epoch 1/1 batch ")]
+    assert len(lines) == 10, done.stderr
+    for line in lines[:-1]:
+        assert "; evaluation (untrained): train acc 0." in line, line
+    assert re.match(r"epoch 1/1 batch 1000/1000 .*; evaluation \(after epoch 1\): ", lines[-1])
+    assert re.search(r"epoch 1/1 done in [0-9.]+s: evaluation \(after epoch 1\): ", done.stdout)
+    assert "batch 999" not in done.output
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -450,3 +554,74 @@ def test_a_run_with_learned_inverses_dumps_and_resumes_them(data_root, tmp_path)
     record = json.load(open(folder / "run.json"))
     assert record["settings"]["learn_inv"] and record["settings"]["inv_learning_rate"] == 1e-4
     assert_clean(cli([flag for flag in flags if flag != "--no_inv_init"] + ["--load"]), 2)
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+gpu = pytest.mark.skipif(backend._import_cupy() is None, reason="no GPU with CuPy here")
+
+
+def run_files(folder):
+    """{name: bytes} of a results folder's statistics, logs and parameter files, and of its
+    checkpoint's arrays (not its meta, which names the backend that wrote it)."""
+    files = {name: open(os.path.join(folder, name), "rb").read()
+             for name in sorted(os.listdir(folder)) if name.endswith((".txt", ".npy"))}
+    with numpy.load(os.path.join(folder, run_folder.CHECKPOINT)) as stored:
+        files.update({f"checkpoint:{name}": stored[name].tobytes()
+                      for name in stored.files if name != "meta"})
+    return files
+
+
+@gpu
+def test_cupy_run_py_end_to_end_resumes_exactly_and_across_devices(data_root, tmp_path):
+    """run.py on the GPU (--backend=cupy), BP on genuine MNIST (one 784-unit layer) with
+    10,000 validation images held out and the alignment logged every 250 batches, 2 epochs:
+    made at once, and made 1 epoch then resumed with --load: the same files, bit for bit
+    (statistics, validation, alignment, weights, checkpoint). A checkpoint of epoch 1 made on
+    the GPU resumes on the CPU (--backend=numpy), and one made on the CPU resumes on the GPU:
+    each run ends finished after 2 epochs, its checkpoint naming the backend that resumed it,
+    its final test and validation accuracies within 0.5 points of the run made at once."""
+    import shutil
+    root = data_root.require("MNIST")
+    name = "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_10000Val_0L"
+
+    def run(results, backend_name, epochs, load=False):
+        threads = "4" if backend_name == "numpy" else "1"  # the CPU epochs are the long ones
+        return cli(["--algorithm=BP", "--nb_layers=0", "--eval_interval=0", "--validation=10000",
+                    "--log_alignment=250", f"--data_dir={root}", f"--backend={backend_name}",
+                    f"--nb_epochs={epochs}", f"--results_dir={tmp_path / results}"]
+                   + (["--load"] if load else []), timeout=1800,
+                   env={"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads})
+
+    def side_by_side(*runs):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(runs)) as pool:
+            for done in pool.map(lambda arguments: run(*arguments), runs):
+                assert_clean(done, 0)
+                yield done
+    list(side_by_side(("at_once", "cupy", 2), ("gpu", "cupy", 1), ("cpu_then_gpu", "numpy", 1)))
+    shutil.copytree(tmp_path / "gpu", tmp_path / "gpu_then_cpu")
+    for done in side_by_side(("gpu", "cupy", 2, True), ("gpu_then_cpu", "numpy", 2, True),
+                             ("cpu_then_gpu", "cupy", 2, True)):
+        assert "Resuming" in done.output, done.output
+    folders = {results: tmp_path / results / name
+               for results in ("at_once", "gpu", "gpu_then_cpu", "cpu_then_gpu")}
+    at_once = run_files(folders["at_once"])
+    assert run_files(folders["gpu"]) == at_once
+    alignment = numpy.loadtxt(folders["at_once"] / run_folder.ALIGNMENT, ndmin=2)
+    assert [tuple(row[:2]) for row in alignment] == [(epoch, batch) for epoch in (0, 1)
+                                                     for batch in (0, 250, 500, 750)]
+    final = {statistic: numpy.loadtxt(folders["at_once"] / f"{statistic}.txt")
+             for statistic in ("test_acc", "validation_acc")}
+    for results, resumed_on in (("gpu_then_cpu", "numpy"), ("cpu_then_gpu", "cupy")):
+        folder = folders[results]
+        record = json.load(open(folder / run_folder.RUN_RECORD))
+        assert (record["status"], record["epochs_done"]) == ("finished", 2), record
+        with numpy.load(folder / run_folder.CHECKPOINT) as stored:
+            meta = json.loads(str(stored["meta"]))
+            assert (meta["epoch"], meta["backend"]) == (2, resumed_on)
+            assert len(stored["alignment"]) == len(alignment)
+        for statistic, values in final.items():
+            got = numpy.loadtxt(folder / f"{statistic}.txt")
+            print(f"{results} {statistic}: {got[-1]:.4f}, at once on the GPU {values[-1]:.4f}")
+            assert len(got) == len(values) == 3
+            assert abs(got[-1] - values[-1]) <= 0.005

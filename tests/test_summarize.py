@@ -238,6 +238,26 @@ def test_bad_paths_and_unreadable_folders(capsys, tmp_path):
     assert status == 2 and "cannot write the figure" in err
 
 
+def test_every_skipped_folder_is_named_with_its_reason_and_the_count_read(capsys, tmp_path):
+    """Every run unreadable (a broken run.json, a name that is no results folder name): each
+    skipped folder with its reason, and how many were read, not "no results folders"."""
+    broken = fabricate_run(tmp_path, [0.1, 0.5])
+    with open(os.path.join(broken, "run.json"), "w") as file:
+        file.write('{"status": "fini')
+    unnamed = tmp_path / "my_experiment"
+    unnamed.mkdir()
+    numpy.savetxt(unnamed / "training_acc.txt", [0.1, 0.5])
+    status, out, err = summarize_main(capsys, tmp_path)
+    assert status == 2 and out == ""
+    assert f"skipping {broken}: " in err and f"skipping {unnamed}: " in err, err
+    assert "not a results folder name" in err and "no results folders" not in err, err
+    assert "read 0 of 2 results folders" in err, err
+    fabricate_run(tmp_path, [0.1, 0.5], seed=2)
+    status, out, err = summarize_main(capsys, tmp_path)
+    assert status == 0 and "BP" in out
+    assert f"skipping {broken}: " in err and "read 1 of 3 results folders" in err, err
+
+
 def test_runs_with_a_validation_set_are_selected_on_it(capsys, tmp_path):
     """Two seeds held out 10,000 images: the table adds the test accuracy at each run's
     evaluation of best validation accuracy (not the peak test accuracy) and its epoch; a
@@ -284,3 +304,15 @@ def test_a_run_recorded_before_validation_existed_groups_with_runs_without_one(c
     status, out, _ = summarize_main(capsys, tmp_path, "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert status == 0 and [(row["validation"], row["seeds"]) for row in rows] == [("0", "2")]
+
+
+def test_runs_whose_inverse_learning_rate_is_their_learning_rate_group_with_the_default(
+        capsys, tmp_path):
+    """A run recorded with --inv_learning_rate equal to its --learning_rate (as given before
+    that was the default's folder) computed what the default computes: one group."""
+    flags = {"algorithm": "GAIT", "learn_inv": True, "learning_rate": 1e-4}
+    fabricate_run(tmp_path, [0.1, 0.5, 0.6], seed=1, inv_learning_rate=1e-4, **flags)
+    fabricate_run(tmp_path, [0.1, 0.5, 0.7], seed=2, **flags)
+    status, out, _ = summarize_main(capsys, tmp_path, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert status == 0 and [row["seeds"] for row in rows] == ["2"], out

@@ -12,6 +12,7 @@ import pack
 import run_folder
 import sweep
 from settings import build_parser as build_run_parser
+from settings import refusal as settings_refusal
 from sweep_helpers import (TINY_RUN, fabricate, fake_pack, mnist_root, real_sweep, record,
                            run_folders, start_slurm, sweep_command, wait_for)
 
@@ -109,14 +110,14 @@ def test_a_sweep_leaves_out_what_run_py_refuses_and_says_so(capsys, tmp_path):
     line saying why), every other combination is run, and the commands carry the flags; a
     grid of refused combinations only is bad input."""
     status, parsed, err = dry_run(
-        capsys, "--algorithm", "BP", "GAIT", "TP", "--learn_inv", "on", "off", "--gamma",
-        "0.01", "--results_dir", tmp_path / "r")
+        capsys, "--algorithm", "BP", "GAIT", "TP", "--learn_inv", "on", "off",
+        "--log_alignment", "5", "--results_dir", tmp_path / "r")
     assert status == 0 and "prepared 5 (5 new)" in err
     assert err.count("left out 1 combination of the grid that run.py refuses: --learn_inv "
                      "needs --algorithm=GAIT or TP") == 1
     assert sorted((run.algorithm, run.learn_inv) for run in parsed) == [
         ("BP", False), ("GAIT", False), ("GAIT", True), ("TP", False), ("TP", True)]
-    assert all(run.gamma == 0.01 for run in parsed)
+    assert all(run.log_alignment == 5 for run in parsed)
     try:
         status = sweep.main(["--algorithm", "BP", "--learn_inv", "--results_dir",
                              str(tmp_path), "--dry-run"])
@@ -128,7 +129,10 @@ def test_a_sweep_leaves_out_what_run_py_refuses_and_says_so(capsys, tmp_path):
 @pytest.mark.parametrize("arguments", [
     ["--seed", "5-1"], ["--dataset", "CIFAR"], ["--learning_rate", "-1"], ["--linear", "maybe"],
     ["--nb_layers", "two"], ["--eval_interval", "0", "10"], ["--jobs", "0"], ["--nosuch"],
-    ["--algorithm"], ["--devices", "-1"], ["--slurm", "--jobs", "2"], ["--pack", "0"]])
+    ["--algorithm"], ["--devices", "-1"], ["--slurm", "--jobs", "2"], ["--pack", "0"],
+    ["--seed", "-3"], ["--seed", "4294967296"], ["--seed", "4294967294-4294967296"],
+    ["--seed", "1", "-3"],
+    ["--learning_rate", "1e-4", "nan"], ["--orthogonal_reg", "0", "inf"]])
 def test_bad_input_exits_2_with_one_message(capsys, tmp_path, arguments):
     try:
         status = sweep.main(arguments + ["--results_dir", str(tmp_path), "--dry-run"])
@@ -137,6 +141,74 @@ def test_bad_input_exits_2_with_one_message(capsys, tmp_path, arguments):
     out, err = capsys.readouterr()
     assert status == 2 and out == ""
     assert err.startswith("sweep.py: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--seed", "-3"], "'-3' is not a seed"),
+    (["--seed", "1", "4294967296"], "'4294967296' is not a seed"),
+    (["--seed=-3-1"], "'-3' is not a seed"),
+    (["--seed", "1-4294967296"], "'4294967296' is not a seed"),  # refused before it expands
+    (["--learning_rate", "1e-4", "nan"], "'nan' must be a finite number"),
+    (["--gamma", "inf"], "'inf' must be a finite number"),
+    (["--orthogonal_reg", "0", "infinity"], "'infinity' must be a finite number"),
+    (["--inv_learning_rate", "NaN", "--learn_inv", "--algorithm", "GAIT"],
+     "'NaN' must be a finite number")])
+def test_values_run_py_refuses_are_refused_by_the_sweep(capsys, tmp_path, arguments, message):
+    status = sweep.main(arguments + ["--results_dir", str(tmp_path / "r"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err, err
+    assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("arguments, kept, reason", [
+    (["--algorithm", "BP", "GAIT", "TP", "--gamma", "0.001", "0.01"],
+     [("BP", 0.001), ("GAIT", 0.001), ("GAIT", 0.01), ("TP", 0.001)],
+     "left out 2 combinations of the grid that run.py refuses: --gamma applies only to "
+     "--algorithm=GAIT"),
+    (["--algorithm", "GAIT", "--learn_inv", "--nb_layers", "0", "1"], [("GAIT", 0.001)],
+     "left out 1 combination of the grid that run.py refuses: --learn_inv needs"),
+    (["--eval_interval", "999", "1000"], [("BP", 0.001)],
+     "left out 1 combination of the grid that run.py refuses: --eval_interval=1000"),
+    (["--seed", "4294967295", "--nb_layers", "1", "2"], [("BP", 0.001)],
+     "left out 1 combination of the grid that run.py refuses: --seed=4294967295")])
+def test_a_sweep_leaves_out_the_combinations_run_py_refuses(capsys, tmp_path, arguments, kept,
+                                                             reason):
+    status, parsed, err = dry_run(capsys, *arguments, "--results_dir", tmp_path / "r")
+    assert status == 0 and err.count(reason) == 1, err
+    assert sorted((run.algorithm, run.gamma) for run in parsed) == kept
+    for run in parsed:
+        assert settings_refusal(run) is None
+
+
+@pytest.mark.parametrize("name, values", [
+    ("log_alignment", ["0", "5"]), ("eval_interval", ["0", "10"]),
+    ("dtype", ["float64", "float32"]), ("nb_epochs", ["1", "2"])])
+def test_runs_that_would_share_a_folder_name_what_tells_them_apart(capsys, tmp_path, name,
+                                                                   values):
+    """The settings a folder name lacks are named from the table: each grid flag without a
+    name piece (log_alignment among them), and the one in which the runs differ."""
+    status = sweep.main([f"--{name}", *values, "--results_dir", str(tmp_path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert status == 2 and "would share the results folder" in err, err
+    for unnamed in ("dtype", "eval_interval", "log_alignment", "nb_epochs"):
+        assert unnamed in err, (unnamed, err)
+    assert f"give --{name} a single value" in err, err
+
+
+def test_an_inverse_learning_rate_equal_to_the_learning_rate_is_the_default(capsys, tmp_path):
+    """The run whose --inv_learning_rate equals its --learning_rate is the default's run: its
+    folder has no InvLR piece and its command no --inv_learning_rate."""
+    arguments = ["--algorithm", "GAIT", "--learn_inv", "--learning_rate", "1e-4", "1e-3",
+                 "--inv_learning_rate", "1e-4", "--results_dir", str(tmp_path)]
+    runs = expand(*arguments)
+    assert [(run.learning_rate, run.inv_learning_rate) for run in runs] == [(1e-4, None),
+                                                                          (1e-3, 1e-4)]
+    assert [os.path.basename(run_folder.results_folder(run)) for run in runs] == [
+        "MNIST_GAIT_0.0OrthoReg_LearnInv_1Seed_0.0001LR_1L",
+        "MNIST_GAIT_0.0OrthoReg_LearnInv_1Seed_0.001LR_0.0001InvLR_1L"]
+    assert sweep.main(arguments + ["--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ["--inv_learning_rate=0.0001" in line for line in lines] == [False, True]
 
 
 def test_rerun_skips_finished_resumes_interrupted_and_reports_the_rest(capsys, tmp_path):

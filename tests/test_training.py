@@ -163,8 +163,8 @@ def test_a_singular_weight_matrix_met_by_a_queued_lu_solve_is_a_divergence():
     net, runner, statistics, data = switched_to_lu(algorithm="GAIT")
     assert runner.inverses.lu_only
     net.layers[1].weight_matrix[...] = 0.0
-    with pytest.raises(training.Diverged, match=r"epoch 1, batch 30: a layer's weights are "
-                                                r"singular"):
+    with pytest.raises(training.Diverged, match=r"epoch 1, batch 31: a layer's weights are "
+                                                r"singular"):  # batch index 30, counted from 1
         runner.step(*map(backend.to_device, data[0]), statistics, 0, 30)
         runner.settle(statistics)
 
@@ -189,7 +189,7 @@ def test_a_non_finite_batch_stops_training_before_the_weights_change(deferred):
     runner = PackOfOne(SquareInvNet(784, 2, start_seed=1, orthogonal_init=True),
                        training.StepSettings("GAIT", *reversed(PAPER["GAIT"])), deferred=deferred)
     statistics = training.Statistics()
-    with pytest.raises(training.Diverged, match=r"epoch 1, batch 6: the output of layer 0"):
+    with pytest.raises(training.Diverged, match=r"epoch 1, batch 7: the output of layer 0"):
         for index, (images, labels) in enumerate(data):
             runner.step(images, labels, statistics, 0, index)
         runner.settle(statistics)
@@ -226,6 +226,92 @@ def test_check_finite_ignores_finite_values_whose_sum_overflows():
         "the update directions of layer 0 are not finite")
 
 
+def small_sets(runs, units=16, seed=0):
+    """One RunData of random data per run: 1000 training images (1000 batches of 1), 50 test
+    images."""
+    generator = numpy.random.RandomState(seed)
+    sets = []
+    for _ in range(runs):
+        labels = generator.randint(0, 10, 1000)
+        sets.append(((generator.rand(1000, units), labels), one_hot(labels),
+                     (generator.rand(50, units), generator.randint(0, 10, 50))))
+    return sets
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
+def test_parameters_an_epochs_last_step_overflows_are_found_before_its_checkpoint(
+        deferred, monkeypatch):
+    """A step's checks look at its outputs and directions, so a parameter its update makes
+    not finite is seen at the next step, which the last step of an epoch does not have before
+    the epoch's checkpoint. Here that update makes run 1's b0 NaN and run 2's c1 (a learned
+    inverse's biases) infinite: the end of the epoch checks every parameter of every run
+    (before the epoch's evaluation), runs 1 and 2 leave the pack, each message naming its
+    parameter and the learning rate to lower, and run 0 alone is evaluated."""
+    import parameters
+    feed = training.Feed(small_sets(3))
+    update, updates = parameters.NetParameters.update_parameters, []
+
+    def overflowing(net, *args, **kwargs):
+        update(net, *args, **kwargs)
+        updates.append(None)
+        if len(updates) == feed.nb_batches:  # the epoch's last step
+            net.layers[0].biases[1, 3] = numpy.nan
+            net.layers[1].backward_biases[2, 0] = numpy.inf
+    monkeypatch.setattr(parameters.NetParameters, "update_parameters", overflowing)
+    settings = training.StepSettings("GAIT", 1e-3, 0.1, inv_learning_rate=1e-3)
+    runner = step_runner.StepRunner(
+        InvNet.stack([SquareInvNet(16, 1, seed, True, learn_inverses=True) for seed in (1, 2, 3)]),
+        training.StepSettings.of_pack([settings] * 3), deferred=deferred)
+    statistics = [training.Statistics() for _ in range(3)]
+    every_run = list(statistics)
+    feed.record(runner.net, statistics, runner.run_ids, None)  # before training
+    progress = training.Progress(1, feed.nb_batches, io.StringIO())
+    progress.start_epoch(0)
+    assert training.train_epoch(runner, feed, statistics, 0, progress, lambda: False, 0)
+    assert len(updates) == feed.nb_batches and runner.redone == 0
+    assert runner.run_ids == [0] and sorted(runner.diverged) == [1, 2]
+    assert re.match(r"Training diverged at epoch 1, batch 1000: b0 \(the biases of layer 0\) is "
+                    r"not finite after the step\. Try a smaller --learning_rate",
+                    runner.diverged[1]), runner.diverged[1]
+    assert re.match(r"Training diverged at epoch 1, batch 1000: c1 \(the biases of layer 1's "
+                    r"learned inverse\) is not finite after the step\. Try a smaller "
+                    r"--inv_learning_rate", runner.diverged[2]), runner.diverged[2]
+    assert "--learning_rate" not in runner.diverged[2]
+    assert statistics == [every_run[0]] and len(every_run[0].values["test_acc"]) == 2
+    assert len(every_run[1].values["test_acc"]) == len(every_run[2].values["test_acc"]) == 1
+    for array in runner.net.parameters().values():
+        assert numpy.isfinite(array).all()
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
+def test_learned_inverses_that_blow_up_name_inv_learning_rate(deferred):
+    """--learn_inv --inv_learning_rate=1e200: V and c grow until their own directions overflow
+    at the second step (W and the output are still finite). The message names them and
+    --inv_learning_rate, not --learning_rate; directions of W that overflow still name
+    --learning_rate."""
+    data = batches(4, units=16)
+    runner = PackOfOne(SquareInvNet(16, 1, 1, True, learn_inverses=True),
+                       training.StepSettings("GAIT", 1e-4, 0.1, inv_learning_rate=1e200),
+                       deferred=deferred)
+    statistics = training.Statistics()
+    with pytest.raises(training.Diverged) as diverged:
+        for index, (images, labels) in enumerate(data):
+            runner.step(images, labels, statistics, 0, index)
+        runner.settle(statistics)
+    message = str(diverged.value)
+    assert re.search(r"Training diverged at epoch 1, batch 2: the update directions of layer 1's "
+                    r"learned inverse \((V1, c1|V1|c1)\) are not finite", message), message
+    assert "--inv_learning_rate" in message and "--learning_rate" not in message
+    net = InvNet.stack([SquareInvNet(16, 1, 1, True, learn_inverses=True)])
+    images, labels = batches(1, units=16)[0]
+    forward, _, directions = training.rule_directions(net, training.StepSettings("GAIT", 1e-4),
+                                                      images[None], labels[None])
+    directions[1]["weights"][0, 2, 3] = numpy.inf
+    with pytest.raises(training.Diverged, match="the update directions of layer 1 are not "
+                                                "finite.* Try a smaller --learning_rate"):
+        training.check_finite(net, forward, directions, [training.Statistics()], "here")
+
+
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
 def test_a_diverging_step_logs_no_alignment_row(deferred):
     """Alignment due at every second batch; batch 6 holds a NaN: rows for batches 0, 2 and 4
@@ -236,7 +322,7 @@ def test_a_diverging_step_logs_no_alignment_row(deferred):
     runner = PackOfOne(net, training.StepSettings("GAIT", 1e-4, 0.1, log_alignment=2),
                        deferred=deferred)
     statistics = training.Statistics()
-    with pytest.raises(training.Diverged, match="batch 6"):
+    with pytest.raises(training.Diverged, match="batch 7"):  # index 6, counted from 1
         for index, (images, labels) in enumerate(data):
             runner.step(images, labels, statistics, 0, index)
     assert [row[:2] for row in statistics.alignment] == [[0, 0], [0, 2], [0, 4]]
@@ -293,7 +379,7 @@ def test_progress_lines_show_the_batches_and_the_latest_evaluation():
     progress = training.Progress(1, 20, stream)
     statistics = training.Statistics({"training_acc": [0.5], "training_loss": [1.0],
                                       "test_acc": [0.25], "test_loss": [1.0]})
-    statistics.evaluated_after = (0, 9)
+    statistics.evaluation_moment = training.evaluation_moment(0, 9, 20)
 
     class Runner:  # a pack of one run, as run.py trains it
         def running_statistics(self):
@@ -302,8 +388,53 @@ def test_progress_lines_show_the_batches_and_the_latest_evaluation():
     for batch_index in range(2):
         progress.batch_done(batch_index, [statistics], Runner())
     assert re.fullmatch(r"epoch 1/1 batch 2/20 [0-9.]+s batches acc 0.7500 loss 0.1250; "
-                        r"evaluation \(after epoch 1 batch 9\): train acc 0.5000, "
+                        r"evaluation \(after epoch 1 batch 10\): train acc 0.5000, "
                         r"test acc 0.2500\n", stream.getvalue())
+
+
+def test_evaluations_are_labelled_with_when_they_were_made_batches_counted_from_1():
+    """Batches are counted from 1 in what a run prints (the progress line's "batch 10/20" has
+    done 10): an evaluation after batch index 9 of 20 is "after epoch 1 batch 10", after the
+    last batch "after epoch 1"; the one a run starts or resumes with is the untrained one or
+    its checkpoint epoch's last (at the published cadence after batch index 990)."""
+    assert training.evaluation_moment(0, 9, 20) == "after epoch 1 batch 10"
+    assert training.evaluation_moment(1, 19, 20) == "after epoch 2"
+    assert training.last_evaluation_moment(0, 10, 1000) == "untrained"
+    assert training.last_evaluation_moment(2, 10, 1000) == "after epoch 2 batch 991"
+    assert training.last_evaluation_moment(2, 0, 1000) == "after epoch 2"
+    assert training.last_evaluation_moment(2, 1000, 1000) == "untrained"  # none in training
+    pack = [training.Statistics({name: [0.125] for name in training.Statistics.NAMES})
+            for _ in range(2)]
+    for statistics in pack:
+        statistics.evaluation_moment = "untrained"
+    assert training.latest(pack) == "evaluation (untrained): test acc 0.1250 0.1250"
+
+
+def test_eval_interval_0_labels_the_untrained_evaluation_until_the_epochs_end(capsys):
+    """--eval_interval=0: every line of the first epoch shows the evaluation before training,
+    labelled "untrained"; the evaluation after the last batch (on the last line, "batch
+    20/20", and the epoch's summary) is "after epoch 1"."""
+    generator = numpy.random.RandomState(0)
+    labels = generator.randint(0, 10, 1000)
+    feed = training.Feed([((generator.rand(1000, 16), labels), one_hot(labels),
+                           (generator.rand(50, 16), generator.randint(0, 10, 50)))])
+    runner = step_runner.StepRunner(InvNet.stack([SquareInvNet(16, 1, 1, True)]),
+                                    training.StepSettings.of_pack([training.StepSettings(
+                                        "BP", 1e-3)]))
+    statistics = [training.Statistics()]
+    feed.record(runner.net, statistics, [0], None)  # before training
+    stream = io.StringIO()
+    progress = training.Progress(1, feed.nb_batches, stream)
+    progress.start_epoch(0)
+    assert training.train_epoch(runner, feed, statistics, 0, progress, lambda: False, 0)
+    progress.end_epoch(statistics)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 10
+    for line in lines[:-1]:
+        assert re.search(r"batch \d+00/1000 .*; evaluation \(untrained\): ", line), line
+    assert re.fullmatch(r"epoch 1/1 batch 1000/1000 .*; evaluation \(after epoch 1\): .*",
+                        lines[-1])
+    assert "evaluation (after epoch 1): " in capsys.readouterr().out
 
 
 def test_step_settings_of_run_arguments():
@@ -501,7 +632,7 @@ def test_cupy_failed_solves_are_counted_once_each_and_switch_the_run_to_lu(cupy_
     assert runner.inverses.failures == list(range(runner.inverses.FAILURES_PER_100_STEPS + 1))
     assert runner.inverses.lu_only and not runner.inverses.kept
     net.layers[1].weight_matrix[...] = 0.0
-    with pytest.raises(training.Diverged, match=r"batch 30: a layer's weights are singular"):
+    with pytest.raises(training.Diverged, match=r"batch 31: a layer's weights are singular"):
         runner.step(*map(backend.to_device, data[0]), statistics, 0, 30)
         runner.settle(statistics)
 
@@ -515,6 +646,152 @@ def test_cupy_finite_sums_that_overflow_are_not_solver_failures(cupy_float64):
     net, runner = trained("GAIT", data, deferred=True, net=net)
     assert runner.redone == len(data)
     assert runner.inverses.failures == [] and runner.inverses.kept and not runner.inverses.lu_only
+
+
+def train_on(name, dtype, make, settings, data, deferred, scale=1.0):
+    """(runner, statistics) of a pack of one (`make()`, built on the backend `name` in `dtype`)
+    after a step on each host batch of `data`, its images moved to the backend and multiplied
+    by `scale` there (in `dtype`: 1 + 2**-23 moves a float32 value by one unit in the last
+    place, which a float64 nudge before the cast would not)."""
+    backend.select(name, dtype=dtype)
+    runner = PackOfOne(make(), settings, deferred=deferred)
+    statistics = training.Statistics()
+    factor = numpy.dtype(dtype).type(scale)
+    for index, (images, labels) in enumerate(data):
+        runner.step(backend.to_device(images) * factor, backend.to_device(labels), statistics, 0,
+                    index)
+    runner.settle(statistics)
+    return runner, statistics
+
+
+def host_state(runner):
+    """{name: host float64 copy} of every array of the trained run (W, b, V, c, moments)."""
+    return {name: backend.to_host(array).astype(numpy.float64)
+            for name, array in runner.net.state().items()}
+
+
+def state_difference(first, second):
+    """relative_difference over the arrays of two host_state dicts (of the same names)."""
+    assert sorted(first) == sorted(second)
+    return relative_difference([first[name] for name in sorted(first)],
+                               [second[name] for name in sorted(second)])
+
+
+@gpu
+@pytest.mark.parametrize("inverses", ["kept", "learned"])
+@pytest.mark.parametrize("algorithm", ["GAIT", "TP"])
+def test_cupy_float32_queued_steps_keep_their_graph_and_agree_with_numpy_float32(algorithm,
+                                                                                 inverses):
+    """float32 on the GPU, 40 queued steps (paper lambda and learning rate; kept inverses, or
+    learned ones from a drawn start): the CUDA graph is kept and its replay equals the step
+    (difference 0), and the result is NumPy float32's (checked steps) within the spread the
+    GAIT check measures: the weights within 10 times what a one-ulp (float32) nudge of the
+    inputs makes NumPy's differ, and the accuracy on other data within the nudged run's
+    accuracy difference and two samples."""
+    learned = inverses == "learned"
+    ortho_weighting, learning_rate = PAPER[algorithm]
+    settings = training.StepSettings(algorithm, learning_rate, ortho_weighting)
+
+    def make():
+        return SquareInvNet(256, 2, start_seed=1, orthogonal_init=True, learn_inverses=learned,
+                            exact_start=not learned)
+    data = batches(40, units=256)
+    held_out = batches(10, seed=1, units=256)
+    results = {}
+    try:
+        for label, name, deferred, scale in (("queued", "cupy", True, 1.0),
+                                             ("numpy", "numpy", False, 1.0),
+                                             ("nudged", "numpy", False, 1 + 2.0 ** -23)):
+            runner, _ = train_on(name, "float32", make, settings, data, deferred, scale)
+            images = backend.to_device(numpy.concatenate([x for x, _ in held_out]))
+            labels = backend.xp().asarray(numpy.concatenate([y for _, y in held_out]).argmax(1))
+            results[label] = (host_state(runner), evaluate(runner.net, images, labels)[0])
+            assert runner.net.layers[0].weight_matrix.dtype == numpy.float32
+            if deferred:
+                print(f"{algorithm} {inverses} float32: replay difference "
+                      f"{runner.replay.difference}, steps redone {runner.redone}")
+                assert runner.replay.graph is not None and runner.replay.difference == 0.0
+                if learned:
+                    assert runner.inverses.kept == [] and runner.redone == 0
+                else:
+                    assert runner.inverses.kept and not runner.inverses.lu_only
+    finally:
+        backend.select("numpy", dtype="float64")
+    difference = state_difference(results["queued"][0], results["numpy"][0])
+    spread = state_difference(results["nudged"][0], results["numpy"][0])
+    accuracies = {label: accuracy for label, (_, accuracy) in results.items()}
+    print(f"{algorithm} {inverses} float32: cupy vs numpy {difference:.1e}, one-ulp spread "
+          f"{spread:.1e}; accuracies {accuracies}")
+    assert difference <= 10 * spread
+    assert abs(accuracies["queued"] - accuracies["numpy"]) <= (
+        abs(accuracies["nudged"] - accuracies["numpy"]) + 2 / (60 * len(held_out)))
+
+
+TOWER = [784, 784, 500, 200, 10]  # settings.build_net's --tower
+
+
+@gpu
+@pytest.mark.parametrize("algorithm, inverses", [("GAIT", "kept"), ("TP", "learned")])
+def test_cupy_tower_trains_as_on_numpy_and_logs_alignment_and_inverse_quality(algorithm,
+                                                                              inverses):
+    """The tower on the GPU (float64, paper lambda and learning rate): each layer past the first
+    reads a `[..., :width]` view of the activity below (not contiguous), and its 200- and
+    10-unit layers are small enough for CuPy's batched LU (the LU solves of the checked steps,
+    of the kept inverses' resets and of the quality's exact inverses), which solve as NumPy's.
+    30 steps, the alignment with BP (and the learned inverses' quality) logged every 10th
+    (checked steps between queued ones replayed from the graph): the graph is kept and its
+    replay equals the step; the weights are NumPy's within 10 times a one-ulp nudge's spread,
+    the logged rows NumPy's to 1e-6."""
+    learned = inverses == "learned"
+    ortho_weighting, learning_rate = PAPER[algorithm]
+    settings = training.StepSettings(algorithm, learning_rate, ortho_weighting, log_alignment=10)
+
+    def make():
+        return TowerInvNet(TOWER, 1, True, learn_inverses=learned, exact_start=not learned)
+    data = batches(30)
+    results = {}
+    try:
+        for label, name, deferred, scale in (("queued", "cupy", True, 1.0),
+                                             ("numpy", "numpy", False, 1.0),
+                                             ("nudged", "numpy", False, 1 + 2.0 ** -52)):
+            runner, statistics = train_on(name, "float64", make, settings, data, deferred, scale)
+            results[label] = (host_state(runner), numpy.array(statistics.alignment),
+                              numpy.array(statistics.inverse_quality))
+            if name != "cupy":
+                continue
+            assert runner.replay.graph is not None and runner.replay.difference == 0.0
+            assert bool(runner.inverses.kept) != learned and not runner.inverses.lu_only
+            net = runner.net
+            forward = net.forward_pass(backend.to_device(data[0][0]))
+            inputs = [net._inputs(index, forward[index]) for index in range(len(net.layers))]
+            assert [each.shape[-1] for each in inputs] == TOWER[1:]
+            assert not any(each.flags.c_contiguous for each in inputs[1:])
+            generator = numpy.random.RandomState(2)
+            for layer in runner.runner.net.layers:  # the pack's (1, n, n) stacks
+                rhs = generator.randn(1, 60, layer.nb_units)
+                got = backend.to_host(backend.solve_right(layer.weight_matrix,
+                                                          backend.to_device(rhs)))
+                weights = backend.to_host(layer.weight_matrix)
+                expected = numpy.linalg.solve(weights.swapaxes(-1, -2),
+                                              rhs.swapaxes(-1, -2)).swapaxes(-1, -2)
+                assert numpy.linalg.norm(got - expected) <= 1e-10 * numpy.linalg.norm(expected)
+    finally:
+        backend.select("numpy", dtype="float64")
+    difference = state_difference(results["queued"][0], results["numpy"][0])
+    spread = state_difference(results["nudged"][0], results["numpy"][0])
+    print(f"tower {algorithm} {inverses}: cupy vs numpy {difference:.1e}, one-ulp spread "
+          f"{spread:.1e}")
+    assert difference <= 10 * spread + 1e-13
+    (_, alignment, quality), (_, numpy_alignment, numpy_quality) = (results["queued"],
+                                                                     results["numpy"])
+    assert alignment.shape == (3, 2 + len(TOWER) - 1)
+    assert list(alignment[:, 1]) == [0, 10, 20]
+    numpy.testing.assert_allclose(alignment, numpy_alignment, rtol=1e-6, atol=1e-6)
+    if learned:
+        assert quality.shape == (3, 2 + 2 * (len(TOWER) - 2))
+        numpy.testing.assert_allclose(quality, numpy_quality, rtol=1e-6, atol=1e-9)
+    else:
+        assert quality.size == numpy_quality.size == 0
 
 
 def test_the_batch_layout_follows_the_training_images_left():
