@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 import backend  # first: it sets OpenBLAS's thread timeout before NumPy loads OpenBLAS
+import products
 import numpy
 import settings as settings_table
 import step_runner
@@ -286,12 +287,12 @@ def profile_step(runner, replays=200):
     milliseconds = {}
     for name, work in phases.items():
         try:
-            milliseconds[name] = backend.replay_milliseconds(backend.Graph.capture(work), replays)
+            milliseconds[name] = products.replay_milliseconds(products.Graph.capture(work), replays)
         except Exception as error:  # report and go on: the other phases still tell
             print(f"profile of {name!r} failed: {error!r}", file=sys.stderr)
             milliseconds[name] = None
     if runner.replay.graph is not None:
-        milliseconds["whole step (its graph)"] = backend.replay_milliseconds(runner.replay.graph,
+        milliseconds["whole step (its graph)"] = products.replay_milliseconds(runner.replay.graph,
                                                                             replays)
 
     def queue_without_graph():

@@ -1,4 +1,4 @@
-"""cuBLAS called directly on a GPU, for backend.matmul: CuPy's handle and a second one for
+"""cuBLAS called directly on a GPU, for products.matmul: CuPy's handle and a second one for
 backend.Branch's stream, the library CuPy loaded (found among those mapped by its version),
 the trial products that must agree with CuPy's before any is used, and the gemm plan of
 each layout. CuPy refuses cuBLAS calls while a stream is captured into a CUDA graph;
@@ -181,7 +181,7 @@ def gemm_plan(left, right):
 
 def gemm(left, right):
     """left @ right by cuBLAS's gemm (or strided batched gemm, for two stacks of one length)
-    called directly, for backend.matmul on a GPU: C = A B is computed as the column-major
+    called directly, for products.matmul on a GPU: C = A B is computed as the column-major
     C^T = B^T A^T, with no copies of transposed views; stacks of one matrix (a pack of one
     run) by the plain gemm of a single run. None where it does not apply (no direct
     products, other dtypes or shapes, or stacks without batched products)."""

@@ -9,6 +9,7 @@ import numpy
 import scipy.stats
 
 import backend
+import products
 import utils
 from parameters import LayerParameters
 
@@ -96,13 +97,13 @@ class KeptInverse:
         """z with z W = y (z = y @ inv(W)), refined against X; see the class."""
         xp = backend.array_module(y)
         inverse = self.inverse
-        inverse_error = backend.matmul(inverse, weight_matrix)
+        inverse_error = products.matmul(inverse, weight_matrix)
         xp.subtract(self.identity, inverse_error, out=inverse_error)  # S = I - X W
-        inverse += backend.matmul(inverse_error, inverse)
-        solution = backend.matmul(y, inverse)
+        inverse += products.matmul(inverse_error, inverse)
+        solution = products.matmul(y, inverse)
         for _ in range(self.REFINEMENTS):
-            residual = y - backend.matmul(solution, weight_matrix)
-            solution += backend.matmul(residual, inverse)
+            residual = y - products.matmul(solution, weight_matrix)
+            solution += products.matmul(residual, inverse)
         _RESIDUAL_BOUND(backend.sum_of_squares(residual), backend.sum_of_squares(inverse_error),
                         backend.sum_of_squares(y), self.bound)
         return solution
@@ -187,14 +188,14 @@ class InvLayer(LayerParameters):
         weights, biases = self.weight_matrix, self.biases
         if columns is not None:
             weights, biases = weights[..., :columns], biases[..., :columns]
-        return utils.add_biases_and_transfer(backend.matmul(x, weights), self._row_biases(biases),
+        return utils.add_biases_and_transfer(products.matmul(x, weights), self._row_biases(biases),
                                              self.linear)
 
     def apply_inverse_weights(self, y):
         """y @ inv(W): an LU solve against the current W (never forming inv(W)), or a solve
         refined against the kept inverse; y @ V for a learned inverse."""
         if self.learns_inverse:
-            return backend.matmul(y, self.backward_weights)
+            return products.matmul(y, self.backward_weights)
         if self.kept_inverse is not None and self.kept_inverse.active:
             return self.kept_inverse.solve(self.weight_matrix, y)
         return backend.solve_right(self.weight_matrix, y)
@@ -222,10 +223,10 @@ class InvLayer(LayerParameters):
         {"backward_weights": -u.T @ e / n, "backward_biases": mean(e) @ V.T}
         (the mean of e_n V^T over the rows, taken before the product)."""
         pre_activation = utils.inverse_transfer(outputs, self.linear) - self._inverse_biases()
-        errors = backend.matmul(pre_activation, self.backward_weights) - inputs
-        weight_direction = backend.matmul(pre_activation.swapaxes(-1, -2),
+        errors = products.matmul(pre_activation, self.backward_weights) - inputs
+        weight_direction = products.matmul(pre_activation.swapaxes(-1, -2),
                                           errors / -inputs.shape[-2])
-        bias_direction = backend.matmul(errors.mean(axis=-2, keepdims=True),
+        bias_direction = products.matmul(errors.mean(axis=-2, keepdims=True),
                                         self.backward_weights.swapaxes(-1, -2))[..., 0, :]
         return {"backward_weights": weight_direction, "backward_biases": bias_direction}
 
@@ -254,10 +255,10 @@ class InvLayer(LayerParameters):
         O = W @ W.T with its diagonal set to zero; the scale is applied to O, not to the product.
         In a pack, `scale` may hold one value per run (an array of shape (runs, 1, 1)).
         """
-        gram = backend.matmul(self.weight_matrix, self.weight_matrix.swapaxes(-1, -2))
+        gram = products.matmul(self.weight_matrix, self.weight_matrix.swapaxes(-1, -2))
         backend.zero_diagonal(gram)
         gram *= 4.0 * scale
-        return backend.matmul(gram, self.weight_matrix)
+        return products.matmul(gram, self.weight_matrix)
 
     def directions(self, inputs, local_errors, ortho_weighting=0.0):
         """Update directions by parameter name from this layer's inputs x and d = g * e:
@@ -266,7 +267,7 @@ class InvLayer(LayerParameters):
         grad_W = x.T @ d / n + lambda * dR/dW, grad_b = mean(d over the rows). The scalings
         are applied to the small factors (d, O) rather than to the (units, units) products.
         """
-        weight_direction = backend.matmul(inputs.swapaxes(-1, -2),
+        weight_direction = products.matmul(inputs.swapaxes(-1, -2),
                                           local_errors / -inputs.shape[-2])
         if regularised(ortho_weighting):
             weight_direction += self.orthogonality_gradient(-ortho_weighting)

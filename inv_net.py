@@ -13,6 +13,7 @@ with a leading run axis (activities (runs, rows, units)); the formulas are the s
 from typing import Any
 
 import backend
+import products
 from inv_layer import InvLayer, regularised
 from parameters import NetParameters
 from utils import NB_CLASSES
@@ -112,7 +113,7 @@ class InvNet(NetParameters):
     def get_backprop_updates(self, forward, targets, ortho_weighting=0.0):
         """BP: e_l = d @ W_l.T, the gradient of 0.5 * sum((h_L - t)**2) / n."""
         def error_below(index, inputs, outputs, errors, local_errors):
-            return backend.matmul(local_errors,
+            return products.matmul(local_errors,
                                   self.layers[index].weight_matrix.swapaxes(-1, -2))
         return self._directions(forward, targets, ortho_weighting, error_below)
 

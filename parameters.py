@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 import numpy
 
 import backend
-import run_folder
 from optimizer import MomentOptimizer
+from parameter_files import parameter_file, parameter_prefix
 
 
 class LayerParameters:
@@ -204,16 +204,16 @@ class NetParameters:
         """{file name: array} of every layer's parameters (the arrays themselves):
         0Lweights.npy, 0Lbiases.npy, 1Lweights.npy, ... as published, and a learned inverse's
         1Lbackward_weights.npy, 1Lbackward_biases.npy, ..."""
-        return {run_folder.parameter_file(index, name): array
+        return {parameter_file(index, name): array
                 for index, layer in enumerate(self.layers)
                 for name, array in layer.state().items()}
 
     def save_params(self, folder):
         """Write the `parameter_files()` into `folder`."""
         for index, layer in enumerate(self.layers):
-            layer.save_params(os.path.join(folder, run_folder.parameter_prefix(index)))
+            layer.save_params(os.path.join(folder, parameter_prefix(index)))
 
     def load_params(self, folder):
         """Read the files of `save_params` from `folder`."""
         for index, layer in enumerate(self.layers):
-            layer.load_params(os.path.join(folder, run_folder.parameter_prefix(index)))
+            layer.load_params(os.path.join(folder, parameter_prefix(index)))

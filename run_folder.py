@@ -6,17 +6,17 @@ and the weights `{i}Lweights.npy`, `{i}Lbiases.npy` (and a learned inverse's
 `{i}Lbackward_weights.npy`, `{i}Lbackward_biases.npy`). `COMPUTATION` lists the settings that
 change what a run computes: a stored run is continued only under equal ones
 (`setting_differences`). run.py writes all this; checkpoint.py, sweep.py, sweep_launch.py
-and summarize.py read it. Only the standard library (and the table of settings) is imported
-here.
+and summarize.py read it. Only the standard library (and the table of settings, the names of
+the statistics and of the parameter files) is imported here.
 """
 import os
 import re
 import signal
 
 import settings as settings_table
+from parameter_files import is_parameter_file, parameter_file, parameter_prefix  # noqa: F401
+from statistic_names import STATISTICS, VALIDATION_STATISTICS, statistics_names  # noqa: F401
 
-STATISTICS = ("training_acc", "training_loss", "test_acc", "test_loss")  # a .txt file each
-VALIDATION_STATISTICS = ("validation_acc", "validation_loss")  # with --validation > 0
 ALIGNMENT = "alignment.txt"
 INVERSE_QUALITY = "inverse_quality.txt"  # with --learn_inv and --log_alignment
 CHECKPOINT = "checkpoint.npz"
@@ -37,26 +37,6 @@ EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 EXIT_SIGNAL: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}  # {signal number: status}
 
 
-PARAMETER_FILE = re.compile(r"(?P<layer>\d+)L(?P<name>(?:backward_)?(?:weights|biases))\.npy")
-
-
-def parameter_prefix(index):
-    """The prefix of layer `index`'s parameter files: InvLayer.save_params(prefix) writes
-    prefix + "weights.npy" and prefix + "biases.npy" (as published: 0Lweights.npy, ...)."""
-    return f"{index}L"
-
-
-def parameter_file(index, name):
-    """The file of layer `index`'s "weights", "biases", "backward_weights" or
-    "backward_biases"."""
-    return f"{parameter_prefix(index)}{name}.npy"
-
-
-def is_parameter_file(name):
-    """Whether a file name is one of the layers' parameter files."""
-    return PARAMETER_FILE.fullmatch(name) is not None
-
-
 def statistics_file(name):
     """The file of one of the STATISTICS: one value a line, one line per evaluation."""
     return name + ".txt"
@@ -65,12 +45,6 @@ def statistics_file(name):
 # The files a fresh run replaces (the weights besides); the lock stays.
 RESULT_FILES = tuple(map(statistics_file, STATISTICS + VALIDATION_STATISTICS)) + (
     ALIGNMENT, INVERSE_QUALITY, CHECKPOINT, RUN_RECORD, ERROR_LOG)
-
-
-def statistics_names(validation):
-    """The statistics a run records: STATISTICS, and VALIDATION_STATISTICS when it holds out
-    a validation set (`validation` > 0)."""
-    return STATISTICS + (VALIDATION_STATISTICS if validation else ())
 
 
 def folder_name(settings):

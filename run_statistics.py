@@ -1,7 +1,7 @@
 """What a run measures as it trains: accuracy and loss on the training and test sets (and a
 validation set) at each evaluation, and the alignment rows of --log_alignment (kept apart
 from the training loop, so that checkpoint.py can store and restore them without it)."""
-import run_folder
+from statistic_names import STATISTICS
 from utils import evaluate
 
 
@@ -12,7 +12,7 @@ class Statistics:
     same cadence (epoch, batch, reconstruction error per learned inverse, then distance to
     the exact inverse per learned inverse; InvNet.inverse_quality)."""
 
-    NAMES = run_folder.STATISTICS
+    NAMES = STATISTICS
 
     def __init__(self, values=None, alignment=None, names=NAMES, inverse_quality=None):
         self.values = values or {name: [] for name in names}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy
 
 import backend
+import products
 from training import (Diverged, batch_name, finiteness_sums, parameter_faults, rule_directions,
                       train_step)
 
@@ -170,7 +171,7 @@ class GraphReplay:
         changed = arrays()
         before = [array.copy() for array in changed]
         try:
-            graph = backend.Graph.capture(lambda: step(*self.inputs))
+            graph = products.Graph.capture(lambda: step(*self.inputs))
         except Exception as error:  # a CuPy or driver without the capture this needs
             print(f"note: CUDA graph capture failed ({error!r}); steps run without graphs.",
                   file=sys.stderr)

@@ -8,6 +8,7 @@ import numpy
 import pytest
 
 import backend
+import products
 import cublas
 import training
 from helpers import PackOfOne, assert_clean, cli, split
@@ -220,11 +221,11 @@ def test_cupy_direct_products_use_the_cublas_of_cupys_handle(restore_backend):
     assert "workspaces" not in direct
     left, right = cupy.random.rand(60, 784), cupy.random.rand(784, 784)
     for _ in range(3):  # a stream set again before each product
-        assert float(cupy.abs(backend.matmul(left, right) - left @ right).max()) <= 1e-10
+        assert float(cupy.abs(products.matmul(left, right) - left @ right).max()) <= 1e-10
 
 
 def matmul_layouts(xp, dtype, runs):
-    """(name, left, right) of every operand layout backend.matmul meets, as 2-d arrays
+    """(name, left, right) of every operand layout products.matmul meets, as 2-d arrays
     (runs None) or as stacks of `runs` matrices: C-ordered, transposed views (swapaxes of
     C-ordered arrays), column slices `[..., :c]` (a tower's inputs, the class columns), a
     transposed column slice, rows broadcast from one row (stride 0: copied), and for stacks
@@ -256,7 +257,7 @@ def matmul_layouts(xp, dtype, runs):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_cupy_matmul_equals_cupy_matmul_for_every_layout_eagerly_and_in_a_graph(dtype, runs,
                                                                                  restore_backend):
-    """backend.matmul (cuBLAS called directly: gemm for 2-d arrays and stacks of one, strided
+    """products.matmul (cuBLAS called directly: gemm for 2-d arrays and stacks of one, strided
     batched gemm for stacks of several) against CuPy's matmul for every layout, on the current
     stream and on Branch's side stream, then captured into a CUDA graph on a stream of its own
     (a memory pool of its own) and replayed: within the tolerance of cublas.py's own trial
@@ -276,7 +277,7 @@ def test_cupy_matmul_equals_cupy_matmul_for_every_layout_eagerly_and_in_a_graph(
         assert error <= tolerance, f"{name} ({where}): off by {error:.1e} > {tolerance:.1e}"
     for stream in (cupy.cuda.get_current_stream(), backend.side_stream()):
         with stream:
-            products = [backend.matmul(left, right) for _, left, right in layouts]
+            products = [products.matmul(left, right) for _, left, right in layouts]
         stream.synchronize()
         for (name, _, _), got, want in zip(layouts, products, expected):
             assert_close(name, got, want, "eager")
@@ -287,7 +288,7 @@ def test_cupy_matmul_equals_cupy_matmul_for_every_layout_eagerly_and_in_a_graph(
         capturing.begin_capture()
         try:
             for out, (_, left, right) in zip(outputs, layouts):
-                out[...] = backend.matmul(left, right)
+                out[...] = products.matmul(left, right)
         finally:
             graph = capturing.end_capture()
     assert all(bool(cupy.isnan(out).all()) for out in outputs), "the capture ran the products"

@@ -18,6 +18,7 @@ from numpy.lib.array_utils import byte_bounds
 from numpy.lib.stride_tricks import as_strided
 
 import backend
+import products
 import cublas
 
 # cuBLAS's status codes (cublasStatus_t) and operations (cublasOperation_t).
@@ -300,7 +301,7 @@ class Namespace:
 
 
 class CupyStandIn:
-    """A stand-in CuPy module: the array functions cublas.py and backend.matmul call, the
+    """A stand-in CuPy module: the array functions cublas.py and products.matmul call, the
     current stream (the null stream, address 0, until another is entered), `cuda.Stream`,
     and CuPy's own cuBLAS handle, made by `library` (whose version it reports)."""
     __name__ = "cupy"
@@ -660,10 +661,10 @@ def test_gemm_picks_the_handle_of_the_current_stream(direct, monkeypatch):
 
 def test_backend_matmul_takes_the_direct_products_where_they_apply(direct):
     left, right = operands(direct, "right transposed view", runs=3)
-    assert_product(backend.matmul(left, right), left, right)
+    assert_product(products.matmul(left, right), left, right)
     assert len(direct.library.calls) == 1
     numbers = direct.asarray(numpy.arange(6).reshape(2, 3))
-    assert backend.matmul(numbers, numbers.swapaxes(-1, -2)).get().tolist() == [[5, 14],
+    assert products.matmul(numbers, numbers.swapaxes(-1, -2)).get().tolist() == [[5, 14],
                                                                                 [14, 50]]
     assert len(direct.library.calls) == 1  # integers: CuPy's matmul
 
@@ -742,7 +743,7 @@ def scaled(factor, only=lambda name, handle: True):
 def test_handles_fall_back_to_cupys_matmul(gpu, capsys, monkeypatch, case, note):
     """No library of CuPy's version, a function missing, or a trial product wrong on either
     stream (by a relative 1e-9, or 1e-4 in float32): no direct products, and a note; then
-    gemm declines and backend.matmul is CuPy's."""
+    gemm declines and products.matmul is CuPy's."""
     library = gpu.library
     if case == "none mapped":
         gpu.maps = maps_text()
@@ -772,7 +773,7 @@ def test_handles_fall_back_to_cupys_matmul(gpu, capsys, monkeypatch, case, note)
     assert cublas.handles() is None and backend._state["cublas"] is None
     left, right = operands(gpu, "c-ordered")
     assert cublas.gemm(left, right) is None
-    assert_product(backend.matmul(left, right), left, right)
+    assert_product(products.matmul(left, right), left, right)
     assert len(library.calls) == calls and capsys.readouterr().err == ""
 
 
@@ -798,7 +799,7 @@ def test_failed_batched_trials_keep_the_single_products(gpu, capsys, case, note)
         left, right = operands(gpu, "left transposed view", runs)
         product = cublas.gemm(left, right)
         assert (product is None) == (runs == 3)
-        assert_product(backend.matmul(left, right), left, right)
+        assert_product(products.matmul(left, right), left, right)
     assert [call[0] for call in library.calls] == ["cublasDgemm_v2"] * 4  # gemm, matmul
 
 

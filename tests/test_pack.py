@@ -15,6 +15,7 @@ import pytest
 
 import cublas
 import pack
+import products
 import run_folder
 import step_runner
 import training
@@ -518,7 +519,7 @@ def largest_relative_difference(first, second):
 
 @gpu
 def test_cupy_batched_products_equal_cupy_matmul_also_in_a_graph(cupy_float64):
-    """backend.matmul on stacks (strided batched gemm, called directly) against CuPy's matmul,
+    """products.matmul on stacks (strided batched gemm, called directly) against CuPy's matmul,
     for every layout a pack's step uses, eagerly and replayed from a CUDA graph."""
     backend = cupy_float64
     xp = backend.xp()
@@ -531,9 +532,9 @@ def test_cupy_batched_products_equal_cupy_matmul_also_in_a_graph(cupy_float64):
              (activity, weights[..., :10])]
     for left, right in pairs:
         expected = xp.matmul(left, right)
-        assert float(xp.abs(backend.matmul(left, right) - expected).max()) <= 1e-13
+        assert float(xp.abs(products.matmul(left, right) - expected).max()) <= 1e-13
         out = xp.empty_like(expected)
-        graph = backend.Graph.capture(lambda: out.__setitem__(..., backend.matmul(left, right)))
+        graph = products.Graph.capture(lambda: out.__setitem__(..., products.matmul(left, right)))
         graph.launch()
         backend.synchronize()
         assert float(xp.abs(out - expected).max()) <= 1e-13
@@ -609,13 +610,13 @@ def test_cupy_pack_py_gait_accuracy_matches_single_runs(mnist_raw, tmp_path):
 
 
 def counted_captures(monkeypatch, backend):
-    """A list that grows by one at each CUDA graph capture (backend.Graph.capture)."""
-    captures, capture = [], backend.Graph.capture
+    """A list that grows by one at each CUDA graph capture (products.Graph.capture)."""
+    captures, capture = [], products.Graph.capture
 
     def counted(work):
         captures.append(work)
         return capture(work)
-    monkeypatch.setattr(backend.Graph, "capture", staticmethod(counted))
+    monkeypatch.setattr(products.Graph, "capture", staticmethod(counted))
     return captures
 
 
@@ -767,10 +768,11 @@ FALLBACK_NOTES = ("note: direct cuBLAS products unavailable",
 RECAPTURED_PACK_PY = """
 import sys
 import backend
+import products
 import pack
 import training
 seed, train_epoch, poisoned, captures = int(sys.argv[1]), training.train_epoch, [], []
-capture = backend.Graph.capture
+capture = products.Graph.capture
 
 
 def counted(work):
@@ -792,7 +794,7 @@ def poisoning(runner, feed, statistics, eval_interval, progress, stop, epoch):
     return done
 
 
-backend.Graph.capture = staticmethod(counted)
+products.Graph.capture = staticmethod(counted)
 training.train_epoch = poisoning
 sys.exit(pack.main(sys.argv[2:]))
 """

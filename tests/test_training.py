@@ -11,6 +11,7 @@ import numpy
 import pytest
 
 import backend
+import products
 import cublas
 import inv_net
 import settings as settings_table
@@ -549,7 +550,7 @@ def test_guard_on_the_host_counts_steps_and_keeps_the_first_failure():
 
 
 def test_gemm_plan_reads_every_layout():
-    """The column-major gemm that backend.matmul hands to cuBLAS, carried out here on the
+    """The column-major gemm that products.matmul hands to cuBLAS, carried out here on the
     memory it names (as strided NumPy views), is the row-major product for C-ordered,
     transposed, column-sliced and row-strided operands."""
     from numpy.lib.stride_tricks import as_strided
@@ -590,7 +591,7 @@ def test_steps_replayed_from_a_captured_graph_are_the_steps(monkeypatch, capture
         if capture == "fails":
             raise RuntimeError("no capture here")
         return ReplayedPython(work)
-    monkeypatch.setattr(backend.Graph, "capture", staticmethod(fake_capture))
+    monkeypatch.setattr(products.Graph, "capture", staticmethod(fake_capture))
     data = batches(7)
     net = SquareInvNet(784, 2, start_seed=1, orthogonal_init=True)
     runner = PackOfOne(net, training.StepSettings("BP", 1e-4), deferred=True, graphs=True)
