@@ -11,8 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import run_folder  # noqa: E402
-import sweep  # noqa: E402
+from gaitprop.runs import run_folder  # noqa: E402
+from gaitprop.cli import sweep  # noqa: E402
 
 
 def statuses(argv):

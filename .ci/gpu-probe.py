@@ -61,11 +61,11 @@ def graph_check(backend, dtype, algorithm, runs, lambda_, learning_rate):
     or fail() saying what went wrong."""
     import numpy
 
-    import products
-    import step_runner
-    import training
-    from inv_net import InvNet, SquareInvNet
-    from utils import one_hot
+    from gaitprop.arrays import products
+    from gaitprop.engine import step_runner
+    from gaitprop.engine import training
+    from gaitprop.model.net import InvNet, SquareInvNet
+    from gaitprop.model.functions import one_hot
     backend.select("cupy", dtype=dtype)
     launches = [0]
     launch = products.Graph.launch
@@ -112,7 +112,7 @@ def main():
     sys.stderr = tee
     import numpy
 
-    import backend
+    from gaitprop.arrays import backend
     try:
         backend.select("cupy", dtype="float64")
     except backend.BackendError as error:
@@ -121,7 +121,7 @@ def main():
     print(f"gpu-probe: {backend.gpu_name()}, python {sys.version.split()[0]}, numpy "
           f"{numpy.__version__}, cupy {cupy.__version__}, CUDA runtime "
           f"{cupy.cuda.runtime.runtimeGetVersion()}", flush=True)
-    import cublas
+    from gaitprop.arrays import cublas
     direct = cublas.handles()
     if direct is None:
         fail("cublas.handles() is None: no direct cuBLAS products, so no CUDA graphs "

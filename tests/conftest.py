@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 # helpers puts the repository on sys.path; DATA_ROOT: $GAITPROP_DATA or ../shared/data
 from helpers import DATA_ROOT, RAW_STEMS, DataRoot, require_files  # noqa: E402
 
-import backend  # noqa: E402
+from gaitprop.arrays import backend  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -146,9 +146,9 @@ class PackOfOne:
     other attributes (guard, inverses, replay, redone, ...) are the StepRunner's."""
 
     def __init__(self, net, settings, **options):
-        import step_runner
-        import training
-        from inv_net import InvNet
+        from gaitprop.engine import step_runner
+        from gaitprop.engine import training
+        from gaitprop.model.net import InvNet
         self.runner = step_runner.StepRunner(InvNet.stack([net]),
                                              training.StepSettings.of_pack([settings]), **options)
         self.lists = {}

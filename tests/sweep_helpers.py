@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-import run_folder
+from gaitprop.runs import run_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(REPO, os.pardir, "shared", "data", "MNIST", "raw")
@@ -100,7 +100,7 @@ def fabricate(settings, status, epochs_done=1, with_checkpoint=False, **stored_c
 
 FAKE_PACK = """import json, os, sys
 sys.path[:0] = [{repo!r}, {tests!r}]
-import pack
+from gaitprop.cli import pack
 from sweep_helpers import fabricate
 statuses = json.loads(os.environ.get("FAKE_PACK_STATUSES", "{{}}"))
 print("fake pack.py", sys.argv[1:])

@@ -1,0 +1,1 @@
+"""The command lines (run, pack, sweep, summarize, benchmark): the top layer."""

@@ -1,0 +1,221 @@
+"""Invertible multilayer networks and their three learning rules (their parameters, packs
+and optimiser step: parameters.NetParameters).
+
+A network is a stack of square `InvLayer`s; layer l reads the first `width_l` units of
+the activity h_l below it (all of them in a square network; the rest are "auxiliary").
+BP, GAIT and TP differ only in how an error is passed from a layer's output down to its
+input; the per-layer update they share is `_directions`.
+
+`InvNet.stack` makes a pack: several runs of one network shape trained as one, every array
+with a leading run axis (activities (runs, rows, units)); the formulas are the same.
+"""
+
+from typing import Any
+
+from gaitprop.arrays import backend
+from gaitprop.arrays import products
+from gaitprop.model.layer import InvLayer, regularised
+from gaitprop.model.parameters import NetParameters
+from gaitprop.model.functions import NB_CLASSES
+
+
+def output_targets(output, one_hot_labels):
+    """The full-width output target: one-hot labels in the first 10 units, the output elsewhere."""
+    targets = output.copy()
+    targets[..., :one_hot_labels.shape[-1]] = one_hot_labels
+    return targets
+
+
+class InvNet(NetParameters):
+    """Layers of widths `widths[1:]` on an input of width `widths[0]`, seeds given per layer.
+
+    `learn_inverses`: the layers whose inverses the rules use (all but the first) learn them
+    (InvLayer.learns_inverse), starting exact or, if not `exact_start`, as drawn.
+    """
+
+    layers: list[InvLayer]
+
+    def __init__(self, widths, seeds, orthogonal_init=False, linear=False, learn_inverses=False,
+                 exact_start=True):
+        for below, width in zip(widths, widths[1:]):
+            if width > below:
+                raise ValueError(f"a layer of {width} units cannot read an activity of "
+                                 f"{below} units: widths {widths} must not increase")
+        self.widths = list(widths)
+        self.linear = linear
+        self.learn_inverses = learn_inverses
+        self.layers = [InvLayer(width, seed=seed, orthogonal_init=orthogonal_init, linear=linear,
+                                learns_inverse=learn_inverses and index > 0,
+                                exact_start=exact_start)
+                       for index, (width, seed) in enumerate(zip(widths[1:], seeds))]
+        self.optimizer = None
+        self.runs = None  # the number of runs of a pack (`stack`), None for a single run
+
+    def _inputs(self, index, activity):
+        """x_l: the first width_l units of h_l, the part that layer `index` reads."""
+        return activity[..., :self.layers[index].nb_units]
+
+    def forward_pass(self, x):
+        """[h_0, h_1, ..., h_L] with h_0 = x and h_{l+1} = layer_l.forward(x_l)."""
+        activities = [x]
+        for index, layer in enumerate(self.layers):
+            activities.append(layer.forward(self._inputs(index, activities[-1])))
+        return activities
+
+    def class_outputs(self, x, nb_classes=NB_CLASSES):
+        """The first `nb_classes` units of h_L, computing only those columns of the top layer."""
+        activity = x
+        for index, layer in enumerate(self.layers):
+            top = index == len(self.layers) - 1
+            activity = layer.forward(self._inputs(index, activity), nb_classes if top else None)
+        return activity
+
+    @staticmethod
+    def _widen(part, activity):
+        """`part` on the units a layer reads, padded with zeros to the width of `activity`."""
+        if part.shape[-1] == activity.shape[-1]:
+            return part
+        xp = backend.array_module(activity)
+        full = xp.zeros_like(activity)
+        full[..., :part.shape[-1]] = part
+        return full
+
+    def _directions(self, forward, targets, ortho_weighting, error_below):
+        """Per-layer update directions shared by the three rules, from the top down: a list
+        with a dict per layer, {parameter name: direction} (InvLayer.directions).
+
+        e_L = h_L - t. For layer l: d = g(h_{l+1}) * e_{l+1}; grad_W = x_l.T @ d / n
+        (+ lambda dR/dW); grad_b = mean(d); e_l = error_below(l, x_l, h_{l+1}, e_{l+1}, d)
+        on the units layer l reads, zero on the auxiliary units. The regulariser's
+        gradients depend on the weights alone: on a GPU they are computed on a second
+        stream while the errors are passed down, and added at the end. In a pack,
+        `ortho_weighting` may hold one lambda per run (an array of shape (runs, 1, 1)).
+        """
+        nb_layers = len(self.layers)
+        directions: list[Any] = [None] * nb_layers  # a dict per layer, made from the top down
+        with backend.Branch(enabled=regularised(ortho_weighting)) as regularising:
+            regularisers = [layer.orthogonality_gradient(-ortho_weighting)
+                            for layer in self.layers] if regularised(ortho_weighting) else []
+        errors = forward[-1] - targets
+        for index in reversed(range(nb_layers)):
+            layer = self.layers[index]
+            inputs, outputs = self._inputs(index, forward[index]), forward[index + 1]
+            local_errors = layer.derivative_times(outputs, errors)
+            directions[index] = layer.directions(inputs, local_errors)
+            if index:
+                errors = self._widen(error_below(index, inputs, outputs, errors, local_errors),
+                                     forward[index])
+        regularising.join()
+        for layer_directions, regulariser in zip(directions, regularisers):
+            layer_directions["weights"] += regulariser
+        return directions
+
+    def backprop_directions(self, forward, targets, ortho_weighting=0.0):
+        """BP: e_l = d @ W_l.T, the gradient of 0.5 * sum((h_L - t)**2) / n."""
+        def error_below(index, inputs, outputs, errors, local_errors):
+            return products.matmul(local_errors,
+                                   self.layers[index].weight_matrix.swapaxes(-1, -2))
+        return self._directions(forward, targets, ortho_weighting, error_below)
+
+    def gait_directions(self, forward, targets, ortho_weighting=0.0, gamma=0.001):
+        """GAIT, computed exactly: e_l = E_l = (phi(h_{l+1}, delta) / gamma**(k+1)) @ inv(W_l).
+
+        E_{l+1} = (h_{l+1} - t_{l+1}) / gamma**k with k = L - 1 - l layers above layer l,
+        delta = gamma**(k+1) * g(h_{l+1})**2 * E_{l+1}; without zero crossings this is
+        E_l = (g * E_{l+1}) @ inv(W_l). The target is t_l = x_l - gamma**(k+1) * E_l.
+        """
+        nb_layers = len(self.layers)
+
+        def error_below(index, inputs, outputs, errors, local_errors):
+            layer = self.layers[index]
+            step = layer.scaled_inverse_difference(outputs, local_errors,
+                                                   gamma ** (nb_layers - index))
+            return layer.apply_inverse_weights(step)
+        return self._directions(forward, targets, ortho_weighting, error_below)
+
+    def tp_directions(self, forward, targets, ortho_weighting=0.0):
+        """TP: t_l = inverse_l(t_{l+1}), so e_l = x_l - inverse_l(h_{l+1} - e_{l+1})."""
+        def error_below(index, inputs, outputs, errors, local_errors):
+            return inputs - self.layers[index].inverse_of_stepped(outputs, errors)
+        return self._directions(forward, targets, ortho_weighting, error_below)
+
+    @staticmethod
+    def weights_and_biases(directions):
+        """(weight_directions, bias_directions), the published scripts' form, of a rule's
+        directions by name (a dict per layer): two lists indexed like `layers`."""
+        return ([layer["weights"] for layer in directions],
+                [layer["biases"] for layer in directions])
+
+    def get_backprop_updates(self, forward, targets, ortho_weighting=0.0):
+        """The published API: `backprop_directions` as (weight_directions, bias_directions)."""
+        return self.weights_and_biases(self.backprop_directions(forward, targets,
+                                                                ortho_weighting))
+
+    def get_gait_updates(self, forward, targets, ortho_weighting=0.0, gamma=0.001):
+        """The published API: `gait_directions` as (weight_directions, bias_directions)."""
+        return self.weights_and_biases(self.gait_directions(forward, targets, ortho_weighting,
+                                                            gamma))
+
+    def get_tp_updates(self, forward, targets, ortho_weighting=0.0):
+        """The published API: `tp_directions` as (weight_directions, bias_directions)."""
+        return self.weights_and_biases(self.tp_directions(forward, targets, ortho_weighting))
+
+    def update_parameters(self, weight_directions, bias_directions, learning_rate):
+        """The published API: one optimiser step (`step`) along weight and bias directions
+        given as two lists indexed like `layers`."""
+        self.step([{"weights": weights, "biases": biases}
+                   for weights, biases in zip(weight_directions, bias_directions)],
+                  learning_rate)
+
+    def add_inverse_directions(self, forward, directions):
+        """Add to a rule's directions (a dict per layer) the directions of each learned
+        inverse down its reconstruction loss (InvLayer.inverse_directions), from the forward
+        pass `forward` made before the update; in place."""
+        for index, layer in enumerate(self.layers):
+            if layer.learns_inverse:
+                directions[index].update(layer.inverse_directions(
+                    self._inputs(index, forward[index]), forward[index + 1]))
+
+    def inverse_quality(self, forward):
+        """Per learned inverse, in layer order: (reconstruction error, distance to the exact
+        inverse) on the batch of `forward` (InvLayer.inverse_quality); a single run's."""
+        return [layer.inverse_quality(self._inputs(index, forward[index]), forward[index + 1])
+                for index, layer in enumerate(self.layers) if layer.learns_inverse]
+
+    def update_inverse_model(self):
+        """Make every inverse exact for the current weights: check that each W can be
+        inverted (numpy.linalg.LinAlgError if not) and reset the kept inverses."""
+        for layer in self.layers:
+            layer.update_inverse()
+
+    def keep_inverses(self, keep=True):
+        """Solve against kept inverses (`inv_layer.KeptInverse`) in the layers the rules invert
+        (all but the first), or by LU solves again (keep=False)."""
+        for layer in self.layers[1:]:
+            layer.keep_inverse(keep)
+
+class TowerInvNet(InvNet):
+    """Layers of widths net_structure[1:] on inputs of width net_structure[0]; layer k has
+    seed start_seed + k."""
+
+    def __init__(self, net_structure, start_seed=None, orthogonal_init=False, linear=False,
+                 learn_inverses=False, exact_start=True):
+        nb_layers = len(net_structure) - 1
+        seeds = [None if start_seed is None else start_seed + k for k in range(nb_layers)]
+        super().__init__(net_structure, seeds, orthogonal_init, linear, learn_inverses,
+                         exact_start)
+
+
+class SquareInvNet(InvNet):
+    """`nb_hidden_layers` hidden layers and an output layer, all `nb_units` wide.
+
+    Hidden layer k has seed start_seed + k; the output layer reuses the seed of the last
+    hidden layer (start_seed when there is none), as published.
+    """
+
+    def __init__(self, nb_units, nb_hidden_layers, start_seed=None, orthogonal_init=False,
+                 linear=False, learn_inverses=False, exact_start=True):
+        offsets = list(range(nb_hidden_layers)) + [max(nb_hidden_layers - 1, 0)]
+        seeds = [None if start_seed is None else start_seed + k for k in offsets]
+        super().__init__([nb_units] * (nb_hidden_layers + 2), seeds, orthogonal_init, linear,
+                         learn_inverses, exact_start)

@@ -1,0 +1,2 @@
+"""Runs: the settings table, results folders and their names, checkpoints, stop signals, the data
+sets, and training runs as packs."""

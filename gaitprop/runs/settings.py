@@ -1,0 +1,433 @@
+"""Every setting of a run, once: one row each in `TABLE`, from which the command line
+(`build_parser`), the results folder's name and its parser (run_folder), the settings a
+stored run must share to be continued, the pack key (pack.pack_key), the sweep's grid
+(sweep.py), the paper's presets and the summaries' columns (summary_data) are derived;
+and the network the settings name (`build_net`).
+
+A new flag is one row. Only the standard library is imported at the top: run_folder and
+the summaries read this module without loading the training code (`build_parser` and
+`build_net` import what they need).
+"""
+import argparse
+import dataclasses
+import importlib
+import math
+import re
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class NamePiece:
+    """How a setting shows in the results folder's name: at `position` (pieces in increasing
+    order), the text `text(value)`, matched back by the regular expression `pattern` (whose
+    group is the setting's name) and turned into the value by `parse(matched text or None)`."""
+
+    position: float
+    text: Callable[[Any], str]
+    pattern: str
+    parse: Callable[[str | None], Any]
+
+
+def shown(value):
+    """A value as a folder name shows it: str(), with a negative zero shown as 0.0 (the
+    same number; '-0.0OrthoReg_' would be a second folder for it)."""
+    return str(0.0 if isinstance(value, float) and value == 0 else value)
+
+
+def value_piece(position, name, pattern, suffix, parse):
+    """`{value}{suffix}`, e.g. 0.1OrthoReg_ (the value matched by `pattern`)."""
+    return NamePiece(position, lambda value: f"{shown(value)}{suffix}",
+                     f"(?P<{name}>{pattern}){re.escape(suffix)}", parse)
+
+
+def word_piece(position, name, word):
+    """`word` when the switch is on, nothing when off, e.g. Linear_."""
+    return NamePiece(position, lambda value: word if value else "",
+                     f"(?P<{name}>{re.escape(word)})?", lambda text: text is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting of a run (run.py's flag --name), and how each part of the package uses it.
+
+    - kind: "value" (a number or a choice: `convert` checks it; `choices` names the module
+      attribute whose keys are the allowed values), "path" (a folder), "switch" (on when
+      given) or "action" (a switch that says what to do with the results folder);
+    - published: a flag of the published scripts (else one added by this package);
+    - computation: it changes what a run computes (a stored run continues only under an
+      equal value);
+    - folder: its NamePiece, if the results folder's name shows it;
+    - pack: "shared" (a pack's runs have one value), "zero or not" (they agree on whether
+      it is 0) or "free";
+    - grid: its position in a sweep's grid (a sweep takes one or more values), or None;
+      sweep: "passed" (one value, passed to every run of a sweep) or "device" (given
+      round-robin by --devices); always_written: in every sweep command, even at its default;
+    - presets: {preset: {algorithm: value}};
+    - column: (position, label, always shown) in the summaries' tables, or None;
+    - absent: the value of a run stored before this setting existed (its run.json and
+      checkpoint lack it), or None if every stored run records it;
+    - same_as: the setting whose value it takes by default (None): a value equal to that
+      one's is the default (`canonical`), the same run in the same folder.
+    """
+
+    name: str
+    default: object
+    help: str | None
+    kind: str = "value"
+    convert: Callable[[str], Any] | None = None
+    choices: str | None = None
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    published: bool = False
+    computation: bool = False
+    folder: NamePiece | None = None
+    pack: str = "free"
+    grid: float | None = None
+    sweep: str | None = None
+    always_written: bool = False
+    presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    column: tuple[float, str, bool] | None = None
+    absent: object = None
+    same_as: str | None = None
+
+
+class Number:
+    """An argparse type: a finite int or float >= minimum (> minimum if strict), and
+    <= maximum if one is given."""
+
+    def __init__(self, kind, minimum, strict=False, maximum=None):
+        self.kind, self.minimum, self.strict, self.maximum = kind, minimum, strict, maximum
+
+    def __call__(self, text):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            expected = "an integer" if self.kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+        if (value < self.minimum or (self.strict and value == self.minimum)
+                or (self.maximum is not None and value > self.maximum)):
+            raise argparse.ArgumentTypeError(self.out_of_range(text))
+        return value + 0  # -0.0 as 0.0
+
+    def out_of_range(self, text):
+        """Why `text` is outside the allowed values."""
+        if self.maximum is not None:
+            return f"{text!r} must be from {self.minimum} to {self.maximum}"
+        return f"{text!r} must be {'greater than' if self.strict else 'at least'} {self.minimum}"
+
+
+SEEDS = 2**32  # NumPy's seeds: 0 to 2**32 - 1
+
+
+class Seed(Number):
+    """An argparse type for --seed: an integer from 0 to 2**32 - 1, NumPy's seeds (that every
+    layer's seed S + k is one too is `refusal`'s to check)."""
+
+    def __init__(self):
+        super().__init__(int, 0, maximum=SEEDS - 1)
+
+    def out_of_range(self, text):
+        return (f"{text!r} is not a seed: NumPy takes seeds from 0 to {SEEDS - 1} (layer k of "
+                f"the network is seeded with S + k), so give one from 0 to {SEEDS - 1}")
+
+
+class HeldOut(Number):
+    """An argparse type for --validation: a number of training images to hold out, at least 0
+    and leaving the 1,000 images the published batch layout needs (len / 1000 per batch)."""
+
+    def __init__(self):
+        super().__init__(int, 0)
+
+    def __call__(self, text):
+        from gaitprop.runs.data import TRAINING_IMAGES
+        value = super().__call__(text)
+        if (TRAINING_IMAGES - value) // 1000 < 1:  # training.batch_layout's batch size
+            raise argparse.ArgumentTypeError(
+                f"{text!r} leaves {max(TRAINING_IMAGES - value, 0)} of the {TRAINING_IMAGES} "
+                f"training images, too few for a batch (the published layout takes len / 1000 "
+                f"images a batch): hold out at most {TRAINING_IMAGES - 1000}")
+        return value
+
+
+GAMMA = 0.001  # GAIT's gamma as published (the authors' learned-inverse branch took 0.01)
+TOWER = (784, 784, 500, 200, 10)  # --tower's widths: four layers
+PAPER = "paper"  # the preset of the paper's settings per algorithm (Ahmad et al. 2020, sec. 4)
+
+# In run.py's order of flags (the published ones first); `grid` orders the sweep's grid
+# (outermost first: the seeds of one setting are adjacent).
+TABLE = (
+    Setting("algorithm", "BP", "learning rule", choices="gaitprop.engine.training.RULES",
+            published=True, computation=True,
+            folder=value_piece(1, "algorithm", "[A-Z]+", "_", str), pack="shared", grid=1,
+            always_written=True, column=(1, "algorithm", True)),
+    Setting("seed", 1, "base seed of the weights (layer k: S + k; each from 0 to 2**32 - 1)",
+            convert=Seed(), published=True,
+            computation=True, folder=value_piece(5, "seed", r"-?\d+", "Seed_", int),
+            grid=12, always_written=True),
+    Setting("orthogonal_reg", 0.0,
+            "lambda of the orthogonal regulariser (0 also means orthogonal initialisation)",
+            convert=Number(float, 0.0), aliases=("--orthogona_reg",), published=True,
+            computation=True,
+            folder=value_piece(4, "orthogonal_reg", "[^_]+", "OrthoReg_", float),
+            pack="zero or not", grid=6,
+            presets={PAPER: {"BP": 0.0, "GAIT": 0.1, "TP": 1000.0}},
+            column=(4, "ortho reg", True)),
+    Setting("device", 0, "GPU id when CuPy is used", convert=Number(int, 0), published=True,
+            pack="shared", sweep="device"),
+    Setting("nb_epochs", 100, "epochs to train (in total)", convert=Number(int, 1),
+            published=True, grid=11, always_written=True),
+    Setting("nb_layers", 1, "hidden layers of a square network", convert=Number(int, 0),
+            published=True, computation=True,
+            folder=value_piece(7, "nb_layers", r"\d+", "", int), pack="shared", grid=2,
+            presets={PAPER: {"BP": 4, "GAIT": 4, "TP": 4}}, column=(2, "net", True)),
+    Setting("learning_rate", 0.0001, "learning rate of the Adam-like optimiser",
+            convert=Number(float, 0.0, strict=True),
+            published=True, computation=True,
+            folder=value_piece(6, "learning_rate", "[^_]+", "LR_", float), grid=7,
+            presets={PAPER: {"BP": 1e-4, "GAIT": 1e-4, "TP": 1e-5}}, column=(3, "lr", True)),
+    Setting("dataset", "MNIST", "data set", choices="gaitprop.runs.data.DATASETS", published=True,
+            computation=True, folder=value_piece(0, "dataset", "[A-Z]+", "_", str),
+            grid=0, always_written=True, column=(0, "dataset", True)),
+    Setting("linear", False, "linear layers instead of leaky ReLU", kind="switch",
+            published=True, computation=True, folder=word_piece(2, "linear", "Linear_"),
+            pack="shared", grid=4, column=(6, "linear", False)),
+    Setting("tower", False, "the 784-784-500-200-10 tower network", kind="switch",
+            published=True, computation=True,
+            folder=NamePiece(8, lambda value: "TOWER" if value else "L", "(?P<tower>L|TOWER)",
+                             lambda text: text == "TOWER"),
+            pack="shared", grid=3),
+    Setting("orthogonal_init", False,
+            "orthogonal initialisation even when --orthogonal_reg > 0", kind="switch",
+            published=True, computation=True,
+            folder=word_piece(3, "orthogonal_init", "OrthoInit_"), grid=5,
+            presets={PAPER: {"BP": False, "GAIT": True, "TP": True}},
+            column=(5, "ortho init", False)),
+    Setting("load", False, "continue the run stored in the results folder (not with "
+            "--overwrite)", kind="action", published=True),
+    Setting("learn_inv", False,
+            "GAIT and TP use learned inverses (backward weights V and biases c per layer, "
+            "trained down each layer's reconstruction loss) instead of exact ones",
+            kind="switch", computation=True, folder=word_piece(4.1, "learn_inv", "LearnInv_"),
+            pack="shared", grid=5.1, column=(5.1, "learn inv", False), absent=False),
+    Setting("no_inv_init", False,
+            "with --learn_inv: start V and c as drawn (V from the layer's seed, after W; c = 0) "
+            "instead of at the exact inverse", kind="switch", computation=True,
+            folder=word_piece(4.2, "no_inv_init", "NoInvInit_"), grid=5.2,
+            column=(5.2, "no inv init", False), absent=False),
+    Setting("gamma", GAMMA, "GAIT's gamma (GAIT only; the default is the published one)",
+            convert=Number(float, 0.0, strict=True), computation=True,
+            folder=NamePiece(4.3,
+                             lambda value: "" if value == GAMMA else f"{shown(value)}Gamma_",
+                             r"(?:(?P<gamma>[^_]+)Gamma_)?",
+                             lambda text: GAMMA if text is None else float(text)),
+            pack="shared", grid=6.5, column=(4.5, "gamma", False), absent=GAMMA),
+    Setting("inv_learning_rate", None,
+            "with --learn_inv: the learning rate of V and c (default: --learning_rate)",
+            convert=Number(float, 0.0, strict=True), metavar="RATE", computation=True,
+            folder=NamePiece(6.2,
+                             lambda value: "" if value is None else f"{shown(value)}InvLR_",
+                             r"(?:(?P<inv_learning_rate>[^_]+)InvLR_)?",
+                             lambda text: None if text is None else float(text)),
+            grid=7.5, column=(3.5, "inv lr", False), same_as="learning_rate"),
+    Setting("eval_interval", 10,
+            "batches between evaluations, as published; 0 = only at the end of each epoch; "
+            "fewer than the batches of an epoch (1000)",
+            convert=Number(int, 0), computation=True, pack="shared", grid=9,
+            column=(7, "eval every", False)),
+    Setting("log_alignment", 0,
+            "every N batches, log per layer the angle between the rule's and BP's weight "
+            "directions to alignment.txt (0 = off)", convert=Number(int, 0), metavar="N",
+            pack="shared", grid=10),
+    Setting("validation", 0,
+            "training images held out as a validation set, evaluated beside the others (10000: "
+            "the authors' own split, chosen by seed 42); 0 = none, train on all",
+            convert=HeldOut(), metavar="N", computation=True,
+            folder=NamePiece(6.5, lambda value: f"{value}Val_" if value else "",
+                             r"(?:(?P<validation>\d+)Val_)?",
+                             lambda text: int(text) if text else 0),
+            pack="shared", grid=9.5, column=(7.5, "validation", False), absent=0),
+    Setting("dtype", "float64", "float type of the computation",
+            choices="gaitprop.arrays.backend.DTYPES", computation=True,
+            pack="shared", grid=8, column=(8, "dtype", False)),
+    Setting("backend", "auto", "auto = CuPy when it imports and sees a GPU, else NumPy",
+            choices="gaitprop.arrays.backend.CHOICES", pack="shared", sweep="passed"),
+    Setting("data_dir", "./data", "torchvision data root", kind="path", sweep="passed"),
+    Setting("results_dir", "results", "where results folders go", kind="path",
+            sweep="passed"),
+    Setting("overwrite", False, "replace a finished or interrupted run in the results folder "
+            "(not with --load)", kind="action"),
+)
+SETTINGS = {setting.name: setting for setting in TABLE}
+
+
+def names(**wanted):
+    """The names of the settings whose fields have the given values, in table order."""
+    return tuple(setting.name for setting in TABLE
+                 if all(getattr(setting, field) == value for field, value in wanted.items()))
+
+
+def stored_settings(stored):
+    """A stored run's settings (from run.json or a checkpoint), with the value it had for
+    each setting added after it was stored (`absent`), in `canonical` form."""
+    return canonical({**{setting.name: setting.absent for setting in TABLE
+                         if setting.absent is not None}, **stored})
+
+
+def canonical(values):
+    """Settings (a dict) with each value equal to its `same_as` setting's set to None, the
+    default it equals (--inv_learning_rate equal to --learning_rate): one run, one folder."""
+    return {**values, **{setting.name: None for setting in TABLE
+                         if setting.same_as is not None and values.get(setting.name) is not None
+                         and values.get(setting.name) == values.get(setting.same_as)}}
+
+
+def presets(preset, algorithm):
+    """{setting: value} of a preset for one algorithm."""
+    return {setting.name: setting.presets[preset][algorithm] for setting in TABLE
+            if preset in setting.presets}
+
+
+PRESETS = sorted({preset for setting in TABLE for preset in setting.presets})
+# The summaries' columns in order ({name: label}) and those always shown.
+_COLUMN = {setting.name: setting.column for setting in TABLE if setting.column is not None}
+COLUMNS = {name: _COLUMN[name][1] for name in sorted(_COLUMN, key=lambda name: _COLUMN[name][0])}
+ALWAYS_SHOWN = tuple(name for name in COLUMNS if _COLUMN[name][2])
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """--help with each flag's default after its help, where it has one: not None, not a
+    switch's False, and not already told ("(default: ...)")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is not None and action.default is not False
+                and action.default is not argparse.SUPPRESS and "(default:" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+class RawDefaultsShown(DefaultsShown, argparse.RawDescriptionHelpFormatter):
+    """DefaultsShown, with the description and epilog as written (pack.py's, sweep.py's)."""
+
+
+class Parser(argparse.ArgumentParser):
+    refuses = True  # whether parse_args refuses flags that cannot make a run (sweep.py: off)
+
+    def parse_args(self, args=None, namespace=None):
+        """Parsed flags, refused (`error`) when they cannot make a run (`refusal`), in
+        `canonical` form."""
+        parsed = super().parse_args(args, namespace)
+        if not self.refuses:  # sweep.py's: single flags, checked in combination later
+            return parsed
+        reason = refusal(parsed)
+        if reason is not None:
+            self.error(reason)
+        vars(parsed).update(canonical(vars(parsed)))
+        return parsed
+
+    def error(self, message):
+        from gaitprop.runs.exit_status import EXIT_USAGE
+        self.exit(EXIT_USAGE, f"run.py: {message}. Run ./run.py --help for every flag and its "
+                              f"allowed values; nothing was written.\n")
+
+
+def choices(setting):
+    """The allowed values of a setting: the keys of the module attribute it names."""
+    if setting.choices is None:
+        return None
+    module, attribute = setting.choices.rsplit(".", 1)
+    return list(getattr(importlib.import_module(module), attribute))
+
+
+def last_seed_offset(args):
+    """The largest k of the layer seeds S + k of the settings' network: 3 for the tower's four
+    layers, nb_layers - 1 for a square network (its output layer reuses the last hidden
+    layer's seed, S with no hidden layer). A learned inverse is drawn from its layer's seed."""
+    return len(TOWER) - 2 if args.tower else max(args.nb_layers - 1, 0)
+
+
+def batches_per_epoch(validation):
+    """The batches of an epoch (training.batch_layout) on the training images left after
+    holding out `validation` of them: 1000 for none or 10,000."""
+    from gaitprop.runs.data import TRAINING_IMAGES
+    images = TRAINING_IMAGES - validation
+    return images // (images // 1000)
+
+
+def refusal(args):
+    """Why run.py's settings `args` cannot make a run (one paragraph naming the flag and the
+    fix), or None if they can: --learn_inv learns the inverses that GAIT's and TP's targets
+    use, which BP has none of, in the layers above the first; --no_inv_init and
+    --inv_learning_rate only mean something with --learn_inv, --gamma only with GAIT; every
+    layer's seed must be NumPy's; an --eval_interval must leave an evaluation in an epoch;
+    --load and --overwrite exclude each other."""
+    if args.learn_inv and args.algorithm == "BP":
+        return ("--learn_inv needs --algorithm=GAIT or TP: BP passes its errors down through "
+                "W.T and uses no inverse, so there is nothing to learn. Drop --learn_inv, or "
+                "choose GAIT or TP")
+    needing = [f"--{name}" for name, unset in (("no_inv_init", False),
+                                                ("inv_learning_rate", None))
+               if getattr(args, name) != unset]
+    if needing and not args.learn_inv:
+        return (f"{' and '.join(needing)} {'apply' if len(needing) > 1 else 'applies'} only "
+                f"to learned inverses: add --learn_inv "
+                f"(with --algorithm=GAIT or TP), or drop {' and '.join(needing)}")
+    if args.learn_inv and not args.tower and args.nb_layers == 0:
+        return ("--learn_inv needs --nb_layers=1 or more (or --tower): only the layers above "
+                "the first learn an inverse (the rules never invert layer 0), and with "
+                "--nb_layers=0 the square network has one layer. Give --nb_layers=1 or more, or "
+                "--tower, or drop --learn_inv")
+    if args.gamma != GAMMA and args.algorithm != "GAIT":
+        return (f"--gamma applies only to --algorithm=GAIT: BP and TP take no gamma, so a value "
+                f"other than {GAMMA} would change nothing but the folder name: drop --gamma, "
+                f"or choose --algorithm=GAIT")
+    last = last_seed_offset(args)
+    if args.seed + last >= SEEDS:
+        network = "the tower's 4 layers" if args.tower else f"{args.nb_layers} hidden layers"
+        return (f"--seed={args.seed} gives a layer a seed past NumPy's last, {SEEDS - 1}: layer "
+                f"k is seeded with S + k, up to S + {last} with {network}. Give --seed at most "
+                f"{SEEDS - 1 - last}")
+    batches = batches_per_epoch(args.validation)
+    if args.eval_interval >= batches:
+        held = f" with --validation={args.validation}" if args.validation else ""
+        return (f"--eval_interval={args.eval_interval} is not below the {batches} batches of an "
+                f"epoch{held}: an evaluation follows batch b (counted from 0) when b % "
+                f"{args.eval_interval} == 0 and b != 0, so none would follow any batch. Give "
+                f"--eval_interval at most {batches - 1}, or 0 to evaluate at the end of each "
+                f"epoch")
+    if args.load and args.overwrite:
+        return ("--load and --overwrite exclude each other: --load continues the run stored in "
+                "the results folder, --overwrite replaces it. Give one of them")
+    return None
+
+
+def build_parser():
+    """run.py's parser: a flag per row of TABLE (the published ones, then this package's)."""
+    parser = Parser(description="Train an invertible MLP with BP, GAIT-prop or TP and dump "
+                                "accuracies, losses and weights (see README.md).",
+                    formatter_class=DefaultsShown)
+    ours = parser.add_argument_group("added by this package")
+    for setting in TABLE:
+        group = parser if setting.published else ours
+        flags = [f"--{setting.name}", *setting.aliases]
+        if setting.kind in ("switch", "action"):
+            group.add_argument(*flags, action="store_true", help=setting.help)
+        else:
+            group.add_argument(
+                *flags, type=setting.convert,  # type: ignore[arg-type]  # None: argparse's default
+                choices=choices(setting), default=setting.default, metavar=setting.metavar,
+                help=setting.help)
+    return parser
+
+
+def build_net(args):
+    """The network of the settings; orthogonal init also whenever lambda == 0 (as published);
+    learned inverses with --learn_inv."""
+    from gaitprop.model.net import SquareInvNet, TowerInvNet
+    orthogonal = args.orthogonal_init or args.orthogonal_reg == 0
+    learned = {"learn_inverses": args.learn_inv, "exact_start": not args.no_inv_init}
+    if args.tower:
+        return TowerInvNet(list(TOWER), args.seed, orthogonal, args.linear, **learned)
+    return SquareInvNet(784, args.nb_layers, args.seed, orthogonal, args.linear, **learned)
