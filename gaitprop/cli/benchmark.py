@@ -50,15 +50,17 @@ from gaitprop.model.functions import evaluate, one_hot, peak_memory_mb
 BATCH, TRAIN, TEST, UNITS = 60, 60000, 10000, 784
 EVALS_PER_EPOCH = sum(training.evaluates_after(b, 10, 1000) for b in range(1000))
 # (name, rule, lambda, learning rate, learned inverses): each rule at the paper's learning
-# rate, with lambda 0 and (GAIT, TP) with the paper's lambda; GAIT and TP with learned
-# inverses (--learn_inv) and lambda 0.
-PAPER = {rule: settings_table.presets(settings_table.PAPER, rule) for rule in ("BP", "GAIT", "TP")}
-ROWS = tuple([(rule, rule, 0.0, PAPER[rule]["learning_rate"], False) for rule in PAPER]
+# rate, with lambda 0 and (GAIT, TP) with the paper's lambda; GAIT, TP and DTP with learned
+# inverses (--learn_inv) and lambda 0 (with exact inverses DTP computes TP's step).
+PAPER = {rule: settings_table.presets(settings_table.PAPER, rule)
+         for rule in ("BP", "GAIT", "TP", "DTP")}
+ROWS = tuple([(rule, rule, 0.0, PAPER[rule]["learning_rate"], False)
+              for rule in ("BP", "GAIT", "TP")]
              + [(f"{rule} lambda={PAPER[rule]['orthogonal_reg']:g}", rule,
                  PAPER[rule]["orthogonal_reg"], PAPER[rule]["learning_rate"], False)
                 for rule in ("GAIT", "TP")]
              + [(f"{rule} learned inv", rule, 0.0, PAPER[rule]["learning_rate"], True)
-                for rule in ("GAIT", "TP")])
+                for rule in ("GAIT", "TP", "DTP")])
 LEARNED_TARGET = 2.0  # a learned-inverse step (lambda 0) costs at most this many BP steps
 # {"ms_per_step": {dtype: ms}, "evaluation_efficiency": a fraction of the limit}
 GPU_TARGETS: dict[str, Any] = {"ms_per_step": {"float64": 1.0, "float32": 0.8},

@@ -12,8 +12,8 @@ import numpy
 
 from gaitprop.arrays import backend
 from gaitprop.arrays import products
-from gaitprop.engine.training import (Diverged, batch_name, finiteness_sums, parameter_faults,
-                                      rule_directions, train_step)
+from gaitprop.engine.training import (Diverged, batch_name, finiteness_sums, inverse_noise,
+                                      parameter_faults, rule_directions, train_step)
 
 # Why a queued step failed its checks (bits of the guard's third value).
 SUMS_NOT_FINITE, SOLVE_NOT_EXACT, SINGULAR = 1, 2, 4
@@ -133,7 +133,7 @@ class GraphReplay:
     (`enabled`): captured at the second step, and kept only if a replay computes what the
     step itself computes (`difference`, relative); else steps stay eager."""
 
-    inputs: tuple[Any, Any] | None  # the backend arrays a graph reads (images, labels)
+    inputs: tuple[Any, ...] | None  # the backend arrays a graph reads (images, labels, noise)
 
     def __init__(self, enabled):
         self.enabled, self.difference = enabled, None
@@ -147,27 +147,28 @@ class GraphReplay:
         """Steps run eagerly from now on."""
         self.graph, self.enabled = None, False
 
-    def queue(self, step, images, one_hot_labels, arrays):
-        """Queue `step(images, one_hot_labels)`: eagerly the first time, then as replays;
-        `arrays()` lists every array a step changes (for the replay check)."""
+    def queue(self, step, inputs, arrays):
+        """Queue `step(*inputs)` (images, labels and the inverses' noise of one step):
+        eagerly the first time, then as replays; `arrays()` lists every array a step changes
+        (for the replay check)."""
         if self.graph is None and self.enabled and self.queued_before:
-            self.graph = self._capture(step, images, one_hot_labels, arrays)
+            self.graph = self._capture(step, inputs, arrays)
             return  # the capture ran this step, replaying the graph or not
         if self.graph is None:
-            step(images, one_hot_labels)
+            step(*inputs)
             self.queued_before = True
             return
         assert self.inputs is not None, "captured with the graph"
-        self.inputs[0][...] = images
-        self.inputs[1][...] = one_hot_labels
+        for fixed, given in zip(self.inputs, inputs, strict=True):
+            fixed[...] = given
         self.graph.launch()
 
-    def _capture(self, step, images, one_hot_labels, arrays):
-        """The graph of `step` on fixed inputs, run on this batch, or None (see class)."""
-        xp = backend.array_module(images)
-        self.inputs = (xp.empty_like(images), xp.empty_like(one_hot_labels))
-        self.inputs[0][...] = images
-        self.inputs[1][...] = one_hot_labels
+    def _capture(self, step, inputs, arrays):
+        """The graph of `step` on fixed inputs, run on this step's, or None (see class)."""
+        xp = backend.array_module(inputs[0])
+        self.inputs = tuple(xp.empty_like(given) for given in inputs)
+        for fixed, given in zip(self.inputs, inputs):
+            fixed[...] = given
         changed = arrays()
         before = [array.copy() for array in changed]
         try:
@@ -176,7 +177,7 @@ class GraphReplay:
             print(f"note: CUDA graph capture failed ({error!r}); steps run without graphs.",
                   file=sys.stderr)
             self.enabled = False
-            step(images, one_hot_labels)
+            step(*inputs)
             return None
         step(*self.inputs)
         eager = [array.copy() for array in changed]
@@ -398,15 +399,17 @@ class StepRunner:
         self.guard.window.append(entry)
         self.tally.steps += 1
         images, one_hot_labels = self.members.now(entry[:2], entry[4])
+        noise = inverse_noise(self.net, self.step_settings, entry[2], entry[3], images.shape[-2])
         try:
-            self.replay.queue(self._queued_step, images, one_hot_labels, self._arrays_of_a_step)
+            self.replay.queue(self._queued_step, (images, one_hot_labels) + noise,
+                              self._arrays_of_a_step)
         except numpy.linalg.LinAlgError:  # nothing of this step reached the weights
             self.guard.fail(SINGULAR)
 
-    def _queued_step(self, images, one_hot_labels):
+    def _queued_step(self, images, one_hot_labels, *noise):
         """The step without waiting: directions, checks into the guard, guarded update."""
         forward, _, directions = rule_directions(self.net, self.step_settings, images,
-                                                 one_hot_labels)
+                                                 one_hot_labels, noise)
         self.guard.check([forward[-1]] + list(self.net.named(directions).values()))
         self.net.step(directions, self.step_settings.learning_rate,
                       self.guard.array, self.step_settings.inv_learning_rate)

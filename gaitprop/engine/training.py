@@ -12,7 +12,8 @@ from gaitprop.model.net import output_targets
 from gaitprop.engine.statistics import Statistics  # noqa: F401 (training.Statistics: the API's name)
 from gaitprop.model.functions import angle_degrees, one_hot
 
-RULES = {"BP": "backprop_directions", "GAIT": "gait_directions", "TP": "tp_directions"}
+RULES = {"BP": "backprop_directions", "GAIT": "gait_directions", "TP": "tp_directions",
+         "DTP": "dtp_directions"}
 
 
 def batch_layout(nb_samples):
@@ -135,7 +136,8 @@ PerRun = typing.Any
 class StepSettings:
     """What a training step needs: the rule, the learning rate, lambda of the orthogonal
     regulariser, every how many batches the alignment with BP is logged (0 = never), GAIT's
-    gamma and the learning rate of learned inverses (None: the learning rate)."""
+    gamma, the learning rate of learned inverses (None: the learning rate) and the standard
+    deviation of the noise they learn on (0: none)."""
 
     algorithm: str
     learning_rate: PerRun
@@ -143,6 +145,7 @@ class StepSettings:
     log_alignment: int = 0
     gamma: float = 0.001
     inv_learning_rate: PerRun = None
+    inv_noise: float = 0.0
 
     @classmethod
     def of(cls, args):
@@ -156,17 +159,19 @@ class StepSettings:
 
     @classmethod
     def of_pack(cls, settings):
-        """The settings of a pack from its runs' settings (one rule, alignment cadence and
-        gamma; lambda zero for all runs or for none): a learning rate (of the weights and of
-        the inverses) and lambda per run, tuples."""
-        algorithms = {(each.algorithm, each.log_alignment, each.gamma, each.orthogonal_reg == 0)
-                      for each in settings}
+        """The settings of a pack from its runs' settings (one rule, alignment cadence, gamma
+        and inverses' noise; lambda zero for all runs or for none): a learning rate (of the
+        weights and of the inverses) and lambda per run, tuples."""
+        algorithms = {(each.algorithm, each.log_alignment, each.gamma, each.inv_noise,
+                       each.orthogonal_reg == 0) for each in settings}
         if len(algorithms) > 1:
             raise ValueError(f"the runs of a pack must share the rule, the alignment cadence, "
-                             f"gamma and whether lambda is zero, not {sorted(algorithms)}")
+                             f"gamma, the inverses' noise and whether lambda is zero, not "
+                             f"{sorted(algorithms)}")
         return cls(settings[0].algorithm, tuple(each.learning_rate for each in settings),
                    tuple(each.orthogonal_reg for each in settings), settings[0].log_alignment,
-                   settings[0].gamma, tuple(each.inverse_learning_rate for each in settings))
+                   settings[0].gamma, tuple(each.inverse_learning_rate for each in settings),
+                   settings[0].inv_noise)
 
     def select(self, positions):
         """A pack's settings for the runs at `positions`."""
@@ -327,16 +332,34 @@ def parameter_faults(net, where):
     return faults
 
 
-def rule_directions(net, settings, images, one_hot_labels):
+def inverse_noise(net, settings, epoch, batch_index, rows):
+    """The noise the learned inverses of the pack `net` learn on at one step (`inv_noise`
+    > 0): per learned inverse, an array (runs, rows, its width) of N(0, inv_noise**2)
+    values, run k's drawn on the host from numpy.random.default_rng([seed_k, epoch,
+    batch_index]) (seed_k: its first layer's seed), inverse by inverse, bottom to top; so a
+    resumed run draws what it would have drawn, and a pack's run what it would draw alone.
+    () without noise."""
+    widths = net.learned_inverse_widths()
+    if not settings.inv_noise or not widths:
+        return ()
+    draws = []
+    for seed in net.layers[0].seed:
+        generator = numpy.random.default_rng([seed or 0, epoch, batch_index])
+        draws.append([generator.standard_normal((rows, width)) * settings.inv_noise
+                      for width in widths])
+    return tuple(backend.to_device(numpy.stack(layer)) for layer in zip(*draws))
+
+
+def rule_directions(net, settings, images, one_hot_labels, noise=()):
     """(forward, targets, directions: a dict per layer) of the settings' rule on one
     batch: the forward pass, the full-width output target, and the rule's directions (with
-    those of the learned inverses, InvNet.add_inverse_directions)."""
+    those of the learned inverses, InvNet.add_inverse_directions, on `noise`)."""
     forward = net.forward_pass(images)
     targets = output_targets(forward[-1], one_hot_labels)
     directions = getattr(net, RULES[settings.algorithm])(forward, targets,
                                                          settings.orthogonal_reg,
                                                          **settings.rule_options())
-    net.add_inverse_directions(forward, directions)
+    net.add_inverse_directions(forward, directions, noise)
     return forward, targets, directions
 
 
@@ -352,7 +375,9 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     once per run (the checks); `StepRunner` queues steps without waiting.
     """
     try:
-        forward, targets, directions = rule_directions(net, settings, images, one_hot_labels)
+        forward, targets, directions = rule_directions(
+            net, settings, images, one_hot_labels,
+            inverse_noise(net, settings, epoch, batch_index, images.shape[-2]))
     except numpy.linalg.LinAlgError as error:
         message = (f"Training diverged at {batch_name(epoch, batch_index)}: a layer's weights "
                    f"are singular and cannot be inverted ({error}). {advice(None)}")

@@ -13,7 +13,7 @@ import numpy
 from gaitprop.experiments import summary_data
 from gaitprop.experiments.summary_data import SummaryError
 
-COLOURS = {"BP": "tab:blue", "GAIT": "tab:orange", "TP": "tab:green"}
+COLOURS = {"BP": "tab:blue", "GAIT": "tab:orange", "TP": "tab:green", "DTP": "tab:olive"}
 SPARE_COLOURS = ("tab:red", "tab:purple", "tab:brown")
 LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 PLAIN = ("dataset", "algorithm", "nb_layers")  # shown in legends without their name

@@ -139,6 +139,19 @@ class InvNet(NetParameters):
             return inputs - self.layers[index].inverse_of_stepped(outputs, errors)
         return self._directions(forward, targets, ortho_weighting, error_below)
 
+    def dtp_directions(self, forward, targets, ortho_weighting=0.0):
+        """DTP, difference target propagation (Lee, Zhang, Fischer, Bengio 2015): the target
+        t_l = x_l + backward_l(t_{l+1}) - backward_l(h_{l+1}), so
+        e_l = x_l - t_l = backward_l(h_{l+1}) - backward_l(h_{l+1} - e_{l+1}): only the
+        difference the error makes passes through the inverse. With an exact inverse
+        backward_l(h_{l+1}) = x_l and this is TP, computed by TP's formula; a learned inverse
+        (`learn_inverses`) is used in both terms."""
+        def error_below(index, inputs, outputs, errors, local_errors):
+            layer = self.layers[index]
+            stepped = layer.inverse_of_stepped(outputs, errors)
+            return (layer.inverse(outputs) if layer.learns_inverse else inputs) - stepped
+        return self._directions(forward, targets, ortho_weighting, error_below)
+
     @staticmethod
     def weights_and_biases(directions):
         """(weight_directions, bias_directions), the published scripts' form, of a rule's
@@ -167,14 +180,25 @@ class InvNet(NetParameters):
                    for weights, biases in zip(weight_directions, bias_directions)],
                   learning_rate)
 
-    def add_inverse_directions(self, forward, directions):
+    def learned_inverse_widths(self):
+        """The widths of the units each learned inverse reconstructs (the layers that learn
+        one, bottom to top): the shapes of their `noise` in `add_inverse_directions`."""
+        return [layer.nb_units for layer in self.layers if layer.learns_inverse]
+
+    def add_inverse_directions(self, forward, directions, noise=()):
         """Add to a rule's directions (a dict per layer) the directions of each learned
         inverse down its reconstruction loss (InvLayer.inverse_directions), from the forward
-        pass `forward` made before the update; in place."""
-        for index, layer in enumerate(self.layers):
-            if layer.learns_inverse:
-                directions[index].update(layer.inverse_directions(
-                    self._inputs(index, forward[index]), forward[index + 1]))
+        pass `forward` made before the update; in place. With `noise` (one array per learned
+        inverse, shaped as the units it reconstructs), each learns on corrupted activities,
+        as DTP's do: x~ = x_l + noise, L = mean_n 1/2 |backward(forward(x~)) - x~|^2."""
+        learned = [index for index, layer in enumerate(self.layers) if layer.learns_inverse]
+        for position, index in enumerate(learned):
+            layer, inputs = self.layers[index], self._inputs(index, forward[index])
+            outputs = forward[index + 1]
+            if len(noise):
+                inputs = inputs + noise[position]
+                outputs = layer.forward(inputs)
+            directions[index].update(layer.inverse_directions(inputs, outputs))
 
     def inverse_quality(self, forward):
         """Per learned inverse, in layer order: (reconstruction error, distance to the exact

@@ -172,7 +172,7 @@ TABLE = (
             computation=True,
             folder=value_piece(4, "orthogonal_reg", "[^_]+", "OrthoReg_", float),
             pack="zero or not", grid=6,
-            presets={PAPER: {"BP": 0.0, "GAIT": 0.1, "TP": 1000.0}},
+            presets={PAPER: {"BP": 0.0, "GAIT": 0.1, "TP": 1000.0, "DTP": 1000.0}},
             column=(4, "ortho reg", True)),
     Setting("device", 0, "GPU id when CuPy is used", convert=Number(int, 0), published=True,
             pack="shared", sweep="device"),
@@ -181,12 +181,13 @@ TABLE = (
     Setting("nb_layers", 1, "hidden layers of a square network", convert=Number(int, 0),
             published=True, computation=True,
             folder=value_piece(7, "nb_layers", r"\d+", "", int), pack="shared", grid=2,
-            presets={PAPER: {"BP": 4, "GAIT": 4, "TP": 4}}, column=(2, "net", True)),
+            presets={PAPER: {"BP": 4, "GAIT": 4, "TP": 4, "DTP": 4}}, column=(2, "net", True)),
     Setting("learning_rate", 0.0001, "learning rate of the Adam-like optimiser",
             convert=Number(float, 0.0, strict=True),
             published=True, computation=True,
             folder=value_piece(6, "learning_rate", "[^_]+", "LR_", float), grid=7,
-            presets={PAPER: {"BP": 1e-4, "GAIT": 1e-4, "TP": 1e-5}}, column=(3, "lr", True)),
+            presets={PAPER: {"BP": 1e-4, "GAIT": 1e-4, "TP": 1e-5, "DTP": 1e-5}},
+            column=(3, "lr", True)),
     Setting("dataset", "MNIST", "data set", choices="gaitprop.runs.data.DATASETS", published=True,
             computation=True, folder=value_piece(0, "dataset", "[A-Z]+", "_", str),
             grid=0, always_written=True, column=(0, "dataset", True)),
@@ -202,12 +203,12 @@ TABLE = (
             "orthogonal initialisation even when --orthogonal_reg > 0", kind="switch",
             published=True, computation=True,
             folder=word_piece(3, "orthogonal_init", "OrthoInit_"), grid=5,
-            presets={PAPER: {"BP": False, "GAIT": True, "TP": True}},
+            presets={PAPER: {"BP": False, "GAIT": True, "TP": True, "DTP": True}},
             column=(5, "ortho init", False)),
     Setting("load", False, "continue the run stored in the results folder (not with "
             "--overwrite)", kind="action", published=True),
     Setting("learn_inv", False,
-            "GAIT and TP use learned inverses (backward weights V and biases c per layer, "
+            "GAIT, TP and DTP use learned inverses (backward weights V and biases c per layer, "
             "trained down each layer's reconstruction loss) instead of exact ones",
             kind="switch", computation=True, folder=word_piece(4.1, "learn_inv", "LearnInv_"),
             pack="shared", grid=5.1, column=(5.1, "learn inv", False), absent=False),
@@ -223,6 +224,14 @@ TABLE = (
                              r"(?:(?P<gamma>[^_]+)Gamma_)?",
                              lambda text: GAMMA if text is None else float(text)),
             pack="shared", grid=6.5, column=(4.5, "gamma", False), absent=GAMMA),
+    Setting("inv_noise", 0.0,
+            "with --learn_inv: standard deviation of the Gaussian noise added to the activities "
+            "each learned inverse learns to reconstruct (DTP's corrupted activities); 0 = none",
+            convert=Number(float, 0.0), metavar="SIGMA", computation=True,
+            folder=NamePiece(4.4, lambda value: f"{shown(value)}InvNoise_" if value else "",
+                             r"(?:(?P<inv_noise>[^_]+)InvNoise_)?",
+                             lambda text: float(text) if text else 0.0),
+            pack="shared", grid=6.6, column=(4.6, "inv noise", False), absent=0.0),
     Setting("inv_learning_rate", None,
             "with --learn_inv: the learning rate of V and c (default: --learning_rate)",
             convert=Number(float, 0.0, strict=True), metavar="RATE", computation=True,
@@ -364,25 +373,26 @@ def refusal(args):
     layer's seed must be NumPy's; an --eval_interval must leave an evaluation in an epoch;
     --load and --overwrite exclude each other."""
     if args.learn_inv and args.algorithm == "BP":
-        return ("--learn_inv needs --algorithm=GAIT or TP: BP passes its errors down through "
-                "W.T and uses no inverse, so there is nothing to learn. Drop --learn_inv, or "
-                "choose GAIT or TP")
+        return ("--learn_inv needs --algorithm=GAIT, TP or DTP: BP passes its errors down "
+                "through W.T and uses no inverse, so there is nothing to learn. Drop "
+                "--learn_inv, or choose GAIT, TP or DTP")
     needing = [f"--{name}" for name, unset in (("no_inv_init", False),
-                                                ("inv_learning_rate", None))
+                                                ("inv_learning_rate", None),
+                                                ("inv_noise", 0.0))
                if getattr(args, name) != unset]
     if needing and not args.learn_inv:
         return (f"{' and '.join(needing)} {'apply' if len(needing) > 1 else 'applies'} only "
                 f"to learned inverses: add --learn_inv "
-                f"(with --algorithm=GAIT or TP), or drop {' and '.join(needing)}")
+                f"(with --algorithm=GAIT, TP or DTP), or drop {' and '.join(needing)}")
     if args.learn_inv and not args.tower and args.nb_layers == 0:
         return ("--learn_inv needs --nb_layers=1 or more (or --tower): only the layers above "
                 "the first learn an inverse (the rules never invert layer 0), and with "
                 "--nb_layers=0 the square network has one layer. Give --nb_layers=1 or more, or "
                 "--tower, or drop --learn_inv")
     if args.gamma != GAMMA and args.algorithm != "GAIT":
-        return (f"--gamma applies only to --algorithm=GAIT: BP and TP take no gamma, so a value "
-                f"other than {GAMMA} would change nothing but the folder name: drop --gamma, "
-                f"or choose --algorithm=GAIT")
+        return (f"--gamma applies only to --algorithm=GAIT: BP, TP and DTP take no gamma, so a "
+                f"value other than {GAMMA} would change nothing but the folder name: drop "
+                f"--gamma, or choose --algorithm=GAIT")
     last = last_seed_offset(args)
     if args.seed + last >= SEEDS:
         network = "the tower's 4 layers" if args.tower else f"{args.nb_layers} hidden layers"

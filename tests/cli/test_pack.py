@@ -852,18 +852,21 @@ LEARNING = {"square": lambda seed, exact: SquareInvNet(48, 2, seed, True, learn_
 
 
 @pytest.mark.parametrize("network", sorted(LEARNING))
-@pytest.mark.parametrize("algorithm, lambdas, rates", [
-    ("GAIT", (0.1, 0.5, 0.1), (1e-4, 1e-4, 1e-3)),
-    ("TP", (1000.0, 100.0, 1000.0), (1e-5, 1e-5, 3e-5))])
+@pytest.mark.parametrize("algorithm, lambdas, rates, inv_noise", [
+    ("GAIT", (0.1, 0.5, 0.1), (1e-4, 1e-4, 1e-3), 0.0),
+    ("TP", (1000.0, 100.0, 1000.0), (1e-5, 1e-5, 3e-5), 0.0),
+    ("DTP", (1000.0, 100.0, 1000.0), (1e-5, 1e-5, 3e-5), 0.0),
+    ("DTP", (0.0, 0.0, 0.0), (1e-4, 1e-4, 3e-4), 0.1)])
 def test_a_pack_of_learned_inverses_equals_its_single_runs_bit_for_bit(network, algorithm,
-                                                                      lambdas, rates):
+                                                                      lambdas, rates, inv_noise):
     """Learned inverses in a pack: runs starting exact and drawn, with their own learning
-    rates of the inverses; after 25 steps every array (W, b, V, c and the moments of each)
-    and every row of the alignment and inverse-quality logs is the single run's."""
+    rates of the inverses (and DTP's noise, each run's its own); after 25 steps every array
+    (W, b, V, c and the moments of each) and every row of the alignment and inverse-quality
+    logs is the single run's."""
     make = LEARNING[network]
     exact = (True, False, True)
     settings = [training.StepSettings(algorithm, rate, reg, log_alignment=10,
-                                      inv_learning_rate=inverse_rate)
+                                      inv_learning_rate=inverse_rate, inv_noise=inv_noise)
                 for rate, reg, inverse_rate in zip(rates, lambdas, (None, 1e-3, 3e-4))]
     sets = synthetic_sets(3)
     runner, statistics = train_packed([make(seed, start) for seed, start in zip((1, 7, 3), exact)],

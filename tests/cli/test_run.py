@@ -189,6 +189,9 @@ REFUSED = [
     (["--eval_interval=5000", "--validation=10000"], ["--eval_interval", "at most 999"]),
     (["--eval_interval=1001", "--validation=58999"], ["--eval_interval", "at most 1000"]),
     (["--load", "--overwrite"], ["--load", "--overwrite", "one of them"]),
+    (["--algorithm=DTP", "--inv_noise=0.1"], ["--inv_noise", "add --learn_inv"]),
+    (["--algorithm=DTP", "--learn_inv", "--gamma=0.01"], ["--gamma", "--algorithm=GAIT"]),
+    (["--algorithm=BP", "--learn_inv"], ["--learn_inv", "GAIT, TP or DTP"]),
 ]
 # Their neighbours, which make a run.
 ACCEPTED = [["--seed=0"], ["--seed=4294967295"], ["--seed=4294967295", "--nb_layers=0"],
@@ -198,7 +201,9 @@ ACCEPTED = [["--seed=0"], ["--seed=4294967295"], ["--seed=4294967295", "--nb_lay
             ["--algorithm=GAIT", "--learn_inv", "--nb_layers=0", "--tower"],
             ["--algorithm=TP", "--learn_inv", "--nb_layers=1"],
             ["--eval_interval=999"], ["--eval_interval=0"], ["--eval_interval=1"],
-            ["--eval_interval=1000", "--validation=58999"], ["--load"], ["--overwrite"]]
+            ["--eval_interval=1000", "--validation=58999"], ["--load"], ["--overwrite"],
+            ["--algorithm=DTP"], ["--algorithm=DTP", "--learn_inv", "--inv_noise=0.1"],
+            ["--algorithm=GAIT", "--learn_inv", "--inv_noise=0"]]
 
 
 def assert_one_paragraph(message, word):
@@ -319,6 +324,11 @@ def test_the_printed_resume_command_runs(script, monkeypatch):
     (["--algorithm=GAIT", "--gamma=0.01", "--validation=10000"],
      "MNIST_GAIT_0.0OrthoReg_0.01Gamma_1Seed_0.0001LR_10000Val_1L"),
     (["--algorithm=GAIT", "--gamma=0.001"], "MNIST_GAIT_0.0OrthoReg_1Seed_0.0001LR_1L"),
+    (["--algorithm=DTP", "--orthogonal_reg=1000", "--learn_inv", "--no_inv_init",
+      "--inv_noise=0.1", "--nb_layers=4"],
+     "MNIST_DTP_1000.0OrthoReg_LearnInv_NoInvInit_0.1InvNoise_1Seed_0.0001LR_4L"),
+    (["--algorithm=DTP", "--learn_inv", "--inv_noise=0"],
+     "MNIST_DTP_0.0OrthoReg_LearnInv_1Seed_0.0001LR_1L"),
     # flags that are not part of the name leave it alone
     (["--eval_interval=0", "--nb_epochs=3", "--dtype=float32", "--load"],
      "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_1L"),

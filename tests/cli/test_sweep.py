@@ -115,7 +115,7 @@ def test_a_sweep_leaves_out_what_run_py_refuses_and_says_so(capsys, tmp_path):
         "--log_alignment", "5", "--results_dir", tmp_path / "r")
     assert status == 0 and "prepared 5 (5 new)" in err
     assert err.count("left out 1 combination of the grid that run.py refuses: --learn_inv "
-                     "needs --algorithm=GAIT or TP") == 1
+                     "needs --algorithm=GAIT, TP or DTP") == 1
     assert sorted((run.algorithm, run.learn_inv) for run in parsed) == [
         ("BP", False), ("GAIT", False), ("GAIT", True), ("TP", False), ("TP", True)]
     assert all(run.log_alignment == 5 for run in parsed)

@@ -24,7 +24,7 @@ from gaitprop.model.functions import evaluate, one_hot
 
 PAPER = {rule: (preset["orthogonal_reg"], preset["learning_rate"])  # (lambda, lr)
          for rule, preset in ((rule, settings_table.presets(settings_table.PAPER, rule))
-                              for rule in ("BP", "GAIT", "TP"))}
+                              for rule in ("BP", "GAIT", "TP", "DTP"))}
 
 
 def batches(count, seed=0, units=784):
@@ -34,12 +34,13 @@ def batches(count, seed=0, units=784):
             for _ in range(count)]
 
 
-def trained(algorithm, data, deferred, nb_hidden=2, check_every=None, net=None):
+def trained(algorithm, data, deferred, nb_hidden=2, check_every=None, net=None, inv_noise=0.0):
     """(the trained run, its runner) after a runner's steps over `data` (a pack of one, as
     run.py trains; paper lambda and learning rate)."""
     ortho_weighting, learning_rate = PAPER[algorithm]
     net = net or SquareInvNet(784, nb_hidden, start_seed=1, orthogonal_init=True)
-    runner = PackOfOne(net, training.StepSettings(algorithm, learning_rate, ortho_weighting),
+    runner = PackOfOne(net, training.StepSettings(algorithm, learning_rate, ortho_weighting,
+                                                  inv_noise=inv_noise),
                        deferred=deferred)
     if check_every:
         runner.guard.CHECK_EVERY = runner.guard.check_every = check_every
@@ -469,17 +470,23 @@ def test_gamma_reaches_gait_and_no_other_rule():
     assert training.StepSettings("TP", 1e-4, gamma=0.01).rule_options() == {}
 
 
-@pytest.mark.parametrize("algorithm", ["GAIT", "TP"])
-def test_queued_steps_of_learned_inverses_equal_checked_steps(algorithm):
+@pytest.mark.parametrize("algorithm, inv_noise", [("GAIT", 0.0), ("TP", 0.0), ("DTP", 0.0),
+                                                  ("DTP", 0.1)])
+def test_queued_steps_of_learned_inverses_equal_checked_steps(algorithm, inv_noise):
     """The queued path (deferred, as on a GPU; here on NumPy) with learned inverses keeps no
-    inverse and checks no solve, and ends where checked steps end, bit for bit."""
+    inverse and checks no solve, and ends where checked steps end, bit for bit (with the
+    inverses' noise too: the queued step is given the noise the checked step draws)."""
     data = batches(12)
 
     def make():
         return SquareInvNet(784, 2, start_seed=1, orthogonal_init=True, learn_inverses=True,
                             exact_start=False)
-    queued, runner = trained(algorithm, data, deferred=True, check_every=5, net=make())
-    checked, _ = trained(algorithm, data, deferred=False, net=make())
+    queued, runner = trained(algorithm, data, deferred=True, check_every=5, net=make(),
+                             inv_noise=inv_noise)
+    checked, _ = trained(algorithm, data, deferred=False, net=make(), inv_noise=inv_noise)
+    if inv_noise:
+        noiseless, _ = trained(algorithm, data, deferred=False, net=make())
+        assert not numpy.array_equal(noiseless.state()["V1"], checked.state()["V1"])
     assert runner.inverses.kept == [] and runner.redone == 0
     for name, array in checked.state().items():
         numpy.testing.assert_array_equal(queued.state()[name], array, err_msg=name)
@@ -804,3 +811,30 @@ def test_the_batch_layout_follows_the_training_images_left():
     feed = training.Feed([((numpy.zeros((50000, 4)), numpy.zeros(50000, dtype=int)),
                            numpy.zeros((50000, 10)), (numpy.zeros((3, 4)), numpy.zeros(3)))])
     assert (feed.batch_size, feed.nb_batches) == (50, 1000)
+
+
+def test_the_inverses_noise_is_the_runs_own_at_each_step():
+    """inverse_noise: run k's noise at (epoch, batch) is drawn from its seed, the epoch and
+    the batch alone, N(0, sigma**2) per unit: the same in a pack as alone, again when drawn
+    again (a resumed run), other at another step or seed; none without learned inverses."""
+    def make(seed):
+        return TowerInvNet([30, 30, 20, 10], seed, True, learn_inverses=True)
+    settings = training.StepSettings("DTP", 1e-4, inv_noise=0.5)
+    pack = InvNet.stack([make(4), make(9)])
+    noise = training.inverse_noise(pack, settings, 2, 17, 400)
+    assert [array.shape for array in noise] == [(2, 400, 20), (2, 400, 10)]
+    for position, seed in enumerate((4, 9)):
+        alone = training.inverse_noise(InvNet.stack([make(seed)]), settings, 2, 17, 400)
+        for together, single in zip(noise, alone):
+            numpy.testing.assert_array_equal(together[position], single[0])
+    again = training.inverse_noise(pack, settings, 2, 17, 400)
+    later = training.inverse_noise(pack, settings, 2, 18, 400)
+    numpy.testing.assert_array_equal(again[0], noise[0])
+    assert not numpy.array_equal(later[0], noise[0])
+    assert not numpy.array_equal(noise[0][0], noise[0][1])
+    values = numpy.concatenate([array.ravel() for array in noise])
+    assert abs(values.mean()) < 0.02 and abs(values.std() - 0.5) < 0.02
+    assert training.inverse_noise(pack, training.StepSettings("DTP", 1e-4), 2, 17, 400) == ()
+    plain = InvNet.stack([TowerInvNet([30, 30, 20, 10], 4, True)])
+    assert training.inverse_noise(plain, settings, 2, 17, 400) == ()
+

@@ -651,7 +651,7 @@ def rule_on_a_batch(net, rule, seed=0):
 
 
 @pytest.mark.parametrize("network", sorted(LEARNING_NETS))
-@pytest.mark.parametrize("rule", ["gait_directions", "tp_directions"])
+@pytest.mark.parametrize("rule", ["gait_directions", "tp_directions", "dtp_directions"])
 def test_learned_inverses_from_the_exact_start_give_the_exact_targets(network, rule):
     """V = inv(W), c = b: GAIT's and TP's directions are the exact inverses' to rounding; a
     drawn start gives other directions below the top layer. Only the layers whose inverses
@@ -721,3 +721,78 @@ def test_the_inverses_learn_at_their_own_rate():
         np.testing.assert_allclose(array - before[name], rate, rtol=1e-6)
     assert sorted(net.optimizer.state()) == sorted(
         letter + name for name in before for letter in "mv")
+
+
+# ----------------------------------------------------------------------------- DTP
+
+@pytest.mark.parametrize("network", sorted(LEARNING_NETS))
+@pytest.mark.parametrize("linear", [False, True])
+def test_dtp_with_exact_inverses_is_tp(network, linear):
+    """With exact inverses backward(h_{l+1}) = x_l: DTP's directions are TP's (to rounding)."""
+    net = LEARNING_NETS[network]()
+    for layer in net.layers:
+        layer.linear = linear
+    _, tp = rule_on_a_batch(net, "tp_directions", seed=3)
+    _, dtp = rule_on_a_batch(net, "dtp_directions", seed=3)
+    for want, got in zip(tp, dtp):
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-12,
+                                       atol=1e-14 * np.abs(want[name]).max())
+
+
+def test_dtp_with_learned_inverses_by_hand():
+    """A tiny network whose learned inverses are off (V and c made for the test): DTP's
+    directions from the top down, with backward(y) = (f^-1(y) - c) @ V,
+    e_l = backward(h_{l+1}) - backward(h_{l+1} - e_{l+1}); TP's differ."""
+    rng = np.random.RandomState(4)
+    net = SquareInvNet(6, 2, start_seed=3, orthogonal_init=True, learn_inverses=True)
+    for layer in net.layers:
+        layer.biases = 0.1 * rng.randn(6)
+        if layer.learns_inverse:
+            layer.backward_weights = layer.backward_weights + 0.2 * rng.randn(6, 6)
+            layer.backward_biases = layer.biases + 0.1 * rng.randn(6)
+    x = rng.rand(5, 6)
+    forward = net.forward_pass(x)
+    targets = forward[-1] + 0.3 * rng.randn(5, 6)
+    got = net.dtp_directions(forward, targets)
+
+    def backward(layer, y):
+        return (finv(y, False) - layer.backward_biases) @ layer.backward_weights
+
+    hs = reference_forward([layer.weight_matrix for layer in net.layers],
+                           [layer.biases for layer in net.layers], x, False)
+    errors = hs[-1] - targets
+    for index in reversed(range(3)):
+        layer = net.layers[index]
+        local = g(hs[index + 1], False) * errors
+        np.testing.assert_allclose(got[index]["weights"], -hs[index].T @ local / 5,
+                                   rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(got[index]["biases"], -local.mean(axis=0), rtol=1e-10,
+                                   atol=1e-14)
+        if index:
+            errors = backward(layer, hs[index + 1]) - backward(layer, hs[index + 1] - errors)
+    tp = net.tp_directions(forward, targets)
+    assert relative_error(tp[0]["weights"], got[0]["weights"]) > 1e-3
+
+
+def test_learned_inverses_learn_on_the_noise_given():
+    """With noise (one array per learned inverse), each inverse steps down
+    mean_n 1/2 |backward(forward(x_l + eps)) - (x_l + eps)|^2 instead of the clean loss."""
+    rng = np.random.RandomState(2)
+    net = TowerInvNet([12, 12, 9, 7], 1, True, learn_inverses=True, exact_start=False)
+    forward = net.forward_pass(rng.rand(4, 12))
+    assert net.learned_inverse_widths() == [9, 7]
+    noise = [0.1 * rng.randn(4, 9), 0.1 * rng.randn(4, 7)]
+    clean = [{} for _ in net.layers]
+    noisy = [{} for _ in net.layers]
+    net.add_inverse_directions(forward, clean)
+    net.add_inverse_directions(forward, noisy, noise)
+    for position, index in enumerate((1, 2)):
+        layer = net.layers[index]
+        corrupted = forward[index][:, :layer.nb_units] + noise[position]
+        want = layer.inverse_directions(corrupted, layer.forward(corrupted))
+        for name in want:
+            np.testing.assert_array_equal(noisy[index][name], want[name])
+            assert relative_error(clean[index][name], want[name]) > 1e-3
+    assert clean[0] == {} and noisy[0] == {}
+

@@ -50,6 +50,8 @@ def test_the_paper_preset_per_algorithm():
         "nb_layers": 4, "orthogonal_reg": 0.1, "learning_rate": 1e-4, "orthogonal_init": True}
     assert settings.presets(settings.PAPER, "TP") == {
         "nb_layers": 4, "orthogonal_reg": 1000.0, "learning_rate": 1e-5, "orthogonal_init": True}
+    # DTP takes TP's (our choice: the paper has no DTP)
+    assert settings.presets(settings.PAPER, "DTP") == settings.presets(settings.PAPER, "TP")
 
 
 @pytest.mark.parametrize("text, message", [("x", "'x' is not a number"),
