@@ -102,7 +102,8 @@ def test_published_flags_exist_with_their_defaults():
 # The flags a flag needs beside it (run.py refuses it alone, see settings.refusal).
 CONTEXT = {"learn_inv": ["--algorithm=GAIT"], "gamma": ["--algorithm=GAIT"],
            "no_inv_init": ["--algorithm=TP", "--learn_inv"],
-           "inv_learning_rate": ["--algorithm=GAIT", "--learn_inv"]}
+           "inv_learning_rate": ["--algorithm=GAIT", "--learn_inv"],
+           "inv_noise": ["--algorithm=DTP", "--learn_inv"]}
 
 
 @pytest.mark.parametrize("option", [option for option, _ in parser_options()])
@@ -243,7 +244,8 @@ def test_the_neighbours_of_refused_settings_make_a_run(argv):
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN", "+infinity"])
 def test_a_float_flag_must_be_finite(name, text, capsys):
     context = {"gamma": ["--algorithm=GAIT"],
-               "inv_learning_rate": ["--algorithm=GAIT", "--learn_inv"]}.get(name, [])
+               "inv_learning_rate": ["--algorithm=GAIT", "--learn_inv"],
+           "inv_noise": ["--algorithm=DTP", "--learn_inv"]}.get(name, [])
     with pytest.raises(SystemExit) as stopped:
         build_parser().parse_args(context + [f"--{name}={text}"])
     assert stopped.value.code == 2
