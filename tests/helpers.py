@@ -122,6 +122,44 @@ def line_count(path):
         return sum(1 for line in file if line.strip())
 
 
+def synthetic_run_sets():
+    """A run's (training, test, no validation) sets on the device: 1,000 random images of
+    784 values with random labels, and 50 more to test on."""
+    import numpy
+
+    from gaitprop.engine import training
+    generator = numpy.random.RandomState(0)
+    labels = generator.randint(0, 10, 1000)
+    return training.to_device_sets((generator.rand(1000, 784), labels),
+                                   (generator.rand(50, 784), generator.randint(0, 10, 50)))
+
+
+class NeverStop:
+    """A stop signal that never asks a run to stop."""
+    received = None
+
+    def __call__(self):
+        return False
+
+
+def train_in_process(argv, sets):
+    """Train run.py's run of `argv` here, as run.py does (Folders, Run, trainer.train_runs)
+    on `sets`, asserting exit status 0; (its folder, the record it was resumed from or None)."""
+    from gaitprop.runs import trainer
+    from gaitprop.runs.folders import Folders, Run
+    from gaitprop.runs.settings import build_parser
+    args = build_parser().parse_args(argv)
+    folders = Folders()
+    try:
+        folder, stored = folders.open(args)
+        run = Run(args, argv, folder, stored)
+        assert trainer.train_runs([run], {trainer.data_key(args): sets}, "resume",
+                                  NeverStop()) == 0
+    finally:
+        folders.release()
+    return folder, stored
+
+
 # ----------------------------------------------------------------------------- directions
 
 def by_layer(weight_directions, bias_directions):

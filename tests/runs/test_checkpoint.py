@@ -147,10 +147,8 @@ def test_the_switch_to_lu_solves_is_checkpointed_and_restored_on_resume(tmp_path
     again. (On NumPy no run switches by itself: the runner of epoch 1 is switched by hand.)
     The evaluation a resumed run starts with is labelled with when it was made."""
     from gaitprop.engine import step_runner
-    from gaitprop.runs import trainer
-    from gaitprop.runs.folders import Folders, Run
+    from helpers import synthetic_run_sets, train_in_process
     from gaitprop.model.net import InvNet
-    from gaitprop.runs.settings import build_parser
     net = SquareInvNet(12, 1, start_seed=1)
     statistics = training.Statistics({name: [0.5] for name in training.Statistics.NAMES})
     for switched in (False, True):
@@ -178,27 +176,10 @@ def test_the_switch_to_lu_solves_is_checkpointed_and_restored_on_resume(tmp_path
                 self.inverses.lu_only = True  # as InversePolicy.failed switches a GPU run
     monkeypatch.setattr(step_runner, "StepRunner", Runner)
 
-    class NeverStop:
-        received = None
-
-        def __call__(self):
-            return False
-    generator = numpy.random.RandomState(0)
-    labels = generator.randint(0, 10, 1000)
-    sets = training.to_device_sets((generator.rand(1000, 784), labels),
-                                   (generator.rand(50, 784), generator.randint(0, 10, 50)))
+    sets = synthetic_run_sets()
     flags = ["--nb_layers=0", "--eval_interval=0", f"--results_dir={tmp_path / 'results'}"]
     for epochs, extra in ((1, []), (2, ["--load"])):
-        argv = flags + [f"--nb_epochs={epochs}"] + extra
-        args = build_parser().parse_args(argv)
-        folders = Folders()
-        try:
-            folder, stored = folders.open(args)
-            run = Run(args, argv, folder, stored)
-            assert trainer.train_runs([run], {trainer.data_key(args): sets}, "resume",
-                                      NeverStop()) == 0
-        finally:
-            folders.release()
+        folder, _ = train_in_process(flags + [f"--nb_epochs={epochs}"] + extra, sets)
         meta, arrays = checkpoint.read_checkpoint(folder)
         assert meta["epoch"] == epochs and checkpoint.switched_to_lu(arrays)
     assert made == [False, True]

@@ -135,33 +135,11 @@ def test_a_run_resumes_whether_its_inverse_learning_rate_is_given_or_left_defaul
     """Trained with --inv_learning_rate equal to --learning_rate, a run is the default's: one
     folder, continued by --load without the flag (on a small synthetic set; the other way
     round: setting_differences above)."""
-    import numpy
-
-    from gaitprop.runs import trainer
-    from gaitprop.engine import training
-    from gaitprop.runs.folders import Folders, Run
-
-    class NeverStop:
-        received = None
-
-        def __call__(self):
-            return False
-    generator = numpy.random.RandomState(0)
-    labels = generator.randint(0, 10, 1000)
-    sets = training.to_device_sets((generator.rand(1000, 784), labels),
-                                   (generator.rand(50, 784), generator.randint(0, 10, 50)))
+    from helpers import synthetic_run_sets, train_in_process
+    sets = synthetic_run_sets()
     flags = ["--algorithm=GAIT", "--learn_inv", "--eval_interval=0",
              f"--results_dir={tmp_path}"]
     for epochs, extra in ((1, ["--inv_learning_rate=1e-4"]), (2, ["--load"])):
-        argv = flags + [f"--nb_epochs={epochs}"] + extra
-        args = build_parser().parse_args(argv)
-        folders = Folders()
-        try:
-            folder, stored = folders.open(args)
-            assert (stored is None) == (epochs == 1)
-            run = Run(args, argv, folder, stored)
-            assert trainer.train_runs([run], {trainer.data_key(args): sets}, "resume",
-                                      NeverStop()) == 0
-        finally:
-            folders.release()
+        _, stored = train_in_process(flags + [f"--nb_epochs={epochs}"] + extra, sets)
+        assert (stored is None) == (epochs == 1)
     assert os.listdir(tmp_path) == ["MNIST_GAIT_0.0OrthoReg_LearnInv_1Seed_0.0001LR_1L"]
