@@ -24,7 +24,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-# The notes of a fallback (cublas.handles, step_runner.GraphReplay._capture).
+# The notes of a fallback (cublas.handles, graph_replay.GraphReplay._capture).
 NOTES = ("note: direct cuBLAS products unavailable",
          "note: direct cuBLAS batched products unavailable",
          "note: CUDA graph capture failed",
@@ -63,6 +63,7 @@ def graph_check(backend, dtype, algorithm, runs, lambda_, learning_rate):
 
     from gaitprop.arrays import products
     from gaitprop.engine import step_runner
+    from gaitprop.engine import step as training_step
     from gaitprop.engine import training
     from gaitprop.model.net import InvNet, SquareInvNet
     from gaitprop.model.functions import one_hot
@@ -77,9 +78,9 @@ def graph_check(backend, dtype, algorithm, runs, lambda_, learning_rate):
     try:
         nets = [SquareInvNet(64, 2, start_seed=seed, orthogonal_init=True)
                 for seed in range(1, runs + 1)]
-        settings = training.StepSettings(algorithm, learning_rate, lambda_)
+        settings = training_step.StepSettings(algorithm, learning_rate, lambda_)
         runner = step_runner.StepRunner(InvNet.stack(nets),
-                                        training.StepSettings.of_pack([settings] * runs))
+                                        training_step.StepSettings.of_pack([settings] * runs))
         what = f"{algorithm}, {runs} run(s), {dtype}"
         if not (runner.deferred and runner.replay.enabled):
             fail(f"{what}: the StepRunner does not queue steps with CUDA graphs on CuPy")

@@ -185,10 +185,10 @@ class PackOfOne:
 
     def __init__(self, net, settings, **options):
         from gaitprop.engine import step_runner
-        from gaitprop.engine import training
+        from gaitprop.engine import step as training_step
         from gaitprop.model.net import InvNet
-        self.runner = step_runner.StepRunner(InvNet.stack([net]),
-                                             training.StepSettings.of_pack([settings]), **options)
+        self.runner = step_runner.StepRunner(
+            InvNet.stack([net]), training_step.StepSettings.of_pack([settings]), **options)
         self.lists = {}
 
     def _list(self, statistics):
@@ -214,3 +214,119 @@ class PackOfOne:
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
+
+
+# ----------------------------------------------------------------------------- packs
+
+def synthetic_sets(runs, nb_train=2000, nb_test=300, units=48, seed=0):
+    """One (train, one-hot targets, test) triple of random data per run (batches of 2)."""
+    import numpy
+
+    from gaitprop.model.functions import one_hot
+    generator = numpy.random.RandomState(seed)
+    sets = []
+    for _ in range(runs):
+        labels, test_labels = generator.randint(0, 10, nb_train), generator.randint(0, 10, nb_test)
+        sets.append(((generator.rand(nb_train, units), labels), one_hot(labels),
+                     (generator.rand(nb_test, units), test_labels)))
+    return sets
+
+
+def train_alone(net, settings, feed_set, steps, deferred=False):
+    """`net` after `steps` steps of a single run (as run.py trains it, a pack of one; the
+    run's view), and its Statistics."""
+    from gaitprop.engine import training
+    runner = PackOfOne(net, settings, deferred=deferred)
+    statistics = training.Statistics()
+    feed = training.Feed([feed_set])
+    for batch_index in range(steps):
+        images, labels = feed.batch(batch_index, [0])
+        runner.step(images[0], labels[0], statistics, 0, batch_index)
+    runner.settle(statistics)
+    return runner.net, statistics
+
+
+def train_packed(nets, settings, sets, steps, deferred=False, evaluate_at=()):
+    """The runner of a pack of `nets` (settings: one StepSettings per run) after `steps` steps."""
+    from gaitprop.engine import step as training_step
+    from gaitprop.engine import step_runner, training
+    from gaitprop.model.net import InvNet
+    runner = step_runner.StepRunner(InvNet.stack(nets),
+                                    training_step.StepSettings.of_pack(settings),
+                                    deferred=deferred)
+    statistics = [training.Statistics() for _ in nets]
+    feed = training.Feed(sets)
+    for batch_index in range(steps):
+        runner.step(*feed.batch(batch_index, runner.run_ids), statistics, 0, batch_index)
+        if batch_index in evaluate_at:
+            runner.settle(statistics)
+            feed.record(runner.net, statistics, runner.run_ids, (0, batch_index))
+    runner.settle(statistics)
+    return runner, statistics
+
+
+def assert_same_state(single, packed_run):
+    """Every array of the network and its optimiser equal, bit for bit."""
+    import numpy
+    expected, got = single.state(), packed_run.state()
+    assert sorted(expected) == sorted(got)
+    for name in expected:
+        assert numpy.array_equal(expected[name], got[name]), name
+
+
+def assert_packs_equal_single_runs(algorithm, network="square", steps=25):
+    """Three runs of `algorithm` whose seeds, initialisations, learning rates and data differ,
+    trained 25 steps as one pack (with evaluations and the alignment log) and each alone:
+    every array of each run and its alignment rows equal, bit for bit."""
+    from gaitprop.engine import step as training_step
+    from gaitprop.model.net import SquareInvNet, TowerInvNet
+    makers = {"square": lambda seed, orthogonal: SquareInvNet(48, 2, seed, orthogonal),
+              "tower": lambda seed, orthogonal: TowerInvNet([48, 48, 30, 20, 10], seed,
+                                                            orthogonal)}
+    make, seeds, orthogonal = makers[network], (1, 7, 3), (True, False, True)
+    settings = [training_step.StepSettings(algorithm, rate, 0.0, log_alignment=10)
+                for rate in (1e-4, 3e-4, 1e-3)]
+    sets = synthetic_sets(3)
+    runner, statistics = train_packed([make(seed, init) for seed, init in zip(seeds, orthogonal)],
+                                      settings, sets, steps, evaluate_at=(9, 19))
+    for position, (seed, init) in enumerate(zip(seeds, orthogonal)):
+        single, single_statistics = train_alone(make(seed, init), settings[position],
+                                                sets[position], steps)
+        assert_same_state(single, runner.net.run(position))
+        assert statistics[position].alignment == single_statistics.alignment
+        assert len(statistics[position].alignment) == 3
+
+
+def assert_resumes_exactly(tmp_path, algorithm):
+    """A run of `algorithm` checkpointed after 4 steps and restored into a fresh network of
+    the same seed goes on bit for bit as the uninterrupted run (what the rule keeps beside
+    the parameters is made again from the seeds)."""
+    import numpy
+
+    from gaitprop.engine import step as training_step
+    from gaitprop.engine import training
+    from gaitprop.model.functions import one_hot
+    from gaitprop.model.net import SquareInvNet
+    from gaitprop.runs import checkpoint
+    generator = numpy.random.RandomState(0)
+    data = [(generator.rand(60, 48), one_hot(generator.randint(0, 10, 60))) for _ in range(8)]
+    settings = training_step.StepSettings(algorithm, 1e-3, 0.0, log_alignment=2)
+
+    def steps(net, statistics, indices):
+        runner = PackOfOne(net, settings)
+        for index in indices:
+            runner.step(*data[index], statistics, 0, index)
+        return runner.net
+
+    whole_statistics = training.Statistics()
+    whole = steps(SquareInvNet(48, 2, 5, True), whole_statistics, range(8))
+    first_statistics = training.Statistics()
+    first = steps(SquareInvNet(48, 2, 5, True), first_statistics, range(4))
+    checkpoint.save_checkpoint(str(tmp_path), first, first_statistics, 0, {"seed": 5})
+    _, arrays = checkpoint.read_checkpoint(str(tmp_path))
+    resumed = SquareInvNet(48, 2, 5, True)
+    resumed_statistics = checkpoint.restore_checkpoint(resumed, arrays)
+    resumed = steps(resumed, resumed_statistics, range(4, 8))
+    for name, array in whole.state().items():
+        numpy.testing.assert_array_equal(resumed.state()[name], array, err_msg=name)
+    assert resumed_statistics.alignment == whole_statistics.alignment

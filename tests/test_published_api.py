@@ -68,11 +68,10 @@ def test_the_published_directions_are_the_by_name_directions():
     net = SquareInvNet(10, 1, start_seed=2, orthogonal_init=True)
     forward = net.forward_pass(rng.rand(6, 10))
     targets = rng.rand(6, 10)
-    for published, by_name in (("get_backprop_updates", "backprop_directions"),
-                               ("get_gait_updates", "gait_directions"),
-                               ("get_tp_updates", "tp_directions")):
+    for published, rule in (("get_backprop_updates", "BP"), ("get_gait_updates", "GAIT"),
+                            ("get_tp_updates", "TP")):
         weights, biases = getattr(net, published)(forward, targets)
-        named = getattr(net, by_name)(forward, targets)
+        named = net.directions(rule, forward, targets)
         for index, layer in enumerate(named):
             np.testing.assert_array_equal(weights[index], layer["weights"])
             np.testing.assert_array_equal(biases[index], layer["biases"])

@@ -42,32 +42,53 @@ from gaitprop.arrays import products
 import numpy
 from gaitprop.runs import settings as settings_table
 from gaitprop.engine import step_runner
-from gaitprop.engine import training
+from gaitprop.engine import cadence
+from gaitprop.engine import faults
+from gaitprop.engine import step as training_step
+from gaitprop.engine.statistics import Statistics
+from gaitprop.model import rules
 from gaitprop.model.layer import regularised
 from gaitprop.model.net import InvNet, SquareInvNet, TowerInvNet
 from gaitprop.model.functions import evaluate, one_hot, peak_memory_mb
 
 BATCH, TRAIN, TEST, UNITS = 60, 60000, 10000, 784
-EVALS_PER_EPOCH = sum(training.evaluates_after(b, 10, 1000) for b in range(1000))
-# (name, rule, lambda, learning rate, learned inverses): each rule at the paper's learning
-# rate, with lambda 0 and (GAIT, TP) with the paper's lambda; GAIT, TP and DTP with learned
-# inverses (--learn_inv) and lambda 0 (with exact inverses DTP computes TP's step).
-PAPER = {rule: settings_table.presets(settings_table.PAPER, rule)
-         for rule in ("BP", "GAIT", "TP", "DTP")}
-ROWS = tuple([(rule, rule, 0.0, PAPER[rule]["learning_rate"], False)
-              for rule in ("BP", "GAIT", "TP")]
-             + [(f"{rule} lambda={PAPER[rule]['orthogonal_reg']:g}", rule,
-                 PAPER[rule]["orthogonal_reg"], PAPER[rule]["learning_rate"], False)
-                for rule in ("GAIT", "TP")]
-             + [(f"{rule} learned inv", rule, 0.0, PAPER[rule]["learning_rate"], True)
-                for rule in ("GAIT", "TP", "DTP")])
+EVALS_PER_EPOCH = sum(cadence.evaluates_after(b, 10, 1000) for b in range(1000))
+# (name, rule, lambda, learning rate, learned inverses), from the registry of rules: each
+# rule with lambda 0 at its paper learning rate (the default one where the paper has none),
+# with the paper's lambda where it is not 0, and with learned inverses (--learn_inv, lambda
+# 0) where the rule uses inverses (with exact inverses DTP computes TP's step).
+DEFAULT_LEARNING_RATE = settings_table.SETTINGS["learning_rate"].default
+
+
+def learning_rate_of(rule):
+    """A rule's learning rate in the paper, else the default one."""
+    return (rule.paper or {}).get("learning_rate", DEFAULT_LEARNING_RATE)
+
+
+def paper_row(rule):
+    """The name of a rule's row at the paper's settings: NAME, or NAME lambda=L."""
+    reg = rule.paper["orthogonal_reg"]
+    return f"{rule.name} lambda={reg:g}" if reg else rule.name
+
+
+ROWS = tuple([(rule.name, rule.name, 0.0, learning_rate_of(rule), False)
+              for rule in rules.REGISTERED]
+             + [(paper_row(rule), rule.name, rule.paper["orthogonal_reg"],
+                 rule.paper["learning_rate"], False)
+                for rule in rules.REGISTERED if rule.paper and rule.paper["orthogonal_reg"]]
+             + [(f"{rule.name} learned inv", rule.name, 0.0, learning_rate_of(rule), True)
+                for rule in rules.REGISTERED if rule.uses_inverses])
 LEARNED_TARGET = 2.0  # a learned-inverse step (lambda 0) costs at most this many BP steps
 # {"ms_per_step": {dtype: ms}, "evaluation_efficiency": a fraction of the limit}
 GPU_TARGETS: dict[str, Any] = {"ms_per_step": {"float64": 1.0, "float32": 0.8},
                                "evaluation_efficiency": 0.8}
 STEPS_PER_ROUND = {"numpy": 10, "cupy": 50}
-PACK_ROWS = ("BP", "GAIT lambda=0.1", "TP lambda=1000")  # the paper's settings
-PACK_TARGET = {"row": "GAIT lambda=0.1", "size": 8, "times_single_step": 2.0}
+PACK_ROWS = tuple(paper_row(rule) for rule in rules.REGISTERED if rule.paper)  # the paper's
+# The pack target: the paper's setting of the first rule that uses inverses (GAIT, lambda 0.1).
+PACK_TARGET = {"row": next(paper_row(rule) for rule in rules.REGISTERED
+                           if rule.paper and rule.uses_inverses),
+               "size": 8, "times_single_step": 2.0}
+REFERENCE = rules.REFERENCE.name  # "x BP": each step over the reference rule's step
 
 
 def median_seconds(work, repeats, inner=1):
@@ -118,7 +139,7 @@ def step_flops(widths, rule, ortho_weighting=0.0, learned=False):
     flops = sum(4 * BATCH * w * w for w in layers) + sum(2 * BATCH * w * w for w in layers[1:])
     if learned:
         flops += sum(4 * BATCH * w * w for w in layers[1:])
-    elif rule != "BP":
+    elif rules.rule(rule).uses_inverses:
         flops += sum(2 * w ** 3 / 3 for w in layers[1:])
     if ortho_weighting:
         flops += sum(3 * w ** 3 for w in layers)
@@ -150,7 +171,7 @@ def time_step(net, settings, repeats):
     steps = STEPS_PER_ROUND[backend.name()]
     batches = training_batches(steps, net.runs)
     runner = step_runner.StepRunner(net, settings)
-    record = [training.Statistics() for _ in range(net.runs)]
+    record = [Statistics() for _ in range(net.runs)]
     state = {"batch": 0}
 
     def round_of_steps():
@@ -196,8 +217,8 @@ def measure(dtype, repeats, profile=False, pack_sizes=()):
         rows, profiles = {}, {}
         for name, rule, ortho_weighting, learning_rate, learned in ROWS:
             net = InvNet.stack([make_net(learned)])  # a single run: a pack of one
-            settings = training.StepSettings.of_pack(
-                [training.StepSettings(rule, learning_rate, ortho_weighting)])
+            settings = training_step.StepSettings.of_pack(
+                [training_step.StepSettings(rule, learning_rate, ortho_weighting)])
             seconds, runner = time_step(net, settings, repeats)
             flops = step_flops(widths, rule, ortho_weighting, learned)
             rows[name] = {"ms_per_step": seconds * 1e3, "gflop": flops / 1e9,
@@ -212,7 +233,7 @@ def measure(dtype, repeats, profile=False, pack_sizes=()):
             step_s = row["ms_per_step"] / 1e3
             row["s_per_epoch_published"] = 1000 * step_s + EVALS_PER_EPOCH * evaluation
             row["s_per_epoch_interval0"] = 1000 * step_s + evaluation
-        bp_seconds, bp_gflop = rows["BP"]["ms_per_step"] / 1e3, rows["BP"]["gflop"]
+        bp_seconds, bp_gflop = rows[REFERENCE]["ms_per_step"] / 1e3, rows[REFERENCE]["gflop"]
         result["networks"][label] = {
             "steps": rows, "s_per_evaluation": evaluation,
             "evaluation_efficiency": eval_flops / evaluation / 1e9 / chunk_rate,
@@ -240,8 +261,8 @@ def time_packs(sizes, single_ms, repeats):
         figures[name] = {}
         for size in sizes:
             net = InvNet.stack(runs[:size])  # copies: each pack starts from the same weights
-            settings = training.StepSettings.of_pack(
-                [training.StepSettings(rule, learning_rate, ortho_weighting)] * size)
+            settings = training_step.StepSettings.of_pack(
+                [training_step.StepSettings(rule, learning_rate, ortho_weighting)] * size)
             seconds, runner = time_step(net, settings, repeats)
             held = sum(array.nbytes for array in runner.net.state().values()) + sum(
                 kept.inverse.nbytes for kept in runner.inverses.kept)
@@ -263,19 +284,19 @@ def profile_step(runner, replays=200):
     to queue one step without a graph (Python and kernel launches)."""
     net, settings = runner.net, runner.step_settings
     images, labels = training_batches(1, net.runs)[0]
-    rule = getattr(net, training.RULES[settings.algorithm])
-    forward, targets, directions = training.rule_directions(net, settings, images, labels)
+    forward, targets, directions = training_step.rule_directions(net, settings, images, labels)
     solved = [(layer, forward[index + 1][..., :layer.nb_units])
               for index, layer in enumerate(net.layers) if layer.kept_inverse is not None]
     phases = {
         "forward pass": lambda: net.forward_pass(images),
-        "directions (all)": lambda: rule(forward, targets, settings.orthogonal_reg,
-                                         **settings.rule_options()),
+        "directions (all)": lambda: net.directions(settings.algorithm, forward, targets,
+                                                   settings.orthogonal_reg,
+                                                   **settings.rule_options()),
         "  solves (kept inverses)": lambda: [layer.kept_inverse.solve(layer.weight_matrix, y)
                                              for layer, y in solved],
         "  regulariser": lambda: [layer.orthogonality_gradient(-settings.orthogonal_reg)
                                   for layer in net.layers],
-        "checks": lambda: training.finiteness_sums(
+        "checks": lambda: faults.finiteness_sums(
             [forward[-1]] + list(net.named(directions).values()), runner.guard.sums),
         "optimiser": lambda: net.step(directions, settings.learning_rate,
                                       runner.guard.array,
@@ -328,7 +349,7 @@ def print_table(results, on_gpu):
             print(f"    {'rule':<17}{'ms/step':>9}{'x BP':>7}{'GFLOP':>8}{'eff.':>7}"
                   f"{'s/epoch (published cadence)':>30}{'s/epoch (interval 0)':>23}"
                   + (f"{'target':>9}{'redone':>8}" if on_gpu else ""))
-            bp = network["steps"]["BP"]["ms_per_step"]
+            bp = network["steps"][REFERENCE]["ms_per_step"]
             for rule, row in network["steps"].items():
                 verdict = ("" if not on_gpu else
                            f"{'met' if row['ms_per_step'] <= step_target else 'MISSED':>9}"

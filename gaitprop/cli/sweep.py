@@ -6,9 +6,10 @@ Example:
 Every run.py flag takes one or more values (integer ranges such as 1-5; on/off for the
 switches --linear, --tower, --orthogonal_init, --learn_inv, --no_inv_init, which alone mean
 on); the runs are the product of all values, less the combinations run.py refuses (each
-reason printed once: --learn_inv or --gamma with BP, say). --preset paper sets, per
-algorithm, the paper's learning rate, orthogonal regulariser and initialisation; flags given
-explicitly override it.
+reason printed once: --learn_inv with BP, say); a learning rule's own option (--gamma)
+spans only the runs of the rules that take it. --preset paper sets, per algorithm, the
+paper's learning rate, orthogonal regulariser and initialisation; flags given explicitly
+override it.
 Re-running a sweep skips finished runs and resumes interrupted or failed ones (--load).
 --pack N trains up to N compatible runs (pack.pack_key: one algorithm, network, dtype and
 cadence; data set, seed, learning rate, lambda, initialisation and epochs may differ) in one
@@ -24,6 +25,7 @@ import shlex
 import sys
 
 from gaitprop.cli import pack
+from gaitprop.model import rules
 from gaitprop.runs import run_folder
 from gaitprop.runs import settings as settings_table
 from gaitprop.runs.stopping import program
@@ -155,20 +157,36 @@ def expand(args):
               for name in PASSED}
     runs: list[argparse.Namespace] = []
     left_out: dict[str, int] = {}  # {refusal: how many combinations it left out}
+    merged: dict[str, int] = {}  # {a rule's option: combinations that ran once without it}
+    seen = set()
     for combination in itertools.product(*given.values()):
         explicit = dict(zip(given, combination))
         algorithm = explicit.get("algorithm", defaults["algorithm"])
+        taken = rules.rule(algorithm).option_defaults()
+        for name in rules.options():  # the grid of a rule's option spans only its rule's runs
+            if name in explicit and name not in taken:
+                merged[name] = merged.get(name, 0) + 1
+                del explicit[name]
         preset = settings_table.presets(args.preset, algorithm) if args.preset else {}
-        settings = argparse.Namespace(**{**defaults, **preset, **explicit, **shared})
-        reason = settings_table.refusal(settings)
-        if reason is None:
-            vars(settings).update(settings_table.canonical(vars(settings)))  # as run.py's
-            runs.append(settings)
-        else:
+        settings = argparse.Namespace(**{**defaults, **(preset or {}), **explicit, **shared})
+        reason = (settings_table.preset_refusal(args.preset, algorithm) if preset is None
+                  else settings_table.refusal(settings))
+        if reason is not None:
             left_out[reason] = left_out.get(reason, 0) + 1
+            continue
+        vars(settings).update(settings_table.canonical(vars(settings)))  # as run.py's
+        key = tuple(sorted(vars(settings).items()))
+        if key not in seen:
+            seen.add(key)
+            runs.append(settings)
     for reason, count in left_out.items():
         print(f"sweep.py: left out {count} combination{'s' if count > 1 else ''} of the grid "
               f"that run.py refuses: {reason}.", file=sys.stderr)
+    for name, count in merged.items():
+        takers = settings_table.names_of(rule for rule, _ in rules.options()[name])
+        print(f"sweep.py: --{name} applies only to --algorithm={takers}: the runs of the "
+              f"other rules take none (their {count} combinations with it run once each "
+              f"without it).", file=sys.stderr)
     if not runs:
         raise SweepError("every combination of the grid is one that run.py refuses (see "
                          "above): change the grid")

@@ -1,225 +1,31 @@
 """Running training steps: a network's or a pack's, checked at once on the host, queued on a
-GPU without waiting for it (`StepRunner`), from five small pieces: the guard that checks
-queued steps (`Guard`), the CUDA graph that replays them (`GraphReplay`), the kept inverses
-and the switch back to LU solves (`InversePolicy`), the runs still in a pack (`Members`)
-and the tally of the training batches (`BatchTally`). One checked step is
-`training.train_step`."""
+GPU without waiting for it (`StepRunner`), from small pieces: the guard that checks queued
+steps (guard.Guard), the CUDA graph that replays them (graph_replay.GraphReplay), the kept
+inverses and the switch back to LU solves (`InversePolicy`), the runs still in a pack
+(`Members`) and the tally of the training batches (tally.BatchTally). One checked step is
+`step.train_step`."""
 import contextlib
 import sys
-from typing import Any
 
 import numpy
 
+from gaitprop.engine.cadence import batch_name
+from gaitprop.engine.faults import Diverged, parameter_faults
+from gaitprop.engine.graph_replay import GraphReplay
+from gaitprop.engine.guard import SINGULAR, SOLVE_NOT_EXACT, Guard
+from gaitprop.engine.step import inverse_noise, rule_directions, train_step
+from gaitprop.engine.tally import BatchTally
 from gaitprop.arrays import backend
-from gaitprop.arrays import products
-from gaitprop.engine.training import (Diverged, batch_name, finiteness_sums, inverse_noise,
-                                      parameter_faults, rule_directions, train_step)
-
-# Why a queued step failed its checks (bits of the guard's third value).
-SUMS_NOT_FINITE, SOLVE_NOT_EXACT, SINGULAR = 1, 2, 4
-
-
-def _update_guard_on_host(sums, nb_sums, bounds, nb_bounds, tolerance, guard):
-    """The guard's update on the host: count the step; if it is the first that failed, note
-    it (guard[1]) and why (guard[2]: SUMS_NOT_FINITE if a sum is not finite, SOLVE_NOT_EXACT
-    if a solve's residual bound is above the tolerance). Each sum is looked at alone, so
-    finite sums whose total would overflow pass."""
-    reason = ((0 if numpy.isfinite(sums[:nb_sums]).all() else SUMS_NOT_FINITE)
-              | (0 if numpy.all(bounds[:nb_bounds] <= tolerance) else SOLVE_NOT_EXACT))
-    if guard[1] < 0 and reason:
-        guard[1], guard[2] = guard[0], reason
-    guard[0] += 1
-
-
-_UPDATE_GUARD = backend.Fused(
-    _update_guard_on_host,
-    "raw T sums, int32 nb_sums, raw T bounds, int32 nb_bounds, T tolerance", "raw int64 guard",
-    f"""long long reason = 0;
-    for (int k = 0; k < nb_sums; ++k) if (!isfinite(sums[k])) reason |= {SUMS_NOT_FINITE};
-    for (int k = 0; k < nb_bounds; ++k) if (!(bounds[k] <= tolerance)) reason |= {SOLVE_NOT_EXACT};
-    if (guard[1] < 0 && reason) {{ guard[1] = guard[0]; guard[2] = reason; }}
-    guard[0] += 1""", "update_guard")
-
-
-def _tally_batch_on_host(outputs, labels, classes, width, tally):
-    """Add each row's hit (argmax of its class outputs == its label) and squared error."""
-    scores = outputs[..., :classes]
-    tally[..., 0] += scores.argmax(axis=-1) == labels.argmax(axis=-1)
-    tally[..., 1] += ((scores - labels) ** 2).sum(axis=-1)
-
-
-_TALLY_BATCH = backend.Fused(
-    _tally_batch_on_host, "raw T outputs, raw T labels, int32 classes, int32 width", "raw T tally",
-    """int best = 0, label = 0;
-    T squared_error = 0;
-    for (int k = 0; k < classes; ++k) {
-        T output = outputs[i * width + k], target = labels[i * classes + k];
-        if (output > outputs[i * width + best]) best = k;
-        if (target > labels[i * classes + label]) label = k;
-        squared_error += (output - target) * (output - target);
-    }
-    tally[2 * i] += best == label ? 1 : 0;
-    tally[2 * i + 1] += squared_error""", "tally_batch")
-
-
-class Guard:
-    """The checks of queued steps, kept on the device: `array` = [steps queued, index of the
-    first that failed or -1, why it failed (SUMS_NOT_FINITE | SOLVE_NOT_EXACT | SINGULAR)],
-    the `window` of steps queued since the host last read it, and how many steps the host
-    lets pass before it reads (`check_every`: CHECK_EVERY, 1 after a failure, doubling back).
-    """
-
-    CHECK_EVERY = 50
-
-    def __init__(self, xp):
-        self.xp, self.window, self.check_every = xp, [], self.CHECK_EVERY
-        self.sums = self.bounds = None
-        self.tolerance, self.nb_bounds = 0.0, 0
-        self.array: Any | None = None  # the guard, a backend array (made by `prepare`)
-
-    def prepare(self, kept, runs, dtype):
-        """Arrays a CUDA graph can keep: the bounds of the kept inverses (`kept`, one slot per
-        run each), the guard; the sums are made at the first step, when the batch is known."""
-        xp = self.xp
-        self.sums = None
-        self.bounds = xp.zeros(max(1, len(kept)) * runs, dtype=dtype)
-        for slot, each in enumerate(kept):
-            each.bound = self.bounds[slot * runs:(slot + 1) * runs]
-        self.tolerance = kept[0].tolerance if kept else 0.0
-        self.nb_bounds = len(self.bounds) if kept else 0
-        self.array = xp.asarray(numpy.array([0, -1, 0], dtype=numpy.int64))
-
-    def check(self, arrays):
-        """Queue a step's checks: the finiteness sums of `arrays` and the bounds of the kept
-        inverses' solves, into the guard (no wait)."""
-        self.sums = finiteness_sums(arrays, self.sums)
-        _UPDATE_GUARD(self.sums, numpy.int32(len(self.sums)), self.bounds,
-                      numpy.int32(self.nb_bounds), self.sums.dtype.type(self.tolerance),
-                      self.array, size=1)
-
-    def fail(self, reason):
-        """Count a step that could not be queued as queued and failed (`reason`), in order
-        with the steps queued before it (no wait)."""
-        xp, guard = self.xp, self.array
-        assert guard is not None, "Guard.prepare makes the guard"
-        first = guard[1] < 0
-        guard[2] = xp.where(first, reason, guard[2])
-        guard[1] = xp.where(first, guard[0], guard[1])
-        guard[0] += 1
-
-    def due(self):
-        """Whether the host should read the guard now."""
-        return len(self.window) >= self.check_every
-
-    def read(self):
-        """(window, index of its first failed step or -1, why) of the steps queued since the
-        last read (waits for the device); a new window starts."""
-        steps, first_failed, reason = (int(value) for value in backend.to_host(self.array))
-        window, self.window = self.window, []
-        self.reset()
-        assert steps == len(window), (steps, len(window))
-        self.check_every = (min(2 * self.check_every, self.CHECK_EVERY) if first_failed < 0
-                            else 1)  # failures come in runs (a run's first steps): look sooner
-        return window, first_failed, reason
-
-    def reset(self):
-        """A new window: no step queued, none failed."""
-        assert self.array is not None, "Guard.prepare makes the guard"
-        self.array[0], self.array[1], self.array[2] = 0, -1, 0
-
-
-class GraphReplay:
-    """A queued step captured once as a CUDA graph on fixed input arrays and replayed
-    (`enabled`): captured at the second step, and kept only if a replay computes what the
-    step itself computes (`difference`, relative); else steps stay eager."""
-
-    inputs: tuple[Any, ...] | None  # the backend arrays a graph reads (images, labels, noise)
-
-    def __init__(self, enabled):
-        self.enabled, self.difference = enabled, None
-        self.forget()
-
-    def forget(self):
-        """Drop the graph (the arrays it was captured on change); capture again later."""
-        self.graph, self.inputs, self.queued_before = None, None, False
-
-    def disable(self):
-        """Steps run eagerly from now on."""
-        self.graph, self.enabled = None, False
-
-    def queue(self, step, inputs, arrays):
-        """Queue `step(*inputs)` (images, labels and the inverses' noise of one step):
-        eagerly the first time, then as replays; `arrays()` lists every array a step changes
-        (for the replay check)."""
-        if self.graph is None and self.enabled and self.queued_before:
-            self.graph = self._capture(step, inputs, arrays)
-            return  # the capture ran this step, replaying the graph or not
-        if self.graph is None:
-            step(*inputs)
-            self.queued_before = True
-            return
-        assert self.inputs is not None, "captured with the graph"
-        for fixed, given in zip(self.inputs, inputs, strict=True):
-            fixed[...] = given
-        self.graph.launch()
-
-    def _capture(self, step, inputs, arrays):
-        """The graph of `step` on fixed inputs, run on this step's, or None (see class)."""
-        xp = backend.array_module(inputs[0])
-        self.inputs = tuple(xp.empty_like(given) for given in inputs)
-        for fixed, given in zip(self.inputs, inputs):
-            fixed[...] = given
-        changed = arrays()
-        before = [array.copy() for array in changed]
-        try:
-            graph = products.Graph.capture(lambda: step(*self.inputs))
-        except Exception as error:  # a CuPy or driver without the capture this needs
-            print(f"note: CUDA graph capture failed ({error!r}); steps run without graphs.",
-                  file=sys.stderr)
-            self.enabled = False
-            step(*inputs)
-            return None
-        step(*self.inputs)
-        eager = [array.copy() for array in changed]
-        for array, saved in zip(changed, before):
-            array[...] = saved
-        graph.launch()
-        self.difference = max((replay_difference(array, expected)
-                               for array, expected in zip(changed, eager)), default=0.0)
-        if self.difference <= 1e-12:
-            return graph
-        print(f"note: a CUDA graph replay differed from the step by {self.difference:.1e} "
-              f"(relative); steps run without graphs.", file=sys.stderr)
-        for array, expected in zip(changed, eager):
-            array[...] = expected
-        self.enabled = False
-        return None
-
-
-def replay_difference(replayed, expected):
-    """How far a graph's replay is from the eager step, relative: max |r - e| / max |e| over
-    the entries finite in both (0 where e is all 0), and inf where the two differ in an
-    entry not finite in both (NaN against NaN, or the same infinity, is no difference: a run
-    already diverged must not switch graphs off for the pack)."""
-    xp = backend.array_module(replayed)
-    finite = xp.isfinite(replayed) & xp.isfinite(expected)
-    same = (replayed == expected) | (xp.isnan(replayed) & xp.isnan(expected))
-    if not bool((finite | same).all()):
-        return float("inf")
-    if not bool(finite.any()):
-        return 0.0
-    replayed, expected = xp.where(finite, replayed, 0), xp.where(finite, expected, 0)
-    gap, scale = float(xp.abs(replayed - expected).max()), float(xp.abs(expected).max())
-    return gap / scale if scale > 0 else (0.0 if gap == 0 else float("inf"))
+from gaitprop.model import rules
 
 
 class InversePolicy:
-    """Kept inverses (inv_layer.KeptInverse) in place of LU solves in queued GAIT and TP
-    steps, and the switch back to LU solves: a kept inverse's solve fails in a run's first
-    steps (the first updates move W most) and whenever W is badly conditioned; more than
-    FAILURES_PER_100_STEPS failed steps within 100 steps (`failures`, by step number) and
-    the run solves by LU from then on (`lu_only`, kept in the run's checkpoint: a resumed run
-    starts switched)."""
+    """Kept inverses (inv_layer.KeptInverse) in place of LU solves in the queued steps of the
+    rules that use inverses (rules.Rule.uses_inverses), and the switch back to LU solves: a
+    kept inverse's solve fails in a run's first steps (the first updates move W most) and
+    whenever W is badly conditioned; more than FAILURES_PER_100_STEPS failed steps within 100
+    steps (`failures`, by step number) and the run solves by LU from then on (`lu_only`,
+    kept in the run's checkpoint: a resumed run starts switched)."""
 
     FAILURES_PER_100_STEPS = 20
 
@@ -227,8 +33,9 @@ class InversePolicy:
         self.kept, self.failures, self.lu_only = [], [], lu_only
 
     def prepare(self, net, algorithm):
-        """Keep inverses in the layers the rule inverts (not for BP, nor after the switch)."""
-        if algorithm != "BP" and not self.lu_only:
+        """Keep inverses in the layers the rule inverts (for a rule that uses inverses; not
+        after the switch)."""
+        if rules.rule(algorithm).uses_inverses and not self.lu_only:
             net.keep_inverses()
         self.kept = [layer.kept_inverse for layer in net.layers if layer.kept_inverse]
 
@@ -287,41 +94,6 @@ class Members:
             raise Diverged("every run of the pack diverged: " + "; ".join(faults.values()),
                            runs=faults)
         return [position for position in range(len(self.run_ids)) if position not in faults]
-
-
-class BatchTally:
-    """A running tally, on the device, of the training batches' accuracy and loss (each
-    row's hit, argmax of its class outputs == its label, and squared error) and of the
-    steps tallied."""
-
-    def __init__(self, xp):
-        self.xp, self.sums, self.steps = xp, None, 0
-
-    def add(self, output, one_hot_labels):
-        """Add a step's batch (the forward pass's output before the update)."""
-        if self.sums is None:
-            self.sums = self.xp.zeros(output.shape[:-1] + (2,), dtype=output.dtype)
-        _TALLY_BATCH(output, one_hot_labels, numpy.int32(one_hot_labels.shape[-1]),
-                     numpy.int32(output.shape[-1]), self.sums,
-                     size=output.size // output.shape[-1])
-
-    def select(self, keep):
-        """Keep the tallies of the runs at the positions `keep` (a copy: no graph has it)."""
-        if self.sums is not None:
-            self.sums = self.sums[keep]
-
-    def read(self):
-        """[(accuracy, loss)] per run of the batches since the last read, as evaluate()
-        computes them for a data set, or None if there was none (waits for the device); the
-        tally starts again. Steps redone after a failed check count twice."""
-        if not self.steps or self.sums is None:
-            return None
-        sums = backend.to_host(self.sums.sum(axis=-2)).reshape(-1, 2)
-        samples = self.steps * self.sums.shape[-2]
-        self.sums[...] = 0
-        self.steps = 0
-        return [(float(hits) / samples, float(squared_error) / samples)
-                for hits, squared_error in sums]
 
 
 class StepRunner:

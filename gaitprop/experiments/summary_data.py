@@ -20,7 +20,8 @@ from gaitprop.runs import checkpoint
 from gaitprop.runs import data
 from gaitprop.runs import run_folder
 from gaitprop.runs import settings as settings_table
-from gaitprop.engine import training
+from gaitprop.engine import cadence
+from gaitprop.model import rules
 from gaitprop.runs.run_folder import ALIGNMENT, RUN_RECORD
 
 GROUP_KEYS = tuple(name for name in run_folder.COMPUTATION if name != "seed")
@@ -39,17 +40,17 @@ class SummaryError(Exception):
 
 
 def batches_per_epoch(validation=0):
-    """Batches an epoch (training.batch_layout) of the training images left after holding
+    """Batches an epoch (cadence.batch_layout) of the training images left after holding
     out `validation` of them (1000 for none or 10,000)."""
-    return training.batch_layout(data.TRAINING_IMAGES - validation)[1]
+    return cadence.batch_layout(data.TRAINING_IMAGES - validation)[1]
 
 
 @functools.cache
 def evaluations_per_epoch(eval_interval, validation=0):
-    """Evaluations within an epoch, on the cadence of training.evaluates_after: 1 if
+    """Evaluations within an epoch, on the cadence of cadence.evaluates_after: 1 if
     eval_interval is 0, else one after each batch b with b % N == 0, b != 0 (99 at N = 10)."""
     nb_batches = batches_per_epoch(validation)
-    return sum(training.evaluates_after(batch, eval_interval, nb_batches)
+    return sum(cadence.evaluates_after(batch, eval_interval, nb_batches)
                for batch in range(nb_batches))
 
 
@@ -259,5 +260,15 @@ def label_values(group, columns):
             "inv_learning_rate": ("lr" if key["inv_learning_rate"] is None
                                   else f"{key['inv_learning_rate']:g}"),
             "orthogonal_reg": f"{key['orthogonal_reg']:g}",
-            "dtype": key["dtype"] or "?"}
+            "dtype": key["dtype"] or "?",
+            **{name: option_text(key, name) for name in rules.options()}}
     return {name: text.get(name, str(key[name])) for name in columns}
+
+
+def option_text(key, name):
+    """A learning rule's option as a group shows it: its value, the rule's default where it
+    is None, "-" where the group's rule takes no such option."""
+    default = rules.RULES[key["algorithm"]].option_defaults().get(name) if (
+        key["algorithm"] in rules.RULES) else None
+    value = default if key.get(name) is None else key[name]
+    return "-" if value is None else f"{value:g}"

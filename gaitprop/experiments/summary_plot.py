@@ -11,10 +11,17 @@ algorithm, and line styles telling apart the groups of one algorithm.
 import numpy
 
 from gaitprop.experiments import summary_data
+from gaitprop.model import rules
 from gaitprop.experiments.summary_data import SummaryError
 
-COLOURS = {"BP": "tab:blue", "GAIT": "tab:orange", "TP": "tab:green", "DTP": "tab:olive"}
-SPARE_COLOURS = ("tab:red", "tab:purple", "tab:brown")
+# One colour per learning rule: matplotlib's palette in the order of the registry of rules
+# (BP blue, GAIT orange, TP green, ...); an algorithm the registry does not know (a folder of
+# another version) takes the spare grey.
+PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+           "tab:pink", "tab:olive", "tab:cyan")
+COLOURS = {rule.name: PALETTE[index % len(PALETTE)]
+           for index, rule in enumerate(rules.REGISTERED)}
+SPARE_COLOUR = "tab:gray"
 LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 PLAIN = ("dataset", "algorithm", "nb_layers")  # shown in legends without their name
 
@@ -79,7 +86,7 @@ def appearance(groups):
     styles = []
     for group, label in zip(groups, labels):
         algorithm = group.key["algorithm"]
-        colour = COLOURS.get(algorithm) or SPARE_COLOURS[len(seen) % len(SPARE_COLOURS)]
+        colour = COLOURS.get(algorithm, SPARE_COLOUR)
         count = seen.get(algorithm, 0)
         seen[algorithm] = count + 1
         words = [label[name] if name in PLAIN else f"{summary_data.LABELS[name]} {label[name]}"

@@ -1,10 +1,11 @@
-"""Invertible multilayer networks and their three learning rules (their parameters, packs
-and optimiser step: parameters.NetParameters).
+"""Invertible multilayer networks and the per-layer update their learning rules share
+(their parameters, packs and optimiser step: parameters.NetParameters; the rules:
+gaitprop.model.rules).
 
 A network is a stack of square `InvLayer`s; layer l reads the first `width_l` units of
 the activity h_l below it (all of them in a square network; the rest are "auxiliary").
-BP, GAIT and TP differ only in how an error is passed from a layer's output down to its
-input; the per-layer update they share is `_directions`.
+The learning rules differ only in how an error is passed from a layer's output down to its
+input (rules.Rule.error_below); the per-layer update they share is `InvNet.directions`.
 
 `InvNet.stack` makes a pack: several runs of one network shape trained as one, every array
 with a leading run axis (activities (runs, rows, units)); the formulas are the same.
@@ -13,10 +14,11 @@ with a leading run axis (activities (runs, rows, units)); the formulas are the s
 from typing import Any
 
 from gaitprop.arrays import backend
-from gaitprop.arrays import products
+from gaitprop.model import rules
 from gaitprop.model.layer import InvLayer, regularised
 from gaitprop.model.parameters import NetParameters
 from gaitprop.model.functions import NB_CLASSES
+from gaitprop.model.rules import bp, gait, tp
 
 
 def output_targets(output, one_hot_labels):
@@ -50,6 +52,7 @@ class InvNet(NetParameters):
                        for index, (width, seed) in enumerate(zip(widths[1:], seeds))]
         self.optimizer = None
         self.runs = None  # the number of runs of a pack (`stack`), None for a single run
+        self.rule_arrays = {}  # arrays a rule keeps for this network (NetParameters)
 
     def _inputs(self, index, activity):
         """x_l: the first width_l units of h_l, the part that layer `index` reads."""
@@ -80,77 +83,45 @@ class InvNet(NetParameters):
         full[..., :part.shape[-1]] = part
         return full
 
-    def _directions(self, forward, targets, ortho_weighting, error_below):
-        """Per-layer update directions shared by the three rules, from the top down: a list
-        with a dict per layer, {parameter name: direction} (InvLayer.directions).
+    def directions(self, rule, forward, targets, ortho_weighting=0.0, **options):
+        """The update directions of learning rule `rule` (a name or a rules.Rule), from the
+        top down: a list with a dict per layer, {parameter name: direction}
+        (InvLayer.directions). The per-layer update the rules share:
 
         e_L = h_L - t. For layer l: d = g(h_{l+1}) * e_{l+1}; grad_W = x_l.T @ d / n
-        (+ lambda dR/dW); grad_b = mean(d); e_l = error_below(l, x_l, h_{l+1}, e_{l+1}, d)
-        on the units layer l reads, zero on the auxiliary units. The regulariser's
-        gradients depend on the weights alone: on a GPU they are computed on a second
-        stream while the errors are passed down, and added at the end. In a pack,
-        `ortho_weighting` may hold one lambda per run (an array of shape (runs, 1, 1)).
+        (+ lambda dR/dW); grad_b = mean(d); e_l = rule.error_below(net, passing, **options)
+        (how the rule passes the error down: rules.Passing) on the units layer l reads, zero
+        on the auxiliary units. `options`: the rule's own (GAIT's gamma), defaults where not
+        given. The regulariser's gradients depend on the weights alone: on a GPU they are
+        computed on a second stream while the errors are passed down, and added at the end.
+        In a pack, `ortho_weighting` may hold one lambda per run (an array of shape
+        (runs, 1, 1)).
         """
+        rule = rules.rule(rule)
+        options = rules.resolved_options(rule, options)
         nb_layers = len(self.layers)
         directions: list[Any] = [None] * nb_layers  # a dict per layer, made from the top down
         with backend.Branch(enabled=regularised(ortho_weighting)) as regularising:
             regularisers = [layer.orthogonality_gradient(-ortho_weighting)
                             for layer in self.layers] if regularised(ortho_weighting) else []
         errors = forward[-1] - targets
+        top_local_errors = None
         for index in reversed(range(nb_layers)):
             layer = self.layers[index]
             inputs, outputs = self._inputs(index, forward[index]), forward[index + 1]
             local_errors = layer.derivative_times(outputs, errors)
+            if top_local_errors is None:
+                top_local_errors = local_errors
             directions[index] = layer.directions(inputs, local_errors)
             if index:
-                errors = self._widen(error_below(index, inputs, outputs, errors, local_errors),
+                passing = rules.Passing(index, inputs, outputs, errors, local_errors,
+                                        top_local_errors)
+                errors = self._widen(rule.error_below(self, passing, **options),
                                      forward[index])
         regularising.join()
         for layer_directions, regulariser in zip(directions, regularisers):
             layer_directions["weights"] += regulariser
         return directions
-
-    def backprop_directions(self, forward, targets, ortho_weighting=0.0):
-        """BP: e_l = d @ W_l.T, the gradient of 0.5 * sum((h_L - t)**2) / n."""
-        def error_below(index, inputs, outputs, errors, local_errors):
-            return products.matmul(local_errors,
-                                   self.layers[index].weight_matrix.swapaxes(-1, -2))
-        return self._directions(forward, targets, ortho_weighting, error_below)
-
-    def gait_directions(self, forward, targets, ortho_weighting=0.0, gamma=0.001):
-        """GAIT, computed exactly: e_l = E_l = (phi(h_{l+1}, delta) / gamma**(k+1)) @ inv(W_l).
-
-        E_{l+1} = (h_{l+1} - t_{l+1}) / gamma**k with k = L - 1 - l layers above layer l,
-        delta = gamma**(k+1) * g(h_{l+1})**2 * E_{l+1}; without zero crossings this is
-        E_l = (g * E_{l+1}) @ inv(W_l). The target is t_l = x_l - gamma**(k+1) * E_l.
-        """
-        nb_layers = len(self.layers)
-
-        def error_below(index, inputs, outputs, errors, local_errors):
-            layer = self.layers[index]
-            step = layer.scaled_inverse_difference(outputs, local_errors,
-                                                   gamma ** (nb_layers - index))
-            return layer.apply_inverse_weights(step)
-        return self._directions(forward, targets, ortho_weighting, error_below)
-
-    def tp_directions(self, forward, targets, ortho_weighting=0.0):
-        """TP: t_l = inverse_l(t_{l+1}), so e_l = x_l - inverse_l(h_{l+1} - e_{l+1})."""
-        def error_below(index, inputs, outputs, errors, local_errors):
-            return inputs - self.layers[index].inverse_of_stepped(outputs, errors)
-        return self._directions(forward, targets, ortho_weighting, error_below)
-
-    def dtp_directions(self, forward, targets, ortho_weighting=0.0):
-        """DTP, difference target propagation (Lee, Zhang, Fischer, Bengio 2015): the target
-        t_l = x_l + backward_l(t_{l+1}) - backward_l(h_{l+1}), so
-        e_l = x_l - t_l = backward_l(h_{l+1}) - backward_l(h_{l+1} - e_{l+1}): only the
-        difference the error makes passes through the inverse. With an exact inverse
-        backward_l(h_{l+1}) = x_l and this is TP, computed by TP's formula; a learned inverse
-        (`learn_inverses`) is used in both terms."""
-        def error_below(index, inputs, outputs, errors, local_errors):
-            layer = self.layers[index]
-            stepped = layer.inverse_of_stepped(outputs, errors)
-            return (layer.inverse(outputs) if layer.learns_inverse else inputs) - stepped
-        return self._directions(forward, targets, ortho_weighting, error_below)
 
     @staticmethod
     def weights_and_biases(directions):
@@ -160,18 +131,19 @@ class InvNet(NetParameters):
                 [layer["biases"] for layer in directions])
 
     def get_backprop_updates(self, forward, targets, ortho_weighting=0.0):
-        """The published API: `backprop_directions` as (weight_directions, bias_directions)."""
-        return self.weights_and_biases(self.backprop_directions(forward, targets,
-                                                                ortho_weighting))
+        """The published API: BP's `directions` as (weight_directions, bias_directions)."""
+        return self.weights_and_biases(self.directions(bp.RULE, forward, targets,
+                                                       ortho_weighting))
 
-    def get_gait_updates(self, forward, targets, ortho_weighting=0.0, gamma=0.001):
-        """The published API: `gait_directions` as (weight_directions, bias_directions)."""
-        return self.weights_and_biases(self.gait_directions(forward, targets, ortho_weighting,
-                                                            gamma))
+    def get_gait_updates(self, forward, targets, ortho_weighting=0.0, gamma=gait.GAMMA):
+        """The published API: GAIT's `directions` as (weight_directions, bias_directions)."""
+        return self.weights_and_biases(self.directions(gait.RULE, forward, targets,
+                                                       ortho_weighting, gamma=gamma))
 
     def get_tp_updates(self, forward, targets, ortho_weighting=0.0):
-        """The published API: `tp_directions` as (weight_directions, bias_directions)."""
-        return self.weights_and_biases(self.tp_directions(forward, targets, ortho_weighting))
+        """The published API: TP's `directions` as (weight_directions, bias_directions)."""
+        return self.weights_and_biases(self.directions(tp.RULE, forward, targets,
+                                                       ortho_weighting))
 
     def update_parameters(self, weight_directions, bias_directions, learning_rate):
         """The published API: one optimiser step (`step`) along weight and bias directions

@@ -97,13 +97,20 @@ class LayerParameters:
 class NetParameters:
     """A network's parameters (its `layers`' LayerParameters, W0, b0, W1, ... by checkpoint
     name), its optimiser (`optimizer`, a MomentOptimizer made at the first step), packs of
-    networks and views of their runs."""
+    networks and views of their runs.
 
-    # Set by the network: its layers, its optimiser (None before the first step) and the
-    # number of runs of a pack (None for a single run).
+    `rule_arrays`: arrays a learning rule keeps for the network by a key of its own (fixed
+    random feedback matrices drawn from the layers' seeds): not parameters (never trained,
+    saved or checkpointed: the rule makes them again from the seeds), with the network's run
+    axis in a pack; a pack starts without them, a run's view of a pack sees its run's part.
+    """
+
+    # Set by the network: its layers, its optimiser (None before the first step), the
+    # number of runs of a pack (None for a single run) and the rules' arrays.
     layers: Sequence[LayerParameters]
     optimizer: MomentOptimizer | None
     runs: int | None
+    rule_arrays: dict[Any, Any]
 
     @classmethod
     def stack(cls, nets):
@@ -119,6 +126,7 @@ class NetParameters:
         pack.layers = [type(layers[0]).stack(layers)
                        for layers in zip(*(net.layers for net in nets))]
         pack.runs = len(nets)
+        pack.rule_arrays = {}
         pack.optimizer = None
         if any(net.optimizer is not None for net in nets):
             pack.optimizer = MomentOptimizer.stack([net.optimizer for net in nets],
@@ -132,6 +140,7 @@ class NetParameters:
         single.layers = [layer.run(index) for layer in self.layers]
         single.optimizer = None if self.optimizer is None else self.optimizer.run(index)
         single.runs = None
+        single.rule_arrays = {key: array[index] for key, array in self.rule_arrays.items()}
         return single
 
     def select(self, indices):

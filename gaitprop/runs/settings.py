@@ -4,9 +4,12 @@ stored run must share to be continued, the pack key (pack.pack_key), the sweep's
 (sweep.py), the paper's presets and the summaries' columns (summary_data) are derived;
 and the network the settings name (`build_net`).
 
-A new flag is one row. Only the standard library is imported at the top: run_folder and
-the summaries read this module without loading the training code (`build_parser` and
-`build_net` import what they need).
+A new flag is one row; the flags of the learning rules' own options (GAIT's --gamma) are
+made from the registry of rules (gaitprop.model.rules: `option_settings`), as are
+--algorithm's choices, the refusals that name rules, and the paper's presets. Only the
+standard library and the registry (which imports only the array backend) are imported at
+the top: run_folder and the summaries read this module without loading the training code
+(`build_parser` and `build_net` import what they need).
 """
 import argparse
 import dataclasses
@@ -14,6 +17,8 @@ import importlib
 import math
 import re
 from typing import Any, Callable
+
+from gaitprop.model import rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +67,6 @@ class Setting:
     - grid: its position in a sweep's grid (a sweep takes one or more values), or None;
       sweep: "passed" (one value, passed to every run of a sweep) or "device" (given
       round-robin by --devices); always_written: in every sweep command, even at its default;
-    - presets: {preset: {algorithm: value}};
     - column: (position, label, always shown) in the summaries' tables, or None;
     - absent: the value of a run stored before this setting existed (its run.json and
       checkpoint lack it), or None if every stored run records it;
@@ -85,7 +89,6 @@ class Setting:
     grid: float | None = None
     sweep: str | None = None
     always_written: bool = False
-    presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     column: tuple[float, str, bool] | None = None
     absent: object = None
     same_as: str | None = None
@@ -151,14 +154,48 @@ class HeldOut(Number):
         return value
 
 
-GAMMA = 0.001  # GAIT's gamma as published (the authors' learned-inverse branch took 0.01)
 TOWER = (784, 784, 500, 200, 10)  # --tower's widths: four layers
-PAPER = "paper"  # the preset of the paper's settings per algorithm (Ahmad et al. 2020, sec. 4)
+PAPER = "paper"  # the preset of the paper's settings per rule (Ahmad et al. 2020, sec. 4)
+PRESETS = [PAPER]
+
+
+def optional_piece(position, name, suffix):
+    """`{value}{suffix}` for a value, nothing for None (the default), e.g. 0.01Gamma_."""
+    return NamePiece(position, lambda value: "" if value is None else f"{shown(value)}{suffix}",
+                     rf"(?:(?P<{name}>[^_]+){re.escape(suffix)})?",
+                     lambda text: None if text is None else float(text))
+
+
+def rule_help():
+    """--algorithm's help: each registered rule's name and what it is."""
+    return "learning rule: " + "; ".join(f"{rule.name} ({rule.title}, {rule.citation})"
+                                         for rule in rules.REGISTERED)
+
+
+def option_settings(first_position=4.3, first_grid=6.5, first_column=4.5):
+    """A Setting per option of the learning rules (rules.options(): GAIT's gamma, ...), in
+    registry order: --NAME, by default None (each rule's own default; `canonical`), shown
+    in the folder name as {value}{suffix} when it is not the rule's default, shared by a
+    pack's runs, in the sweep's grid and the summaries' columns."""
+    made = []
+    for offset, (name, declared) in enumerate(rules.options().items()):
+        option = declared[0][1]
+        defaults = ", ".join(f"{rule.name} {each.default:g}" for rule, each in declared)
+        made.append(Setting(
+            name, None, f"{option.help} (only --algorithm={'/'.join(r.name for r, _ in declared)};"
+            f" default: {defaults})",
+            convert=Number(float, 0.0, strict=True, maximum=option.maximum),
+            metavar=option.metavar, computation=True,
+            folder=optional_piece(first_position + offset / 100, name, option.suffix),
+            pack="shared", grid=first_grid + offset / 100,
+            column=(first_column + offset / 100, name, False), absent=option.absent))
+    return tuple(made)
+
 
 # In run.py's order of flags (the published ones first); `grid` orders the sweep's grid
 # (outermost first: the seeds of one setting are adjacent).
 TABLE = (
-    Setting("algorithm", "BP", "learning rule", choices="gaitprop.engine.training.RULES",
+    Setting("algorithm", rules.DEFAULT.name, rule_help(), choices="gaitprop.model.rules.RULES",
             published=True, computation=True,
             folder=value_piece(1, "algorithm", "[A-Z]+", "_", str), pack="shared", grid=1,
             always_written=True, column=(1, "algorithm", True)),
@@ -171,9 +208,7 @@ TABLE = (
             convert=Number(float, 0.0), aliases=("--orthogona_reg",), published=True,
             computation=True,
             folder=value_piece(4, "orthogonal_reg", "[^_]+", "OrthoReg_", float),
-            pack="zero or not", grid=6,
-            presets={PAPER: {"BP": 0.0, "GAIT": 0.1, "TP": 1000.0, "DTP": 1000.0}},
-            column=(4, "ortho reg", True)),
+            pack="zero or not", grid=6, column=(4, "ortho reg", True)),
     Setting("device", 0, "GPU id when CuPy is used", convert=Number(int, 0), published=True,
             pack="shared", sweep="device"),
     Setting("nb_epochs", 100, "epochs to train (in total)", convert=Number(int, 1),
@@ -181,12 +216,11 @@ TABLE = (
     Setting("nb_layers", 1, "hidden layers of a square network", convert=Number(int, 0),
             published=True, computation=True,
             folder=value_piece(7, "nb_layers", r"\d+", "", int), pack="shared", grid=2,
-            presets={PAPER: {"BP": 4, "GAIT": 4, "TP": 4, "DTP": 4}}, column=(2, "net", True)),
+            column=(2, "net", True)),
     Setting("learning_rate", 0.0001, "learning rate of the Adam-like optimiser",
             convert=Number(float, 0.0, strict=True),
             published=True, computation=True,
             folder=value_piece(6, "learning_rate", "[^_]+", "LR_", float), grid=7,
-            presets={PAPER: {"BP": 1e-4, "GAIT": 1e-4, "TP": 1e-5, "DTP": 1e-5}},
             column=(3, "lr", True)),
     Setting("dataset", "MNIST", "data set", choices="gaitprop.runs.data.DATASETS", published=True,
             computation=True, folder=value_piece(0, "dataset", "[A-Z]+", "_", str),
@@ -203,7 +237,6 @@ TABLE = (
             "orthogonal initialisation even when --orthogonal_reg > 0", kind="switch",
             published=True, computation=True,
             folder=word_piece(3, "orthogonal_init", "OrthoInit_"), grid=5,
-            presets={PAPER: {"BP": False, "GAIT": True, "TP": True, "DTP": True}},
             column=(5, "ortho init", False)),
     Setting("load", False, "continue the run stored in the results folder (not with "
             "--overwrite)", kind="action", published=True),
@@ -217,13 +250,7 @@ TABLE = (
             "instead of at the exact inverse", kind="switch", computation=True,
             folder=word_piece(4.2, "no_inv_init", "NoInvInit_"), grid=5.2,
             column=(5.2, "no inv init", False), absent=False),
-    Setting("gamma", GAMMA, "GAIT's gamma (GAIT only; the default is the published one)",
-            convert=Number(float, 0.0, strict=True), computation=True,
-            folder=NamePiece(4.3,
-                             lambda value: "" if value == GAMMA else f"{shown(value)}Gamma_",
-                             r"(?:(?P<gamma>[^_]+)Gamma_)?",
-                             lambda text: GAMMA if text is None else float(text)),
-            pack="shared", grid=6.5, column=(4.5, "gamma", False), absent=GAMMA),
+    *option_settings(),
     Setting("inv_noise", 0.0,
             "with --learn_inv: standard deviation of the Gaussian noise added to the activities "
             "each learned inverse learns to reconstruct (DTP's corrupted activities); 0 = none",
@@ -271,6 +298,17 @@ TABLE = (
 SETTINGS = {setting.name: setting for setting in TABLE}
 
 
+def documented_default(setting):
+    """A setting's default as the docs' table of flags gives it: off for a switch, each
+    rule's own for a rule's option ("GAIT 0.001"), else str() of the default."""
+    if setting.kind in ("switch", "action"):
+        return "off"
+    declared = rules.options().get(setting.name)
+    if declared:
+        return ", ".join(f"{rule.name} {option.default:g}" for rule, option in declared)
+    return str(setting.default)
+
+
 def names(**wanted):
     """The names of the settings whose fields have the given values, in table order."""
     return tuple(setting.name for setting in TABLE
@@ -285,20 +323,37 @@ def stored_settings(stored):
 
 
 def canonical(values):
-    """Settings (a dict) with each value equal to its `same_as` setting's set to None, the
-    default it equals (--inv_learning_rate equal to --learning_rate): one run, one folder."""
-    return {**values, **{setting.name: None for setting in TABLE
-                         if setting.same_as is not None and values.get(setting.name) is not None
-                         and values.get(setting.name) == values.get(setting.same_as)}}
+    """Settings (a dict) in the form that names one run once (one run, one folder):
+    each value equal to its `same_as` setting's set to None, the default it equals
+    (--inv_learning_rate equal to --learning_rate); and each option of the learning rules
+    (`option_settings`) set to None where it is the rule's default or the rule (the values'
+    algorithm) takes no such option."""
+    same = {setting.name: None for setting in TABLE
+            if setting.same_as is not None and values.get(setting.name) is not None
+            and values.get(setting.name) == values.get(setting.same_as)}
+    options = {}
+    if values.get("algorithm") in rules.RULES:
+        defaults = rules.RULES[values["algorithm"]].option_defaults()
+        options = {name: None for name in rules.options() if name in values
+                   and (name not in defaults or values[name] == defaults[name])}
+    return {**values, **same, **options}
 
 
 def presets(preset, algorithm):
-    """{setting: value} of a preset for one algorithm."""
-    return {setting.name: setting.presets[preset][algorithm] for setting in TABLE
-            if preset in setting.presets}
+    """{setting: value} of a preset for one algorithm (the rule's `paper` settings), or None
+    if the rule has none (`preset_refusal` says why)."""
+    paper = rules.rule(algorithm).paper
+    return None if paper is None else dict(paper)
 
 
-PRESETS = sorted({preset for setting in TABLE for preset in setting.presets})
+def preset_refusal(preset, algorithm):
+    """Why `--preset` cannot set a rule's settings: the paper did not train it."""
+    having = ", ".join(rule.name for rule in rules.REGISTERED if rule.paper)
+    return (f"--preset {preset} has no settings for --algorithm={algorithm}: the paper "
+            f"(Ahmad et al. 2020) trained only {having}. Give {algorithm}'s settings as flags, "
+            f"or drop it from a sweep with --preset")
+
+
 # The summaries' columns in order ({name: label}) and those always shown.
 _COLUMN = {setting.name: setting.column for setting in TABLE if setting.column is not None}
 COLUMNS = {name: _COLUMN[name][1] for name in sorted(_COLUMN, key=lambda name: _COLUMN[name][0])}
@@ -365,17 +420,26 @@ def batches_per_epoch(validation):
     return images // (images // 1000)
 
 
+def names_of(chosen):
+    """The names of rules as a refusal lists them: "GAIT, TP or DTP"."""
+    names = [rule.name for rule in chosen]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def refusal(args):
     """Why run.py's settings `args` cannot make a run (one paragraph naming the flag and the
-    fix), or None if they can: --learn_inv learns the inverses that GAIT's and TP's targets
-    use, which BP has none of, in the layers above the first; --no_inv_init and
-    --inv_learning_rate only mean something with --learn_inv, --gamma only with GAIT; every
-    layer's seed must be NumPy's; an --eval_interval must leave an evaluation in an epoch;
-    --load and --overwrite exclude each other."""
-    if args.learn_inv and args.algorithm == "BP":
-        return ("--learn_inv needs --algorithm=GAIT, TP or DTP: BP passes its errors down "
-                "through W.T and uses no inverse, so there is nothing to learn. Drop "
-                "--learn_inv, or choose GAIT, TP or DTP")
+    fix), or None if they can: --learn_inv learns the inverses a rule's targets go through,
+    so it needs a rule that uses inverses (rules.Rule.uses_inverses), and layers above the
+    first; --no_inv_init, --inv_learning_rate and --inv_noise only mean something with
+    --learn_inv; a rule's option (--gamma) only with a rule that declares it; every layer's
+    seed must be NumPy's; an --eval_interval must leave an evaluation in an epoch; --load and
+    --overwrite exclude each other."""
+    rule = rules.rule(args.algorithm)
+    inverting = [each for each in rules.REGISTERED if each.uses_inverses]
+    if args.learn_inv and not rule.uses_inverses:
+        return (f"--learn_inv needs --algorithm={names_of(inverting)}: {rule.name} passes its "
+                f"errors down {rule.passes_error} and uses no inverse, so there is nothing to "
+                f"learn. Drop --learn_inv, or choose {names_of(inverting)}")
     needing = [f"--{name}" for name, unset in (("no_inv_init", False),
                                                 ("inv_learning_rate", None),
                                                 ("inv_noise", 0.0))
@@ -383,16 +447,18 @@ def refusal(args):
     if needing and not args.learn_inv:
         return (f"{' and '.join(needing)} {'apply' if len(needing) > 1 else 'applies'} only "
                 f"to learned inverses: add --learn_inv "
-                f"(with --algorithm=GAIT, TP or DTP), or drop {' and '.join(needing)}")
+                f"(with --algorithm={names_of(inverting)}), or drop {' and '.join(needing)}")
     if args.learn_inv and not args.tower and args.nb_layers == 0:
         return ("--learn_inv needs --nb_layers=1 or more (or --tower): only the layers above "
                 "the first learn an inverse (the rules never invert layer 0), and with "
                 "--nb_layers=0 the square network has one layer. Give --nb_layers=1 or more, or "
                 "--tower, or drop --learn_inv")
-    if args.gamma != GAMMA and args.algorithm != "GAIT":
-        return (f"--gamma applies only to --algorithm=GAIT: BP, TP and DTP take no gamma, so a "
-                f"value other than {GAMMA} would change nothing but the folder name: drop "
-                f"--gamma, or choose --algorithm=GAIT")
+    for name, declared in rules.options().items():
+        if getattr(args, name, None) is not None and name not in rule.option_defaults():
+            takers = names_of(taker for taker, _ in declared)
+            return (f"--{name} applies only to --algorithm={takers}: {rule.name} takes no "
+                    f"{name}, so it would change nothing but the folder name. Drop --{name}, "
+                    f"or choose {takers}")
     last = last_seed_offset(args)
     if args.seed + last >= SEEDS:
         network = "the tower's 4 layers" if args.tower else f"{args.nb_layers} hidden layers"
@@ -415,8 +481,8 @@ def refusal(args):
 
 def build_parser():
     """run.py's parser: a flag per row of TABLE (the published ones, then this package's)."""
-    parser = Parser(description="Train an invertible MLP with BP, GAIT-prop or TP and dump "
-                                "accuracies, losses and weights (see README.md).",
+    parser = Parser(description="Train an invertible MLP with a learning rule (--algorithm) and "
+                                "dump accuracies, losses and weights (see README.md).",
                     formatter_class=DefaultsShown)
     ours = parser.add_argument_group("added by this package")
     for setting in TABLE:

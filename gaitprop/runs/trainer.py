@@ -4,8 +4,12 @@ keeps every run's folder current. run.py trains a pack of one run, pack.py sever
 training machinery below (step_runner.StepRunner, training.Feed) sees packs only."""
 import sys
 
+from gaitprop.engine import cadence
+from gaitprop.engine import progress as progress_lines
 from gaitprop.engine import step_runner
 from gaitprop.engine import training
+from gaitprop.engine.faults import Diverged
+from gaitprop.engine.step import StepSettings
 from gaitprop.model.net import InvNet
 from gaitprop.runs.exit_status import EXIT_DIVERGED, EXIT_FINISHED, EXIT_SIGNAL
 
@@ -32,7 +36,7 @@ def train_pack(runs, sets, command, stop, until=None):
     that resumes them. Returns the exit status."""
     args = runs[0].args
     net = InvNet.stack([each.net for each in runs])
-    settings = training.StepSettings.of_pack([training.StepSettings.of(each.args)
+    settings = StepSettings.of_pack([StepSettings.of(each.args)
                                               for each in runs])
     # one InversePolicy for the pack: switched to LU solves if any run's checkpoint says so
     runner = step_runner.StepRunner(net, settings, lu_only=any(each.lu_only for each in runs))
@@ -40,9 +44,9 @@ def train_pack(runs, sets, command, stop, until=None):
     feed = training.Feed([sets[data_key(each.args)] for each in runs])
     for each in runs:  # an evaluation not made in this process: the untrained or a checkpoint's
         if each.statistics.evaluation_moment is None:
-            each.statistics.evaluation_moment = training.last_evaluation_moment(
+            each.statistics.evaluation_moment = cadence.last_evaluation_moment(
                 each.epoch, each.args.eval_interval, feed.nb_batches)
-    progress = training.Progress(max(each.args.nb_epochs for each in runs), feed.nb_batches)
+    progress = progress_lines.Progress(max(each.args.nb_epochs for each in runs), feed.nb_batches)
     reported, status = set(), EXIT_FINISHED
     while runner.run_ids:
         epoch = runs[runner.run_ids[0]].epoch
@@ -50,7 +54,7 @@ def train_pack(runs, sets, command, stop, until=None):
         try:
             completed = training.train_epoch(runner, feed, statistics, args.eval_interval,
                                              progress, stop, epoch)
-        except training.Diverged:
+        except Diverged:
             completed = None  # every run left has diverged
         for index, message in runner.diverged.items():
             if index not in reported:

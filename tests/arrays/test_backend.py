@@ -11,6 +11,8 @@ from gaitprop.arrays import backend
 from gaitprop.arrays import products
 from gaitprop.arrays import cublas
 from gaitprop.engine import training
+from gaitprop.engine import faults
+from gaitprop.engine import step as training_step
 from helpers import REPO, PackOfOne, assert_clean, cli, split
 from gaitprop.model.net import SquareInvNet, output_targets
 from gaitprop.model.functions import one_hot
@@ -101,7 +103,7 @@ def test_threaded_training_is_bit_identical_to_one_thread(monkeypatch, threads):
     for count in (1, threads):
         monkeypatch.setattr(backend, "host_threads", lambda count=count: count)
         runner = PackOfOne(SquareInvNet(784, 2, start_seed=3),
-                           training.StepSettings("GAIT", 1e-3, 0.1), deferred=False)
+                           training_step.StepSettings("GAIT", 1e-3, 0.1), deferred=False)
         images, labels = batch(4)
         statistics = training.Statistics()
         for step in range(3):
@@ -321,7 +323,7 @@ def five_steps(algorithm, backend_name, nudge=False):
             layer.weight_matrix = backend.to_device(
                 host * (1 + 2.0 ** -52 * signs.choice([-1, 1], host.shape)))
     statistics = training.Statistics()
-    runner = PackOfOne(net, training.StepSettings(algorithm, 1e-4, 0.1), deferred=False)
+    runner = PackOfOne(net, training_step.StepSettings(algorithm, 1e-4, 0.1), deferred=False)
     for step in range(5):
         images, labels = batch(step)
         runner.step(backend.to_device(images), backend.to_device(labels), statistics, 0, step)
@@ -400,7 +402,7 @@ def test_cupy_queued_graph_steps_equal_checked_steps(algorithm, restore_backend)
     images = backend.to_device(generator.rand(120 * 60, 784))
     labels = backend.to_device(one_hot(generator.randint(0, 10, 120 * 60)))
     lambdas = {"BP": (0.0, 1e-4), "GAIT": (0.1, 1e-4), "TP": (1000.0, 1e-5)}
-    settings = training.StepSettings(algorithm, lambdas[algorithm][1], lambdas[algorithm][0])
+    settings = training_step.StepSettings(algorithm, lambdas[algorithm][1], lambdas[algorithm][0])
     weights = {}
     for label, deferred, scale in (("queued", True, 1.0), ("checked", False, 1.0),
                                    ("nudged", False, 1 + 2.0 ** -52)):
@@ -437,7 +439,7 @@ def test_cupy_learned_inverse_steps_equal_numpys_and_replay_from_a_graph(algorit
     host_images = generator.rand(60 * 60, 784)
     host_labels = one_hot(generator.randint(0, 10, 60 * 60))
     lambdas = {"GAIT": (0.1, 1e-4), "TP": (1000.0, 1e-5)}
-    settings = training.StepSettings(algorithm, lambdas[algorithm][1], lambdas[algorithm][0])
+    settings = training_step.StepSettings(algorithm, lambdas[algorithm][1], lambdas[algorithm][0])
     states = {}
     for label, name, deferred, scale in (("queued", "cupy", True, 1.0),
                                          ("numpy", "numpy", False, 1.0),
@@ -475,13 +477,13 @@ def test_cupy_a_non_finite_batch_in_a_queued_window_is_named(restore_backend):
     host_images[13 * 60 + 2, 100] = numpy.nan
     images, labels = backend.to_device(host_images), backend.to_device(
         one_hot(generator.randint(0, 10, 20 * 60)))
-    settings = training.StepSettings("BP", 1e-4)
+    settings = training_step.StepSettings("BP", 1e-4)
     results = []
     for deferred, steps in ((True, 20), (False, 13)):
         net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True)
         runner = PackOfOne(net, settings, deferred=deferred)
         statistics = training.Statistics()
-        with pytest.raises(training.Diverged,
+        with pytest.raises(faults.Diverged,
                            match=r"epoch 1, batch 14: the output of layer 0"):  # index 13
             for step in range(20):
                 rows = slice(60 * step, 60 * (step + 1))

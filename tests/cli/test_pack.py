@@ -18,60 +18,17 @@ from gaitprop.cli import pack
 from gaitprop.arrays import products
 from gaitprop.runs import exit_status, run_folder
 from gaitprop.engine import step_runner
+from gaitprop.engine import cadence
+from gaitprop.engine import faults
+from gaitprop.engine import step as training_step
 from gaitprop.engine import training
 from gaitprop.model.net import InvNet, SquareInvNet, TowerInvNet
-from helpers import ENV, REPO, PackOfOne, assert_clean, cli
+from helpers import (ENV, REPO, PackOfOne, assert_clean, assert_same_state, cli, synthetic_sets,
+                     train_alone, train_packed)
 from gaitprop.model.functions import one_hot
 from gaitprop.runs.settings import build_parser
 
 PACK_PY = os.path.join(REPO, "pack.py")
-
-
-def synthetic_sets(runs, nb_train=2000, nb_test=300, units=48, seed=0):
-    """One (train, one-hot targets, test) triple of random data per run (batches of 2)."""
-    generator = numpy.random.RandomState(seed)
-    sets = []
-    for _ in range(runs):
-        labels, test_labels = generator.randint(0, 10, nb_train), generator.randint(0, 10, nb_test)
-        sets.append(((generator.rand(nb_train, units), labels), one_hot(labels),
-                     (generator.rand(nb_test, units), test_labels)))
-    return sets
-
-
-def train_alone(net, settings, feed_set, steps, deferred=False):
-    """`net` after `steps` steps of a single run (as run.py trains it, a pack of one; the
-    run's view), and its Statistics."""
-    runner = PackOfOne(net, settings, deferred=deferred)
-    statistics = training.Statistics()
-    feed = training.Feed([feed_set])
-    for batch_index in range(steps):
-        images, labels = feed.batch(batch_index, [0])
-        runner.step(images[0], labels[0], statistics, 0, batch_index)
-    runner.settle(statistics)
-    return runner.net, statistics
-
-
-def train_packed(nets, settings, sets, steps, deferred=False, evaluate_at=()):
-    """The runner of a pack of `nets` (settings: one StepSettings per run) after `steps` steps."""
-    runner = step_runner.StepRunner(InvNet.stack(nets), training.StepSettings.of_pack(settings),
-                                 deferred=deferred)
-    statistics = [training.Statistics() for _ in nets]
-    feed = training.Feed(sets)
-    for batch_index in range(steps):
-        runner.step(*feed.batch(batch_index, runner.run_ids), statistics, 0, batch_index)
-        if batch_index in evaluate_at:
-            runner.settle(statistics)
-            feed.record(runner.net, statistics, runner.run_ids, (0, batch_index))
-    runner.settle(statistics)
-    return runner, statistics
-
-
-def assert_same_state(single, packed_run):
-    """Every array of the network and its optimiser equal, bit for bit."""
-    expected, got = single.state(), packed_run.state()
-    assert sorted(expected) == sorted(got)
-    for name in expected:
-        assert numpy.array_equal(expected[name], got[name]), name
 
 
 NETWORKS = {"square": lambda seed, orthogonal: SquareInvNet(48, 2, seed, orthogonal),
@@ -89,7 +46,7 @@ def test_each_run_of_a_pack_equals_its_single_run_bit_for_bit(network, algorithm
     after 25 steps (with evaluations and the alignment log) every array is the single run's."""
     make = NETWORKS[network]
     orthogonal = (True, False, True)
-    settings = [training.StepSettings(algorithm, rate, reg, log_alignment=10)
+    settings = [training_step.StepSettings(algorithm, rate, reg, log_alignment=10)
                 for rate, reg in zip(rates, lambdas)]
     sets = synthetic_sets(3)
     runner, statistics = train_packed([make(seed, init) for seed, init in zip((1, 7, 3),
@@ -107,7 +64,7 @@ def test_each_run_of_a_pack_equals_its_single_run_bit_for_bit(network, algorithm
 def test_a_pack_evaluates_each_run_on_its_own_sets():
     sets = synthetic_sets(2)
     nets = [SquareInvNet(48, 1, seed, True) for seed in (1, 2)]
-    settings = [training.StepSettings("BP", 1e-3)] * 2
+    settings = [training_step.StepSettings("BP", 1e-3)] * 2
     runner, statistics = train_packed(nets, settings, sets, 10, evaluate_at=(9,))
     for position in range(2):
         expected = training.Statistics()
@@ -124,10 +81,10 @@ def test_a_pack_evaluates_each_runs_validation_set_as_its_single_run():
                                                   generator.randint(0, 10, 200)))
             for triple in synthetic_sets(2)]
     names = run_folder.statistics_names(validation=200)
-    settings = [training.StepSettings("BP", 1e-3)] * 2
+    settings = [training_step.StepSettings("BP", 1e-3)] * 2
     runner = step_runner.StepRunner(
         InvNet.stack([SquareInvNet(48, 1, seed, True) for seed in (1, 2)]),
-        training.StepSettings.of_pack(settings))
+        training_step.StepSettings.of_pack(settings))
     statistics = [training.Statistics(names=names) for _ in range(2)]
     feed = training.Feed(sets)
     for batch_index in range(10):
@@ -155,7 +112,7 @@ def test_a_diverging_run_leaves_the_pack_and_the_others_go_on(deferred):
     whose guard sends the step to the checked path)."""
     sets = synthetic_sets(3)
     rates = (1e-3, 1e300, 2e-3)
-    settings = [training.StepSettings("BP", rate) for rate in rates]
+    settings = [training_step.StepSettings("BP", rate) for rate in rates]
     runner, statistics = train_packed([SquareInvNet(48, 2, seed, True) for seed in (1, 2, 3)],
                                       settings, sets, 30, deferred=deferred)
     assert runner.run_ids == [0, 2]
@@ -169,26 +126,26 @@ def test_a_diverging_run_leaves_the_pack_and_the_others_go_on(deferred):
 
 def test_a_pack_whose_runs_all_diverge_raises():
     sets = synthetic_sets(2)
-    settings = [training.StepSettings("BP", 1e300)] * 2
-    with pytest.raises(training.Diverged, match="every run of the pack diverged"):
+    settings = [training_step.StepSettings("BP", 1e300)] * 2
+    with pytest.raises(faults.Diverged, match="every run of the pack diverged"):
         train_packed([SquareInvNet(48, 2, seed, True) for seed in (1, 2)], settings, sets, 30)
 
 
 def test_a_singular_solve_that_no_run_explains_stops_every_run(monkeypatch):
     """A run's zero weights make GAIT's solve fail; were no run found singular alone, every
     run is taken out (never the same step retried for ever)."""
-    monkeypatch.setattr(training, "invertible", lambda run: True)
+    monkeypatch.setattr(training_step, "invertible", lambda run: True)
     nets = [SquareInvNet(48, 2, seed, True) for seed in (1, 2)]
     nets[1].layers[1].weight_matrix[...] = 0.0
-    settings = [training.StepSettings("GAIT", 1e-4)] * 2
-    with pytest.raises(training.Diverged, match="every run of the pack diverged"):
+    settings = [training_step.StepSettings("GAIT", 1e-4)] * 2
+    with pytest.raises(faults.Diverged, match="every run of the pack diverged"):
         train_packed(nets, settings, synthetic_sets(2), 3)
 
 
 def test_runs_with_other_rules_cannot_share_a_pack():
     with pytest.raises(ValueError, match="must share the rule"):
-        training.StepSettings.of_pack([training.StepSettings("BP", 1e-4),
-                                       training.StepSettings("GAIT", 1e-4)])
+        training_step.StepSettings.of_pack([training_step.StepSettings("BP", 1e-4),
+                                       training_step.StepSettings("GAIT", 1e-4)])
     with pytest.raises(ValueError, match="share widths"):
         InvNet.stack([SquareInvNet(48, 1, 1), SquareInvNet(48, 2, 1)])
 
@@ -344,7 +301,7 @@ def test_a_pack_member_that_diverges_logs_each_batch_once_in_the_others():
     """Alignment logged at every batch; run 1 diverges early: runs 0 and 2 log one row per
     batch, the rows of their single runs."""
     sets = synthetic_sets(3)
-    settings = [training.StepSettings("GAIT", rate, 0.1, log_alignment=1)
+    settings = [training_step.StepSettings("GAIT", rate, 0.1, log_alignment=1)
                 for rate in (1e-3, 1e300, 2e-3)]
     runner, statistics = train_packed([SquareInvNet(48, 2, seed, True) for seed in (1, 2, 3)],
                                       settings, sets, 12)
@@ -552,7 +509,7 @@ def test_cupy_pack_steps_equal_single_runs(algorithm, cupy_float64):
     backend = cupy_float64
     steps = 1000 if algorithm == "BP" else 120
     paper = {"BP": (1e-4, 0.0), "GAIT": (1e-4, 0.1), "TP": (1e-5, 1000.0)}[algorithm]
-    settings = training.StepSettings(algorithm, *paper)
+    settings = training_step.StepSettings(algorithm, *paper)
     generator = numpy.random.RandomState(0)
     sets = []
     for _ in range(3):
@@ -562,7 +519,7 @@ def test_cupy_pack_steps_equal_single_runs(algorithm, cupy_float64):
 
     def queued(nets, run_sets, scale=1.0):
         runner = step_runner.StepRunner(InvNet.stack(nets),
-                                        training.StepSettings.of_pack([settings] * len(nets)))
+                                        training_step.StepSettings.of_pack([settings] * len(nets)))
         statistics = [training.Statistics() for _ in nets]
         feed = training.Feed(run_sets)
         feed.batch_size, feed.nb_batches = 60, steps
@@ -661,7 +618,7 @@ def test_cupy_a_run_diverging_mid_window_leaves_and_the_others_are_recaptured(cu
     NumPy), their arrays within 10 times a one-ulp nudge's spread."""
     backend = cupy_float64
     captures = counted_captures(monkeypatch, backend)
-    settings = [training.StepSettings("BP", rate) for rate in (1e-3, 2e-3, 3e-3)]
+    settings = [training_step.StepSettings("BP", rate) for rate in (1e-3, 2e-3, 3e-3)]
 
     def queued(scale=1.0):
         nets = [SquareInvNet(48, 2, seed, True) for seed in (1, 2, 3)]
@@ -671,7 +628,7 @@ def test_cupy_a_run_diverging_mid_window_leaves_and_the_others_are_recaptured(cu
         return runner, statistics, runner.running_statistics(), samples
     runner, statistics, tally, samples = queued()
     assert runner.run_ids == [0, 2] and list(runner.diverged) == [1]
-    assert f"Training diverged at {training.batch_name(0, 17)}" in runner.diverged[1]
+    assert f"Training diverged at {cadence.batch_name(0, 17)}" in runner.diverged[1]
     assert len(statistics) == 2
     print(f"captures {len(captures)}, replay difference {runner.replay.difference}")
     assert len(captures) == 2, "the pack left after run 1 is captured again"
@@ -709,10 +666,10 @@ def test_cupy_runs_leaving_shrink_a_pack_to_one_each_recaptured_with_the_right_t
     host = [(generator.rand(12, 60, 48),
              one_hot(generator.randint(0, 10, 720)).reshape(12, 60, 10)) for _ in range(3)]
     device = [tuple(backend.to_device(array) for array in each) for each in host]
-    settings = [training.StepSettings("BP", rate) for rate in (1e-3, 2e-3, 3e-3)]
+    settings = [training_step.StepSettings("BP", rate) for rate in (1e-3, 2e-3, 3e-3)]
     runner = step_runner.StepRunner(InvNet.stack([SquareInvNet(48, 1, seed, True)
                                                   for seed in (1, 2, 3)]),
-                                    training.StepSettings.of_pack(settings))
+                                    training_step.StepSettings.of_pack(settings))
     statistics = [training.Statistics() for _ in range(3)]
     states, tallies = {}, {}
     for batch in range(12):
@@ -836,7 +793,7 @@ def test_cupy_runs_resumed_at_other_epochs_merge_and_each_pack_is_recaptured(dat
                for seed in (1, 2)}
     record = json.load(open(results / folders[1] / "run.json"))
     assert (record["status"], record["epochs_done"]) == ("diverged", 1), record
-    assert training.batch_name(1, 0) in record["message"]
+    assert cadence.batch_name(1, 0) in record["message"]
     with numpy.load(results / folders[1] / "checkpoint.npz") as stored:
         assert json.loads(str(stored["meta"]))["epoch"] == 1
         assert numpy.isfinite(stored["W0"]).all()
@@ -865,7 +822,7 @@ def test_a_pack_of_learned_inverses_equals_its_single_runs_bit_for_bit(network, 
     logs is the single run's."""
     make = LEARNING[network]
     exact = (True, False, True)
-    settings = [training.StepSettings(algorithm, rate, reg, log_alignment=10,
+    settings = [training_step.StepSettings(algorithm, rate, reg, log_alignment=10,
                                       inv_learning_rate=inverse_rate, inv_noise=inv_noise)
                 for rate, reg, inverse_rate in zip(rates, lambdas, (None, 1e-3, 3e-4))]
     sets = synthetic_sets(3)

@@ -20,6 +20,7 @@ from gaitprop.arrays import backend
 from gaitprop.runs import run_folder
 from gaitprop.runs import settings as settings_table
 from gaitprop.engine import training
+from gaitprop.engine import cadence
 from helpers import ENV, RUN_PY, STATISTICS, assert_clean, cli, copy_raw, line_count, missing_data
 from gaitprop.runs.settings import build_net, build_parser
 
@@ -350,25 +351,25 @@ def test_results_folder_is_named_as_published(argv, name):
 # ----------------------------------------------------------------------------- cadence
 
 def statistics_lines(nb_epochs, eval_interval, nb_batches=1000):
-    """Lines of each statistics file after `nb_epochs` epochs, per training.evaluates_after."""
-    return 1 + sum(training.evaluates_after(b, eval_interval, nb_batches)
+    """Lines of each statistics file after `nb_epochs` epochs, per cadence.evaluates_after."""
+    return 1 + sum(cadence.evaluates_after(b, eval_interval, nb_batches)
                    for _ in range(nb_epochs) for b in range(nb_batches))
 
 
 def test_batch_layout_of_the_real_data_sets():
-    assert training.batch_layout(60000) == (60, 1000)
+    assert cadence.batch_layout(60000) == (60, 1000)
 
 
 @pytest.mark.parametrize("nb_epochs", [1, 2])
 def test_published_cadence_gives_1_plus_99_E_lines(nb_epochs):
-    after = [b for b in range(1000) if training.evaluates_after(b, 10, 1000)]
+    after = [b for b in range(1000) if cadence.evaluates_after(b, 10, 1000)]
     assert after == list(range(10, 1000, 10))  # after batches 10, 20, ..., 990
     assert statistics_lines(nb_epochs, 10) == 1 + 99 * nb_epochs
 
 
 @pytest.mark.parametrize("nb_epochs", [1, 2])
 def test_eval_interval_0_gives_1_plus_E_lines(nb_epochs):
-    assert [b for b in range(1000) if training.evaluates_after(b, 0, 1000)] == [999]
+    assert [b for b in range(1000) if cadence.evaluates_after(b, 0, 1000)] == [999]
     assert statistics_lines(nb_epochs, 0) == 1 + nb_epochs
     assert statistics_lines(nb_epochs, 50) == 1 + 19 * nb_epochs
 
@@ -488,7 +489,6 @@ def test_a_resumed_run_records_its_epochs_before_it_trains(tmp_path):
     so that a SIGKILL in the first epoch after --load leaves that record, not epochs_done 0."""
     from gaitprop.runs import checkpoint
     from gaitprop.runs import run_folder
-    from gaitprop.engine import training
     from gaitprop.runs.folders import Folders, Run
     flags = ["--nb_layers=0", "--nb_epochs=3", f"--results_dir={tmp_path}"]
     args = build_parser().parse_args(flags)

@@ -16,6 +16,11 @@ from gaitprop.arrays import cublas
 from gaitprop.model import net as inv_net
 from gaitprop.runs import settings as settings_table
 from gaitprop.engine import step_runner
+from gaitprop.engine import cadence
+from gaitprop.engine import faults
+from gaitprop.engine import guard
+from gaitprop.engine import progress as progress_lines
+from gaitprop.engine import step as training_step
 from gaitprop.engine import training
 from helpers import PackOfOne, by_layer
 from gaitprop.model.layer import KeptInverse
@@ -24,7 +29,8 @@ from gaitprop.model.functions import evaluate, one_hot
 
 PAPER = {rule: (preset["orthogonal_reg"], preset["learning_rate"])  # (lambda, lr)
          for rule, preset in ((rule, settings_table.presets(settings_table.PAPER, rule))
-                              for rule in ("BP", "GAIT", "TP", "DTP"))}
+                              for rule in ("BP", "GAIT", "TP"))}
+PAPER["DTP"] = PAPER["TP"]  # the paper has no DTP: these tests take TP's settings
 
 
 def batches(count, seed=0, units=784):
@@ -39,7 +45,7 @@ def trained(algorithm, data, deferred, nb_hidden=2, check_every=None, net=None, 
     run.py trains; paper lambda and learning rate)."""
     ortho_weighting, learning_rate = PAPER[algorithm]
     net = net or SquareInvNet(784, nb_hidden, start_seed=1, orthogonal_init=True)
-    runner = PackOfOne(net, training.StepSettings(algorithm, learning_rate, ortho_weighting,
+    runner = PackOfOne(net, training_step.StepSettings(algorithm, learning_rate, ortho_weighting,
                                                   inv_noise=inv_noise),
                        deferred=deferred)
     if check_every:
@@ -115,7 +121,7 @@ def test_a_failed_solve_is_redone_by_lu():
     solve, and the run ends where LU steps end (to rounding)."""
     data = batches(10)
     net = SquareInvNet(784, 2, start_seed=1, orthogonal_init=True)
-    settings = training.StepSettings("GAIT", 1e-4, 0.1)
+    settings = training_step.StepSettings("GAIT", 1e-4, 0.1)
     runner = PackOfOne(net, settings, deferred=True)
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
@@ -135,7 +141,7 @@ def switched_to_lu(steps=30, algorithm="TP"):
     data = batches(steps, units=48)
     net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
     ortho_weighting, learning_rate = PAPER[algorithm]
-    runner = PackOfOne(net, training.StepSettings(algorithm, learning_rate, ortho_weighting),
+    runner = PackOfOne(net, training_step.StepSettings(algorithm, learning_rate, ortho_weighting),
                        deferred=True)
     runner.guard.tolerance = -1.0  # every solve fails its check
     statistics = training.Statistics()
@@ -165,7 +171,7 @@ def test_a_singular_weight_matrix_met_by_a_queued_lu_solve_is_a_divergence():
     net, runner, statistics, data = switched_to_lu(algorithm="GAIT")
     assert runner.inverses.lu_only
     net.layers[1].weight_matrix[...] = 0.0
-    with pytest.raises(training.Diverged, match=r"epoch 1, batch 31: a layer's weights are "
+    with pytest.raises(faults.Diverged, match=r"epoch 1, batch 31: a layer's weights are "
                                                 r"singular"):  # batch index 30, counted from 1
         runner.step(*map(backend.to_device, data[0]), statistics, 0, 30)
         runner.settle(statistics)
@@ -189,9 +195,10 @@ def test_a_non_finite_batch_stops_training_before_the_weights_change(deferred):
     data = batches(9)
     data[6][0][3, 5] = numpy.nan
     runner = PackOfOne(SquareInvNet(784, 2, start_seed=1, orthogonal_init=True),
-                       training.StepSettings("GAIT", *reversed(PAPER["GAIT"])), deferred=deferred)
+                       training_step.StepSettings("GAIT", *reversed(PAPER["GAIT"])),
+                       deferred=deferred)
     statistics = training.Statistics()
-    with pytest.raises(training.Diverged, match=r"epoch 1, batch 7: the output of layer 0"):
+    with pytest.raises(faults.Diverged, match=r"epoch 1, batch 7: the output of layer 0"):
         for index, (images, labels) in enumerate(data):
             runner.step(images, labels, statistics, 0, index)
         runner.settle(statistics)
@@ -208,11 +215,11 @@ def test_check_finite_looks_at_every_weight_direction_of_every_run():
     weights = [numpy.ones((2, n, n)) for n in (6, 5, 4)]
     biases = [numpy.ones((2, n)) for n in (6, 5, 4)]
     statistics = [training.Statistics(), training.Statistics()]
-    training.check_finite(net, forward, by_layer(weights, biases), statistics, "here")
+    faults.check_finite(net, forward, by_layer(weights, biases), statistics, "here")
     weights[1][1, 2, 3] = numpy.inf
-    with pytest.raises(training.Diverged, match="at here: the update directions of layer 1 ") as (
+    with pytest.raises(faults.Diverged, match="at here: the update directions of layer 1 ") as (
             diverged):
-        training.check_finite(net, forward, by_layer(weights, biases), statistics, "here")
+        faults.check_finite(net, forward, by_layer(weights, biases), statistics, "here")
     assert list(diverged.value.runs) == [1]
 
 
@@ -220,10 +227,10 @@ def test_check_finite_ignores_finite_values_whose_sum_overflows():
     net = TowerInvNet([6, 6], start_seed=1)
     forward = net.forward_pass(numpy.ones((3, 6)))
     huge = numpy.full((6, 6), 1e307)
-    assert training.run_fault(net, forward, by_layer([huge], [numpy.ones(6)]),
+    assert faults.run_fault(net, forward, by_layer([huge], [numpy.ones(6)]),
                               training.Statistics()) is None
     huge[4, 1] = numpy.inf  # the positive control: one infinity among them is found
-    assert training.run_fault(net, forward, by_layer([huge], [numpy.ones(6)]),
+    assert faults.run_fault(net, forward, by_layer([huge], [numpy.ones(6)]),
                               training.Statistics()).startswith(
         "the update directions of layer 0 are not finite")
 
@@ -260,14 +267,14 @@ def test_parameters_an_epochs_last_step_overflows_are_found_before_its_checkpoin
             net.layers[0].biases[1, 3] = numpy.nan
             net.layers[1].backward_biases[2, 0] = numpy.inf
     monkeypatch.setattr(parameters.NetParameters, "step", overflowing)
-    settings = training.StepSettings("GAIT", 1e-3, 0.1, inv_learning_rate=1e-3)
+    settings = training_step.StepSettings("GAIT", 1e-3, 0.1, inv_learning_rate=1e-3)
     runner = step_runner.StepRunner(
         InvNet.stack([SquareInvNet(16, 1, seed, True, learn_inverses=True) for seed in (1, 2, 3)]),
-        training.StepSettings.of_pack([settings] * 3), deferred=deferred)
+        training_step.StepSettings.of_pack([settings] * 3), deferred=deferred)
     statistics = [training.Statistics() for _ in range(3)]
     every_run = list(statistics)
     feed.record(runner.net, statistics, runner.run_ids, None)  # before training
-    progress = training.Progress(1, feed.nb_batches, io.StringIO())
+    progress = progress_lines.Progress(1, feed.nb_batches, io.StringIO())
     progress.start_epoch(0)
     assert training.train_epoch(runner, feed, statistics, 0, progress, lambda: False, 0)
     assert len(updates) == feed.nb_batches and runner.redone == 0
@@ -293,10 +300,10 @@ def test_learned_inverses_that_blow_up_name_inv_learning_rate(deferred):
     --learning_rate."""
     data = batches(4, units=16)
     runner = PackOfOne(SquareInvNet(16, 1, 1, True, learn_inverses=True),
-                       training.StepSettings("GAIT", 1e-4, 0.1, inv_learning_rate=1e200),
+                       training_step.StepSettings("GAIT", 1e-4, 0.1, inv_learning_rate=1e200),
                        deferred=deferred)
     statistics = training.Statistics()
-    with pytest.raises(training.Diverged) as diverged:
+    with pytest.raises(faults.Diverged) as diverged:
         for index, (images, labels) in enumerate(data):
             runner.step(images, labels, statistics, 0, index)
         runner.settle(statistics)
@@ -306,12 +313,12 @@ def test_learned_inverses_that_blow_up_name_inv_learning_rate(deferred):
     assert "--inv_learning_rate" in message and "--learning_rate" not in message
     net = InvNet.stack([SquareInvNet(16, 1, 1, True, learn_inverses=True)])
     images, labels = batches(1, units=16)[0]
-    forward, _, directions = training.rule_directions(net, training.StepSettings("GAIT", 1e-4),
-                                                      images[None], labels[None])
+    forward, _, directions = training_step.rule_directions(
+        net, training_step.StepSettings("GAIT", 1e-4), images[None], labels[None])
     directions[1]["weights"][0, 2, 3] = numpy.inf
-    with pytest.raises(training.Diverged, match="the update directions of layer 1 are not "
+    with pytest.raises(faults.Diverged, match="the update directions of layer 1 are not "
                                                 "finite.* Try a smaller --learning_rate"):
-        training.check_finite(net, forward, directions, [training.Statistics()], "here")
+        faults.check_finite(net, forward, directions, [training.Statistics()], "here")
 
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
@@ -321,10 +328,10 @@ def test_a_diverging_step_logs_no_alignment_row(deferred):
     data = batches(9, units=48)
     data[6][0][3, 5] = numpy.nan
     net = SquareInvNet(48, 2, start_seed=1, orthogonal_init=True)
-    runner = PackOfOne(net, training.StepSettings("GAIT", 1e-4, 0.1, log_alignment=2),
+    runner = PackOfOne(net, training_step.StepSettings("GAIT", 1e-4, 0.1, log_alignment=2),
                        deferred=deferred)
     statistics = training.Statistics()
-    with pytest.raises(training.Diverged, match="batch 7"):  # index 6, counted from 1
+    with pytest.raises(faults.Diverged, match="batch 7"):  # index 6, counted from 1
         for index, (images, labels) in enumerate(data):
             runner.step(images, labels, statistics, 0, index)
     assert [row[:2] for row in statistics.alignment] == [[0, 0], [0, 2], [0, 4]]
@@ -335,7 +342,7 @@ def test_running_statistics_are_the_batches_accuracy_and_loss_before_each_update
     """With a negligible learning rate the batches' tally equals evaluate() on them."""
     data = batches(6)
     net = SquareInvNet(784, 1, start_seed=2, orthogonal_init=True)
-    runner = PackOfOne(net, training.StepSettings("BP", 1e-300))
+    runner = PackOfOne(net, training_step.StepSettings("BP", 1e-300))
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         runner.step(images, labels, statistics, 0, index)
@@ -354,7 +361,7 @@ def test_running_statistics_of_a_pack_go_on_after_a_run_leaves():
     generator = numpy.random.RandomState(5)
     sets = [(generator.rand(6, 60, 48), one_hot(generator.randint(0, 10, 360)).reshape(6, 60, 10))
             for _ in range(3)]
-    settings = [training.StepSettings("BP", rate) for rate in (1e-3, 2e-3, 3e-3)]
+    settings = [training_step.StepSettings("BP", rate) for rate in (1e-3, 2e-3, 3e-3)]
     nets = [SquareInvNet(48, 1, seed, True) for seed in (1, 2, 3)]
     singles = []
     for net, setting, (images, labels) in zip(nets, settings, sets):
@@ -364,7 +371,7 @@ def test_running_statistics_of_a_pack_go_on_after_a_run_leaves():
         singles.append(runner.running_statistics())
     pack = step_runner.StepRunner(InvNet.stack([SquareInvNet(48, 1, seed, True)
                                              for seed in (1, 2, 3)]),
-                               training.StepSettings.of_pack(settings))
+                               training_step.StepSettings.of_pack(settings))
     statistics = [training.Statistics() for _ in range(3)]
     for batch in range(6):
         if batch == 4:
@@ -378,10 +385,10 @@ def test_running_statistics_of_a_pack_go_on_after_a_run_leaves():
 
 def test_progress_lines_show_the_batches_and_the_latest_evaluation():
     stream = io.StringIO()
-    progress = training.Progress(1, 20, stream)
+    progress = progress_lines.Progress(1, 20, stream)
     statistics = training.Statistics({"training_acc": [0.5], "training_loss": [1.0],
                                       "test_acc": [0.25], "test_loss": [1.0]})
-    statistics.evaluation_moment = training.evaluation_moment(0, 9, 20)
+    statistics.evaluation_moment = cadence.evaluation_moment(0, 9, 20)
 
     class Runner:  # a pack of one run, as run.py trains it
         def running_statistics(self):
@@ -399,17 +406,17 @@ def test_evaluations_are_labelled_with_when_they_were_made_batches_counted_from_
     done 10): an evaluation after batch index 9 of 20 is "after epoch 1 batch 10", after the
     last batch "after epoch 1"; the one a run starts or resumes with is the untrained one or
     its checkpoint epoch's last (at the published cadence after batch index 990)."""
-    assert training.evaluation_moment(0, 9, 20) == "after epoch 1 batch 10"
-    assert training.evaluation_moment(1, 19, 20) == "after epoch 2"
-    assert training.last_evaluation_moment(0, 10, 1000) == "untrained"
-    assert training.last_evaluation_moment(2, 10, 1000) == "after epoch 2 batch 991"
-    assert training.last_evaluation_moment(2, 0, 1000) == "after epoch 2"
-    assert training.last_evaluation_moment(2, 1000, 1000) == "untrained"  # none in training
+    assert cadence.evaluation_moment(0, 9, 20) == "after epoch 1 batch 10"
+    assert cadence.evaluation_moment(1, 19, 20) == "after epoch 2"
+    assert cadence.last_evaluation_moment(0, 10, 1000) == "untrained"
+    assert cadence.last_evaluation_moment(2, 10, 1000) == "after epoch 2 batch 991"
+    assert cadence.last_evaluation_moment(2, 0, 1000) == "after epoch 2"
+    assert cadence.last_evaluation_moment(2, 1000, 1000) == "untrained"  # none in training
     pack = [training.Statistics({name: [0.125] for name in training.Statistics.NAMES})
             for _ in range(2)]
     for statistics in pack:
         statistics.evaluation_moment = "untrained"
-    assert training.latest(pack) == "evaluation (untrained): test acc 0.1250 0.1250"
+    assert progress_lines.latest(pack) == "evaluation (untrained): test acc 0.1250 0.1250"
 
 
 def test_eval_interval_0_labels_the_untrained_evaluation_until_the_epochs_end(capsys):
@@ -421,12 +428,12 @@ def test_eval_interval_0_labels_the_untrained_evaluation_until_the_epochs_end(ca
     feed = training.Feed([((generator.rand(1000, 16), labels), one_hot(labels),
                            (generator.rand(50, 16), generator.randint(0, 10, 50)))])
     runner = step_runner.StepRunner(InvNet.stack([SquareInvNet(16, 1, 1, True)]),
-                                    training.StepSettings.of_pack([training.StepSettings(
+                                    training_step.StepSettings.of_pack([training_step.StepSettings(
                                         "BP", 1e-3)]))
     statistics = [training.Statistics()]
     feed.record(runner.net, statistics, [0], None)  # before training
     stream = io.StringIO()
-    progress = training.Progress(1, feed.nb_batches, stream)
+    progress = progress_lines.Progress(1, feed.nb_batches, stream)
     progress.start_epoch(0)
     assert training.train_epoch(runner, feed, statistics, 0, progress, lambda: False, 0)
     progress.end_epoch(statistics)
@@ -443,31 +450,35 @@ def test_step_settings_of_run_arguments():
     from gaitprop.runs import settings
     args = settings.build_parser().parse_args(["--algorithm=TP", "--learning_rate=0.5",
                                           "--orthogonal_reg=3", "--log_alignment=7"])
-    assert training.StepSettings.of(args) == training.StepSettings("TP", 0.5, 3.0, 7)
+    assert training_step.StepSettings.of(args) == training_step.StepSettings("TP", 0.5, 3.0, 7)
     args = settings.build_parser().parse_args(["--algorithm=GAIT", "--learn_inv", "--gamma=0.01",
                                                "--inv_learning_rate=0.002"])
-    assert training.StepSettings.of(args) == training.StepSettings("GAIT", 1e-4, 0.0, 0, 0.01,
-                                                                   0.002)
-    assert training.StepSettings("GAIT", 1e-4).inverse_learning_rate == 1e-4
+    assert training_step.StepSettings.of(args) == training_step.StepSettings(
+        "GAIT", 1e-4, 0.0, 0, 0.002, options=(("gamma", 0.01),))
+    assert training_step.StepSettings.of(args).rule_options() == {"gamma": 0.01}
+    args = settings.build_parser().parse_args(["--algorithm=GAIT"])
+    assert training_step.StepSettings.of(args).rule_options() == {"gamma": 0.001}
+    assert training_step.StepSettings("GAIT", 1e-4).inverse_learning_rate == 1e-4
 
 
 def test_gamma_reaches_gait_and_no_other_rule():
     """--gamma is GAIT's: a step with gamma 0.5 gives the directions of
-    gait_directions(..., gamma=0.5), which differ from gamma 0.001's where steps of that size
+    the directions of GAIT with gamma=0.5, which differ from gamma 0.001's where steps of that size
     cross zero; BP and TP take no gamma."""
     net = SquareInvNet(30, 2, start_seed=1, orthogonal_init=True)
     images, labels = batches(1, units=30)[0]
-    _, _, directions = training.rule_directions(
-        net, training.StepSettings("GAIT", 1e-4, gamma=0.5), images, labels)
+    _, _, directions = training_step.rule_directions(
+        net, training_step.StepSettings("GAIT", 1e-4, options=(("gamma", 0.5),)), images,
+        labels)
     forward = net.forward_pass(images)
     targets = inv_net.output_targets(forward[-1], labels)
-    expected = net.gait_directions(forward, targets, gamma=0.5)
-    published = net.gait_directions(forward, targets)
+    expected = net.directions("GAIT", forward, targets, gamma=0.5)
+    published = net.directions("GAIT", forward, targets)
     for got, want in zip(directions, expected):
         numpy.testing.assert_array_equal(got["weights"], want["weights"])
     assert numpy.abs(directions[0]["weights"] - published[0]["weights"]).max() > 1e-3 * (
         numpy.abs(published[0]["weights"]).max())
-    assert training.StepSettings("TP", 1e-4, gamma=0.01).rule_options() == {}
+    assert training_step.StepSettings("TP", 1e-4, options=(("gamma", 0.01),)).rule_options() == {}
 
 
 @pytest.mark.parametrize("algorithm, inv_noise", [("GAIT", 0.0), ("TP", 0.0), ("DTP", 0.0),
@@ -502,7 +513,7 @@ def test_learned_inverses_train_in_float32(network):
                                                              exact_start=False),
                 "linear tower": lambda: TowerInvNet([48, 48, 30, 10], 1, True, linear=True,
                                                     learn_inverses=True)}[network]
-        runner = PackOfOne(make(), training.StepSettings("GAIT", 1e-3, 0.1, log_alignment=2))
+        runner = PackOfOne(make(), training_step.StepSettings("GAIT", 1e-3, 0.1, log_alignment=2))
         statistics = training.Statistics()
         for index, (images, labels) in enumerate(batches(6, units=48)):
             runner.step(backend.to_device(images), backend.to_device(labels), statistics, 0,
@@ -525,7 +536,7 @@ def test_learned_inverses_from_a_random_start_learn_on_mnist(data_root):
     train, _ = data.load_dataset("MNIST", data_root.require("MNIST"))
     net = SquareInvNet(784, 1, start_seed=1, orthogonal_init=True, learn_inverses=True,
                        exact_start=False)
-    runner = PackOfOne(net, training.StepSettings("GAIT", 1e-4, 0.1, log_alignment=50))
+    runner = PackOfOne(net, training_step.StepSettings("GAIT", 1e-4, 0.1, log_alignment=50))
     statistics = training.Statistics()
     labels = one_hot(train[1])
     for index in range(301):
@@ -539,21 +550,21 @@ def test_learned_inverses_from_a_random_start_learn_on_mnist(data_root):
 
 
 def test_guard_on_the_host_counts_steps_and_keeps_the_first_failure():
-    guard = numpy.array([0, -1, 0])
+    state = numpy.array([0, -1, 0])
     bounds = numpy.array([0.5, 0.25])
     for sums, bound in (([1.0, 2.0], 0.5), ([1.0, 2.0], 0.5), ([1.0, numpy.nan], 0.5),
                         ([1.0, 2.0], 2.0), ([1.0, 2.0], 0.5)):
         bounds[1] = bound
-        step_runner._UPDATE_GUARD(numpy.array(sums), 2, bounds, 2, 1.0, guard)
-    assert list(guard) == [5, 2, step_runner.SUMS_NOT_FINITE]
-    guard[:] = [0, -1, 0]
-    step_runner._UPDATE_GUARD(numpy.array([1.0]), 1, numpy.array([2.0]), 1, 1.0, guard)
-    assert list(guard) == [1, 0, step_runner.SOLVE_NOT_EXACT]  # a bound above the tolerance
-    guard[:] = [0, -1, 0]
-    step_runner._UPDATE_GUARD(numpy.array([1e308, 1e308]), 2, bounds, 2, 1.0, guard)
-    assert list(guard) == [1, -1, 0]  # finite sums whose total overflows pass
-    step_runner._UPDATE_GUARD(numpy.array([numpy.inf]), 1, numpy.array([numpy.nan]), 1, 1.0, guard)
-    assert list(guard) == [2, 1, step_runner.SUMS_NOT_FINITE | step_runner.SOLVE_NOT_EXACT]
+        guard._UPDATE_GUARD(numpy.array(sums), 2, bounds, 2, 1.0, state)
+    assert list(state) == [5, 2, guard.SUMS_NOT_FINITE]
+    state[:] = [0, -1, 0]
+    guard._UPDATE_GUARD(numpy.array([1.0]), 1, numpy.array([2.0]), 1, 1.0, state)
+    assert list(state) == [1, 0, guard.SOLVE_NOT_EXACT]  # a bound above the tolerance
+    state[:] = [0, -1, 0]
+    guard._UPDATE_GUARD(numpy.array([1e308, 1e308]), 2, bounds, 2, 1.0, state)
+    assert list(state) == [1, -1, 0]  # finite sums whose total overflows pass
+    guard._UPDATE_GUARD(numpy.array([numpy.inf]), 1, numpy.array([numpy.nan]), 1, 1.0, state)
+    assert list(state) == [2, 1, guard.SUMS_NOT_FINITE | guard.SOLVE_NOT_EXACT]
 
 
 def test_gemm_plan_reads_every_layout():
@@ -601,7 +612,7 @@ def test_steps_replayed_from_a_captured_graph_are_the_steps(monkeypatch, capture
     monkeypatch.setattr(products.Graph, "capture", staticmethod(fake_capture))
     data = batches(7)
     net = SquareInvNet(784, 2, start_seed=1, orthogonal_init=True)
-    runner = PackOfOne(net, training.StepSettings("BP", 1e-4), deferred=True, graphs=True)
+    runner = PackOfOne(net, training_step.StepSettings("BP", 1e-4), deferred=True, graphs=True)
     statistics = training.Statistics()
     for index, (images, labels) in enumerate(data):
         runner.step(images, labels, statistics, 0, index)
@@ -640,7 +651,7 @@ def test_cupy_failed_solves_are_counted_once_each_and_switch_the_run_to_lu(cupy_
     assert runner.inverses.failures == list(range(runner.inverses.FAILURES_PER_100_STEPS + 1))
     assert runner.inverses.lu_only and not runner.inverses.kept
     net.layers[1].weight_matrix[...] = 0.0
-    with pytest.raises(training.Diverged, match=r"batch 31: a layer's weights are singular"):
+    with pytest.raises(faults.Diverged, match=r"batch 31: a layer's weights are singular"):
         runner.step(*map(backend.to_device, data[0]), statistics, 0, 30)
         runner.settle(statistics)
 
@@ -698,7 +709,7 @@ def test_cupy_float32_queued_steps_keep_their_graph_and_agree_with_numpy_float32
     accuracy difference and two samples."""
     learned = inverses == "learned"
     ortho_weighting, learning_rate = PAPER[algorithm]
-    settings = training.StepSettings(algorithm, learning_rate, ortho_weighting)
+    settings = training_step.StepSettings(algorithm, learning_rate, ortho_weighting)
 
     def make():
         return SquareInvNet(256, 2, start_seed=1, orthogonal_init=True, learn_inverses=learned,
@@ -752,7 +763,8 @@ def test_cupy_tower_trains_as_on_numpy_and_logs_alignment_and_inverse_quality(al
     the logged rows NumPy's to 1e-6."""
     learned = inverses == "learned"
     ortho_weighting, learning_rate = PAPER[algorithm]
-    settings = training.StepSettings(algorithm, learning_rate, ortho_weighting, log_alignment=10)
+    settings = training_step.StepSettings(algorithm, learning_rate, ortho_weighting,
+                                          log_alignment=10)
 
     def make():
         return TowerInvNet(TOWER, 1, True, learn_inverses=learned, exact_start=not learned)
@@ -805,9 +817,9 @@ def test_cupy_tower_trains_as_on_numpy_and_logs_alignment_and_inverse_quality(al
 def test_the_batch_layout_follows_the_training_images_left():
     """len // 1000 images a batch, len // batch batches: 60 x 1000 for all 60,000 images,
     50 x 1000 for the 50,000 left beside the authors' 10,000 validation images."""
-    assert training.batch_layout(60000) == (60, 1000)
-    assert training.batch_layout(50000) == (50, 1000)
-    assert training.batch_layout(55500) == (55, 1009)
+    assert cadence.batch_layout(60000) == (60, 1000)
+    assert cadence.batch_layout(50000) == (50, 1000)
+    assert cadence.batch_layout(55500) == (55, 1009)
     feed = training.Feed([((numpy.zeros((50000, 4)), numpy.zeros(50000, dtype=int)),
                            numpy.zeros((50000, 10)), (numpy.zeros((3, 4)), numpy.zeros(3)))])
     assert (feed.batch_size, feed.nb_batches) == (50, 1000)
@@ -819,22 +831,23 @@ def test_the_inverses_noise_is_the_runs_own_at_each_step():
     again (a resumed run), other at another step or seed; none without learned inverses."""
     def make(seed):
         return TowerInvNet([30, 30, 20, 10], seed, True, learn_inverses=True)
-    settings = training.StepSettings("DTP", 1e-4, inv_noise=0.5)
+    settings = training_step.StepSettings("DTP", 1e-4, inv_noise=0.5)
     pack = InvNet.stack([make(4), make(9)])
-    noise = training.inverse_noise(pack, settings, 2, 17, 400)
+    noise = training_step.inverse_noise(pack, settings, 2, 17, 400)
     assert [array.shape for array in noise] == [(2, 400, 20), (2, 400, 10)]
     for position, seed in enumerate((4, 9)):
-        alone = training.inverse_noise(InvNet.stack([make(seed)]), settings, 2, 17, 400)
+        alone = training_step.inverse_noise(InvNet.stack([make(seed)]), settings, 2, 17, 400)
         for together, single in zip(noise, alone):
             numpy.testing.assert_array_equal(together[position], single[0])
-    again = training.inverse_noise(pack, settings, 2, 17, 400)
-    later = training.inverse_noise(pack, settings, 2, 18, 400)
+    again = training_step.inverse_noise(pack, settings, 2, 17, 400)
+    later = training_step.inverse_noise(pack, settings, 2, 18, 400)
     numpy.testing.assert_array_equal(again[0], noise[0])
     assert not numpy.array_equal(later[0], noise[0])
     assert not numpy.array_equal(noise[0][0], noise[0][1])
     values = numpy.concatenate([array.ravel() for array in noise])
     assert abs(values.mean()) < 0.02 and abs(values.std() - 0.5) < 0.02
-    assert training.inverse_noise(pack, training.StepSettings("DTP", 1e-4), 2, 17, 400) == ()
+    assert training_step.inverse_noise(pack, training_step.StepSettings("DTP", 1e-4), 2, 17,
+                                       400) == ()
     plain = InvNet.stack([TowerInvNet([30, 30, 20, 10], 4, True)])
-    assert training.inverse_noise(plain, settings, 2, 17, 400) == ()
+    assert training_step.inverse_noise(plain, settings, 2, 17, 400) == ()
 

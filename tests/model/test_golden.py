@@ -59,10 +59,10 @@ def batches(mnist_raw):
 
 def directions(net, rule, forward, targets, ortho):
     if rule == "BP":
-        return net.backprop_directions(forward, targets, ortho_weighting=ortho)
+        return net.directions("BP", forward, targets, ortho_weighting=ortho)
     if rule == "GAIT":
-        return net.gait_directions(forward, targets, ortho_weighting=ortho, gamma=1e-3)
-    return net.tp_directions(forward, targets, ortho_weighting=ortho)
+        return net.directions("GAIT", forward, targets, ortho_weighting=ortho, gamma=1e-3)
+    return net.directions("TP", forward, targets, ortho_weighting=ortho)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -144,7 +144,7 @@ def test_square_net_inverse_after_update_and_refactorisation():
     x = rng.randn(4, 10)
     hs = net.forward_pass(x)
     targets = hs[-1] + rng.randn(4, 10)
-    net.step(net.backprop_directions(hs, targets), 0.05)
+    net.step(net.directions("BP", hs, targets), 0.05)
     net.update_inverse_model()
     hs = net.forward_pass(x)
     for index, layer in enumerate(net.layers):
@@ -184,7 +184,7 @@ def test_backprop_is_minus_the_finite_difference_gradient(structure, linear, ort
     def objective(ws, bs):
         return half_squared_error(ws, bs, x, targets, linear) + ortho * regulariser(ws)
 
-    dir_w, dir_b = split(net.backprop_directions(hs, targets, ortho_weighting=ortho))
+    dir_w, dir_b = split(net.directions("BP", hs, targets, ortho_weighting=ortho))
     eps = 1e-6
     for layer_index in range(len(net.layers)):
         for array, direction in ((weights, dir_w), (biases, dir_b)):
@@ -297,14 +297,14 @@ def test_gait_closed_form_without_zero_crossings(orthogonal, gamma):
         expected_b[index] = -local.mean(axis=0)
         errors = local @ np.linalg.inv(weights[index])
 
-    dir_w, dir_b = split(net.gait_directions(hs, targets, gamma=gamma))
+    dir_w, dir_b = split(net.directions("GAIT", hs, targets, gamma=gamma))
     assert_directions_close(dir_w, expected_w, 1e-8)
     assert_directions_close(dir_b, expected_b, 1e-8)
     reference_w, _, crossings = gait_reference(weights, biases, hs, targets, gamma, False)
     assert crossings == [0] * 5
     assert_directions_close(dir_w, reference_w, 1e-8)
     if not orthogonal:  # inv(W) is not W.T here: GAIT differs from BP below the top
-        bp_w, _ = split(net.backprop_directions(hs, targets))
+        bp_w, _ = split(net.directions("BP", hs, targets))
         assert relative_error(dir_w[0], bp_w[0]) > 0.1
 
 
@@ -323,7 +323,7 @@ def test_gait_with_zero_crossings_matches_published_targets(structure):
     _, _, crossings = gait_reference(weights, biases, hs, targets, gamma, False)
     assert sum(crossings[1:]) >= 1, crossings  # crossings on the steps passed down
 
-    dir_w, dir_b = split(net.gait_directions(hs, targets, gamma=gamma))
+    dir_w, dir_b = split(net.directions("GAIT", hs, targets, gamma=gamma))
     published_w, published_b = gait_published_style(net, hs, targets, gamma)
     assert_directions_close(dir_w, published_w, 1e-10)
     assert_directions_close(dir_b, published_b, 1e-10)
@@ -351,7 +351,7 @@ def test_gait_with_zero_crossings_at_small_gamma_matches_reference():
     reference_w, reference_b, crossings = gait_reference(weights, biases, hs, targets, gamma,
                                                          False)
     assert sum(crossings[1:]) >= 3, crossings
-    dir_w, dir_b = split(net.gait_directions(hs, targets, gamma=gamma))
+    dir_w, dir_b = split(net.directions("GAIT", hs, targets, gamma=gamma))
     assert_directions_close(dir_w, reference_w, 1e-8)
     assert_directions_close(dir_b, reference_b, 1e-8)
 
@@ -361,9 +361,9 @@ def test_gait_top_layer_and_regulariser():
     net = SquareInvNet(6, 1, start_seed=2)
     hs = net.forward_pass(rng.randn(4, 6))
     targets = rng.randn(4, 6)
-    plain_w, plain_b = split(net.gait_directions(hs, targets))
-    reg_w, reg_b = split(net.gait_directions(hs, targets, ortho_weighting=0.2))
-    bp_w, bp_b = split(net.backprop_directions(hs, targets))
+    plain_w, plain_b = split(net.directions("GAIT", hs, targets))
+    reg_w, reg_b = split(net.directions("GAIT", hs, targets, ortho_weighting=0.2))
+    bp_w, bp_b = split(net.directions("BP", hs, targets))
     # the top layer has no layer above it: its GAIT direction is the BP direction
     np.testing.assert_allclose(plain_w[-1], bp_w[-1], rtol=1e-13)
     np.testing.assert_allclose(plain_b[-1], bp_b[-1], rtol=1e-13)
@@ -376,7 +376,7 @@ def test_gait_top_layer_and_regulariser():
 
 # ----------------------------------------------------------------------------- GAIT vs BP
 
-# Scaling: GAIT's direction (inv_net.gait_directions) is d = g (h - t) / gamma**k, which
+# Scaling: GAIT's direction (rules.gait) is d = g (h - t) / gamma**k, which
 # already divides out the gamma**k by which the target of a layer with k layers above
 # differs from its activity. So GAIT and BP directions are compared as they are, with no rescaling
 # (multiplying the GAIT direction by gamma**k would break the equality below the top).
@@ -394,8 +394,8 @@ def orthogonal_case(units, linear, target_kind, seed=3, n=60):
 
 
 def worst_difference(net, hs, targets, gamma):
-    gait_w, gait_b = split(net.gait_directions(hs, targets, gamma=gamma))
-    bp_w, bp_b = split(net.backprop_directions(hs, targets))
+    gait_w, gait_b = split(net.directions("GAIT", hs, targets, gamma=gamma))
+    bp_w, bp_b = split(net.directions("BP", hs, targets))
     return max(relative_error(a, b) for a, b in zip(gait_w + gait_b, bp_w + bp_b))
 
 
@@ -460,7 +460,7 @@ def test_tp_one_layer_closed_form(linear):
     hs = net.forward_pass(x)
     targets = rng.randn(5, 8)
     d = g(hs[1], linear) * (hs[1] - targets)
-    dir_w, dir_b = split(net.tp_directions(hs, targets))
+    dir_w, dir_b = split(net.directions("TP", hs, targets))
     assert len(dir_w) == 1
     np.testing.assert_allclose(dir_w[0], -(x.T @ d) / 5, rtol=1e-12)
     np.testing.assert_allclose(dir_b[0], -d.mean(axis=0), rtol=1e-12)
@@ -486,7 +486,7 @@ def test_tp_targets_by_explicit_inverses(structure, linear):
         below = (finv(target, linear) - biases[index]) @ np.linalg.inv(weights[index])
         target = hs[index].copy()
         target[:, :width] = below
-    dir_w, dir_b = split(net.tp_directions(hs, targets))
+    dir_w, dir_b = split(net.directions("TP", hs, targets))
     assert_directions_close(dir_w, expected_w, 1e-9)
     assert_directions_close(dir_b, expected_b, 1e-9)
 
@@ -637,7 +637,7 @@ LEARNING_NETS = {"square": lambda **learned: SquareInvNet(40, 3, 2, True, **lear
 
 
 def rule_on_a_batch(net, rule, seed=0):
-    """The directions of `rule` ("gait_directions" or "tp_directions") on a random batch,
+    """The directions of `rule` ("GAIT", "TP" or "DTP") on a random batch,
     biases randomised the same way in every network."""
     rng = np.random.RandomState(seed)
     randomise_biases(net, np.random.RandomState(9))
@@ -647,11 +647,11 @@ def rule_on_a_batch(net, rule, seed=0):
     x = rng.rand(8, net.widths[0])
     forward = net.forward_pass(x)
     targets = inv_net.output_targets(forward[-1], np.eye(10)[rng.randint(0, 10, 8)])
-    return forward, getattr(net, rule)(forward, targets)
+    return forward, net.directions(rule, forward, targets)
 
 
 @pytest.mark.parametrize("network", sorted(LEARNING_NETS))
-@pytest.mark.parametrize("rule", ["gait_directions", "tp_directions", "dtp_directions"])
+@pytest.mark.parametrize("rule", ["GAIT", "TP", "DTP"])
 def test_learned_inverses_from_the_exact_start_give_the_exact_targets(network, rule):
     """V = inv(W), c = b: GAIT's and TP's directions are the exact inverses' to rounding; a
     drawn start gives other directions below the top layer. Only the layers whose inverses
@@ -680,7 +680,7 @@ def test_inverse_directions_compare_the_units_each_layer_reads(network):
     units it reads (tower: 40, 25, 16 of widths 40, 40, 25, 16, 10 below), zero at the exact
     start, and equal to the layer's own formula on those units away from it."""
     net = LEARNING_NETS[network](learn_inverses=True)
-    forward, directions = rule_on_a_batch(net, "gait_directions")
+    forward, directions = rule_on_a_batch(net, "GAIT")
     net.add_inverse_directions(forward, directions)
     for index, (layer, layer_directions) in enumerate(zip(net.layers, directions)):
         assert ("backward_weights" in layer_directions) == (index > 0)
@@ -732,8 +732,8 @@ def test_dtp_with_exact_inverses_is_tp(network, linear):
     net = LEARNING_NETS[network]()
     for layer in net.layers:
         layer.linear = linear
-    _, tp = rule_on_a_batch(net, "tp_directions", seed=3)
-    _, dtp = rule_on_a_batch(net, "dtp_directions", seed=3)
+    _, tp = rule_on_a_batch(net, "TP", seed=3)
+    _, dtp = rule_on_a_batch(net, "DTP", seed=3)
     for want, got in zip(tp, dtp):
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-12,
@@ -754,7 +754,7 @@ def test_dtp_with_learned_inverses_by_hand():
     x = rng.rand(5, 6)
     forward = net.forward_pass(x)
     targets = forward[-1] + 0.3 * rng.randn(5, 6)
-    got = net.dtp_directions(forward, targets)
+    got = net.directions("DTP", forward, targets)
 
     def backward(layer, y):
         return (finv(y, False) - layer.backward_biases) @ layer.backward_weights
@@ -771,7 +771,7 @@ def test_dtp_with_learned_inverses_by_hand():
                                    atol=1e-14)
         if index:
             errors = backward(layer, hs[index + 1]) - backward(layer, hs[index + 1] - errors)
-    tp = net.tp_directions(forward, targets)
+    tp = net.directions("TP", forward, targets)
     assert relative_error(tp[0]["weights"], got[0]["weights"]) > 1e-3
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from gaitprop.runs import checkpoint
 from gaitprop.engine import training
+from gaitprop.engine import step as training_step
 from gaitprop.model.net import SquareInvNet
 
 # A checkpoint of a 12-unit network stored with the moments' earlier positional names.
@@ -105,8 +106,8 @@ def test_learned_inverses_resume_exactly_from_a_checkpoint(tmp_path, algorithm, 
     from gaitprop.model.functions import one_hot
     generator = numpy.random.RandomState(0)
     data = [(generator.rand(60, 48), one_hot(generator.randint(0, 10, 60))) for _ in range(8)]
-    settings = training.StepSettings(algorithm, 1e-3, 0.1, log_alignment=2, inv_learning_rate=3e-3,
-                                     inv_noise=inv_noise)
+    settings = training_step.StepSettings(algorithm, 1e-3, 0.1, log_alignment=2,
+                                          inv_learning_rate=3e-3, inv_noise=inv_noise)
 
     def make():
         return SquareInvNet(48, 2, 5, True, learn_inverses=True, exact_start=False)
@@ -147,6 +148,7 @@ def test_the_switch_to_lu_solves_is_checkpointed_and_restored_on_resume(tmp_path
     again. (On NumPy no run switches by itself: the runner of epoch 1 is switched by hand.)
     The evaluation a resumed run starts with is labelled with when it was made."""
     from gaitprop.engine import step_runner
+    from gaitprop.engine import step as training_step
     from helpers import synthetic_run_sets, train_in_process
     from gaitprop.model.net import InvNet
     net = SquareInvNet(12, 1, start_seed=1)
@@ -160,7 +162,7 @@ def test_the_switch_to_lu_solves_is_checkpointed_and_restored_on_resume(tmp_path
     for lu_only in (False, True):  # a switched runner keeps no inverses
         runner = step_runner.StepRunner(
             InvNet.stack([SquareInvNet(16, 1, 1, True)]),
-            training.StepSettings.of_pack([training.StepSettings("GAIT", 1e-4)]),
+            training_step.StepSettings.of_pack([training_step.StepSettings("GAIT", 1e-4)]),
             deferred=True, lu_only=lu_only)
         assert runner.inverses.lu_only is lu_only
         assert bool(runner.inverses.kept) is not lu_only

@@ -29,9 +29,8 @@ def test_the_readme_documents_every_row_with_its_default_and_origin():
             r"^\| `--(\w+)[^`]*` \| ([^|]+) \| (published|ours) \|", readme.read(), re.M)}
     assert sorted(rows) == sorted(setting.name for setting in settings.TABLE)
     for setting in settings.TABLE:
-        default = "off" if setting.kind in ("switch", "action") else str(setting.default)
         origin = "published" if setting.published else "ours"
-        assert rows[setting.name] == (default, origin), setting.name
+        assert rows[setting.name] == (settings.documented_default(setting), origin), setting.name
 
 
 def test_name_pieces_and_columns_have_distinct_positions():
@@ -50,8 +49,9 @@ def test_the_paper_preset_per_algorithm():
         "nb_layers": 4, "orthogonal_reg": 0.1, "learning_rate": 1e-4, "orthogonal_init": True}
     assert settings.presets(settings.PAPER, "TP") == {
         "nb_layers": 4, "orthogonal_reg": 1000.0, "learning_rate": 1e-5, "orthogonal_init": True}
-    # DTP takes TP's (our choice: the paper has no DTP)
-    assert settings.presets(settings.PAPER, "DTP") == settings.presets(settings.PAPER, "TP")
+    # the paper has no DTP: the preset refuses it, naming the rules it has
+    assert settings.presets(settings.PAPER, "DTP") is None
+    assert "trained only BP, GAIT, TP" in settings.preset_refusal(settings.PAPER, "DTP")
 
 
 @pytest.mark.parametrize("text, message", [("x", "'x' is not a number"),

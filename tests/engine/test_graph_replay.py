@@ -1,10 +1,10 @@
-"""The step runner's pieces that a CPU can check alone (step_runner.py); the runner itself
+"""The CUDA graph replay's check that a CPU can run alone (graph_replay.py); the runner itself
 is tested through training in test_training.py and test_pack.py."""
 import math
 
 import numpy as np
 
-from gaitprop.engine.step_runner import replay_difference
+from gaitprop.engine.graph_replay import replay_difference
 
 
 def test_replay_difference_is_relative_to_the_largest_expected_entry():
