@@ -6,10 +6,10 @@ line in `REGISTERED`.
 
 Light: the rules' modules import only the array backend, so the command line can read the
 registry without loading the training code."""
-from gaitprop.model.rules import bp, dtp, fa, gait, tp
+from gaitprop.model.rules import bp, dfa, dtp, fa, gait, tp
 from gaitprop.model.rules.rule import Option, Passing, Rule
 
-REGISTERED: tuple[Rule, ...] = (bp.RULE, gait.RULE, tp.RULE, dtp.RULE, fa.RULE)
+REGISTERED: tuple[Rule, ...] = (bp.RULE, gait.RULE, tp.RULE, dtp.RULE, fa.RULE, dfa.RULE)
 RULES = {rule.name: rule for rule in REGISTERED}
 DEFAULT = REGISTERED[0]  # --algorithm's default, and the reference of the angles logged
 REFERENCE = bp.RULE  # the rule whose directions the others' angles are measured against
