@@ -1,7 +1,8 @@
 """Shared by the test modules and conftest.py: where the real data and the golden file are
 (data roots overridable by environment variables), missing data failing in CI and skipping
 elsewhere, the session's copied data root (DataRoot), and `python run.py` as a subprocess
-(`cli`, `spawn`) with single-threaded BLAS.
+(`cli`, `spawn`) with single-threaded BLAS, and the steps several engine tests take (the
+paper's settings `PAPER`, random `batches`, a pack of one `trained` on them).
 """
 import gzip
 import os
@@ -16,6 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 RUN_PY = os.path.join(REPO, "run.py")
+
+from gaitprop.runs import settings as settings_table  # noqa: E402 (REPO on sys.path)
 
 # A data root laid out as torchvision expects (<root>/MNIST/raw/...): $GAITPROP_DATA if
 # set, else the offline copies in ../shared/data beside the repository.
@@ -214,6 +217,44 @@ class PackOfOne:
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
+
+
+# ----------------------------------------------------------------------------- steps
+
+PAPER = {rule: (preset["orthogonal_reg"], preset["learning_rate"])  # (lambda, lr)
+         for rule, preset in ((rule, settings_table.presets(settings_table.PAPER, rule))
+                              for rule in ("BP", "GAIT", "TP"))}
+PAPER["DTP"] = PAPER["TP"]  # the paper has no DTP: these tests take TP's settings
+
+
+def batches(count, seed=0, units=784):
+    """`count` batches of 60 random images in [0, 1] and one-hot labels."""
+    import numpy
+
+    from gaitprop.model.functions import one_hot
+    generator = numpy.random.RandomState(seed)
+    return [(generator.rand(60, units), one_hot(generator.randint(0, 10, 60)))
+            for _ in range(count)]
+
+
+def trained(algorithm, data, deferred, nb_hidden=2, check_every=None, net=None, inv_noise=0.0):
+    """(the trained run, its runner) after a runner's steps over `data` (a pack of one, as
+    run.py trains; paper lambda and learning rate)."""
+    from gaitprop.engine import step as training_step
+    from gaitprop.engine import training
+    from gaitprop.model.net import SquareInvNet
+    ortho_weighting, learning_rate = PAPER[algorithm]
+    net = net or SquareInvNet(784, nb_hidden, start_seed=1, orthogonal_init=True)
+    runner = PackOfOne(net, training_step.StepSettings(algorithm, learning_rate, ortho_weighting,
+                                                  inv_noise=inv_noise),
+                       deferred=deferred)
+    if check_every:
+        runner.guard.CHECK_EVERY = runner.guard.check_every = check_every
+    statistics = training.Statistics()
+    for index, (images, labels) in enumerate(data):
+        runner.step(images, labels, statistics, 0, index)
+    runner.settle(statistics)
+    return runner.net, runner
 
 
 # ----------------------------------------------------------------------------- packs

@@ -591,6 +591,28 @@ def test_gemm_plan_reads_views_in_place_and_copies_broadcast_rows():
     assert a.flags.c_contiguous and (a == right).all() and (b == left).all()
 
 
+def test_gemm_plan_reads_every_layout():
+    """The column-major gemm that products.matmul hands to cuBLAS, carried out here on the
+    memory it names (as strided NumPy views), is the row-major product for C-ordered,
+    transposed, column-sliced and row-strided operands."""
+    def column_major(array, rows, columns, leading):
+        return as_strided(array, shape=(rows, columns),
+                          strides=(array.itemsize, leading * array.itemsize))
+    generator = numpy.random.RandomState(0)
+    a, b = generator.randn(70, 50), generator.randn(50, 40)
+    rows, weights = generator.randn(60, 784), generator.randn(784, 784)
+    for left, right in [(a, b), (a.T.copy().T, b), (a, b.T.copy().T), (a[:, :30], b[:30]),
+                        (b.T, a.T), (rows[:, :500], weights[:500, :200]), (rows.T, rows),
+                        (rows, weights.T), (weights[:, :10].T, rows.T), (a[::2], b),
+                        (a[:, ::2], b[::2])]:
+        transa, transb, m, n, k, first, lda, second, ldb, ldc = cublas.gemm_plan(left, right)
+        op_a = column_major(first, *((m, k) if transa == 0 else (k, m)), lda)
+        op_b = column_major(second, *((k, n) if transb == 0 else (n, k)), ldb)
+        product = (op_a if transa == 0 else op_a.T) @ (op_b if transb == 0 else op_b.T)
+        assert ldc == m and product.shape == (m, n)
+        numpy.testing.assert_allclose(product.T, left @ right, rtol=1e-12, atol=1e-12)
+
+
 def mutated_plan(position, change):
     original = cublas.gemm_plan
 

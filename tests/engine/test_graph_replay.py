@@ -1,5 +1,5 @@
 """The CUDA graph replay's check that a CPU can run alone (graph_replay.py); the runner itself
-is tested through training in test_training.py and test_pack.py."""
+is tested through training in test_step_runner.py and test_pack.py."""
 import math
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""InvLayer (one invertible layer) and the transfer functions of utils it uses."""
+"""InvLayer (one invertible layer), the transfer functions of utils it uses, and the inverse
+a queued step keeps of its weights (KeptInverse)."""
 import numpy as np
 import pytest
 import scipy.stats
@@ -7,7 +8,7 @@ from gaitprop.arrays import backend
 from gaitprop.model import net as inv_net
 from gaitprop.model import functions as utils
 from helpers import by_layer
-from gaitprop.model.layer import InvLayer
+from gaitprop.model.layer import InvLayer, KeptInverse
 
 
 def gaussian_weights(units, seed):
@@ -240,6 +241,35 @@ def test_scaled_inverse_difference_random_crossings():
     assert 20 < crossing.sum() < 2000
     np.testing.assert_allclose(value, direct, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(value[~crossing], e[~crossing])
+
+
+# ----------------------------------------------------------------------------- kept inverses
+
+def test_kept_inverse_solves_as_exactly_as_lu_after_a_step():
+    generator = np.random.RandomState(3)
+    weights = np.linalg.qr(generator.randn(784, 784))[0][None]  # a pack of one run
+    kept = KeptInverse(weights)
+    moved = weights + 1e-4 * np.sign(generator.randn(1, 784, 784)) / 28  # a step's move
+    rhs = generator.randn(1, 60, 784)
+    solution = kept.solve(moved, rhs)
+    exact = np.linalg.solve(moved[0].T, rhs[0].T).T[None]
+    assert kept.acceptable()
+    assert np.linalg.norm(solution - exact) <= 1e-13 * np.linalg.norm(exact)
+    assert np.linalg.norm(rhs - solution @ moved) <= np.linalg.norm(rhs - exact @ moved)
+
+
+@pytest.mark.parametrize("change", ["large move", "singular"])
+def test_kept_inverse_reports_a_solve_it_cannot_make_exact(change):
+    generator = np.random.RandomState(4)
+    weights = np.linalg.qr(generator.randn(50, 50))[0][None]  # a pack of one run
+    kept = KeptInverse(weights)
+    if change == "large move":
+        weights = weights + 0.5 * generator.randn(1, 50, 50)
+    else:
+        weights = weights.copy()
+        weights[..., 0] = weights[..., 1]
+    kept.solve(weights, generator.randn(1, 60, 50))
+    assert not kept.acceptable()
 
 
 def test_kept_inverse_bound_holds_for_poor_inverses_of_ill_conditioned_weights():
