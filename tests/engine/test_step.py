@@ -30,9 +30,8 @@ def test_step_settings_of_run_arguments():
 
 
 def test_gamma_reaches_gait_and_no_other_rule():
-    """--gamma is GAIT's: a step with gamma 0.5 gives the directions of
-    the directions of GAIT with gamma=0.5, which differ from gamma 0.001's where steps of that size
-    cross zero; BP and TP take no gamma."""
+    """--gamma is GAIT's: a step with gamma 0.5 gives GAIT's directions with gamma 0.5, which
+    differ from gamma 0.001's where steps of that size cross zero; BP and TP take no gamma."""
     net = SquareInvNet(30, 2, start_seed=1, orthogonal_init=True)
     images, labels = batches(1, units=30)[0]
     _, _, directions = training_step.rule_directions(
