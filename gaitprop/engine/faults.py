@@ -123,10 +123,15 @@ def run_fault(net, forward, directions, statistics):
             return Fault(f"the update directions of layer {top}'s learned inverse ({keys}) are "
                          f"not finite (its backward weights V or biases c grew too large)",
                          inverse=True)
+        if top + 1 == len(net.layers):
+            return Fault(f"the update directions of layer {top} are not finite")
+        if net.layers[top + 1].learns_inverse:
+            return Fault(f"the update directions of layer {top} are not finite (the error "
+                         f"passed down through layer {top + 1}'s learned inverse overflowed: "
+                         f"its backward weights V or biases c grew too large)", inverse=True)
         return Fault(f"the update directions of layer {top} are not finite (the error passed "
                      f"down through layer {top + 1} overflowed, or its weights are singular "
-                     f"and cannot be inverted)" if top + 1 < len(net.layers) else
-                     f"the update directions of layer {top} are not finite")
+                     f"and cannot be inverted)")
     if not all(map(math.isfinite, latest)):
         return Fault("the accuracy or loss is not finite")
     return None  # finite values whose sum overflowed: nothing is wrong

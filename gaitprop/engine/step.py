@@ -25,8 +25,9 @@ class StepSettings:
     """What a training step needs: the rule (its name in the registry, gaitprop.model.rules),
     the learning rate, lambda of the orthogonal regulariser, every how many batches the
     alignment with BP is logged (0 = never), the learning rate of learned inverses (None:
-    the learning rate), the standard deviation of the noise they learn on (0: none) and the
-    rule's own options ((name, value) pairs; those not given take the rule's defaults)."""
+    the learning rate), the standard deviation of the noise they learn on (0: none), the
+    rule's own options ((name, value) pairs; those not given take the rule's defaults), the
+    learned inverses' steps a batch and their loss (rules.INVERSE_LOSSES)."""
 
     algorithm: str
     learning_rate: PerRun
@@ -35,15 +36,31 @@ class StepSettings:
     inv_learning_rate: PerRun = None
     inv_noise: float = 0.0
     options: tuple[tuple[str, float], ...] = ()
+    inv_steps: int = 1
+    inv_loss: str = "reconstruction"
+
+    def __post_init__(self):
+        """`options` as every option of the rule, each as given or its default, sorted by
+        name (`rule_options_key`): settings that compute the same compare equal."""
+        object.__setattr__(self, "options", self.rule_options_key())
 
     @classmethod
     def of(cls, args):
-        """The step settings of run.py's parsed arguments (its settings of these names, and
-        those of the rule's options)."""
-        names = [field.name for field in dataclasses.fields(cls) if field.name != "options"]
-        given = rules.resolved_options(rules.rule(args.algorithm), vars(args))
-        return cls(**{name: getattr(args, name) for name in names},
-                   options=tuple(given.items()))
+        """The step settings of run.py's parsed arguments (its settings of these names; where
+        one is None, the rule's default, rules.defaults: its options, its learned inverses'
+        training, an --inv_learning_rate of its factor times --learning_rate, None for 1)."""
+        rule = rules.rule(args.algorithm)
+        defaults = rules.defaults(rule)
+        given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)
+                 if field.name != "options"}
+        for name in rules.INVERSE_TRAINING:
+            if given[name] is None:
+                given[name] = defaults[name]
+        factor = rule.inverse_training.rate_factor
+        if given["inv_learning_rate"] is None and factor != 1:
+            given["inv_learning_rate"] = factor * args.learning_rate
+        options = rules.resolved_options(rule, vars(args))
+        return cls(**given, options=tuple(options.items()))
 
     @property
     def inverse_learning_rate(self):
@@ -56,15 +73,17 @@ class StepSettings:
         options and inverses' noise; lambda zero for all runs or for none): a learning rate
         (of the weights and of the inverses) and lambda per run, tuples."""
         algorithms = {(each.algorithm, each.log_alignment, each.rule_options_key(),
-                       each.inv_noise, each.orthogonal_reg == 0) for each in settings}
+                       each.inv_noise, each.inv_steps, each.inv_loss, each.orthogonal_reg == 0)
+                      for each in settings}
         if len(algorithms) > 1:
             raise ValueError(f"the runs of a pack must share the rule, the alignment cadence, "
-                             f"the rule's options, the inverses' noise and whether lambda is "
-                             f"zero, not {sorted(algorithms)}")
-        return cls(settings[0].algorithm, tuple(each.learning_rate for each in settings),
-                   tuple(each.orthogonal_reg for each in settings), settings[0].log_alignment,
+                             f"the rule's options, the inverses' noise, steps and loss and "
+                             f"whether lambda is zero, not {sorted(algorithms)}")
+        first = settings[0]
+        return cls(first.algorithm, tuple(each.learning_rate for each in settings),
+                   tuple(each.orthogonal_reg for each in settings), first.log_alignment,
                    tuple(each.inverse_learning_rate for each in settings),
-                   settings[0].inv_noise, settings[0].rule_options_key())
+                   first.inv_noise, first.rule_options_key(), first.inv_steps, first.inv_loss)
 
     def select(self, positions):
         """A pack's settings for the runs at `positions`."""
@@ -96,11 +115,12 @@ class StepSettings:
 
 def inverse_noise(net, settings, epoch, batch_index, rows):
     """The noise the learned inverses of the pack `net` learn on at one step (`inv_noise`
-    > 0): per learned inverse, an array (runs, rows, its width) of N(0, inv_noise**2)
-    values, run k's drawn on the host from numpy.random.default_rng([seed_k, epoch,
-    batch_index]) (seed_k: its first layer's seed), inverse by inverse, bottom to top; so a
-    resumed run draws what it would have drawn, and a pack's run what it would draw alone.
-    () without noise."""
+    > 0): for each of the inverses' `inv_steps` steps on the batch, per learned inverse, an
+    array (runs, rows, its width) of N(0, inv_noise**2) values (a flat tuple, step by
+    step), run k's drawn on the host from numpy.random.default_rng([seed_k, epoch,
+    batch_index]) (seed_k: its first layer's seed), step by step, inverse by inverse, bottom
+    to top; so a resumed run draws what it would have drawn, and a pack's run what it would
+    draw alone. () without noise."""
     widths = net.learned_inverse_widths()
     if not settings.inv_noise or not widths:
         return ()
@@ -108,19 +128,34 @@ def inverse_noise(net, settings, epoch, batch_index, rows):
     for seed in net.layers[0].seed:
         generator = numpy.random.default_rng([seed or 0, epoch, batch_index])
         draws.append([generator.standard_normal((rows, width)) * settings.inv_noise
-                      for width in widths])
+                      for _ in range(settings.inv_steps) for width in widths])
     return tuple(backend.to_device(numpy.stack(layer)) for layer in zip(*draws))
 
 
-def rule_directions(net, settings, images, one_hot_labels, noise=()):
+def rule_directions(net, settings, images, one_hot_labels, noise=(), check=None):
     """(forward, targets, directions: a dict per layer) of the settings' rule on one
-    batch: the forward pass, the full-width output target, and the rule's directions (with
-    those of the learned inverses, InvNet.add_inverse_directions, on `noise`)."""
+    batch: the forward pass, the full-width output target, and the rule's directions with
+    those of the learned inverses (InvNet.add_inverse_directions, down `inv_loss`, on
+    `noise`: `inverse_noise`).
+
+    With `inv_steps` = K > 1 the learned inverses first take K - 1 steps of their own on the
+    batch (each on its own noise; `check(forward, their directions)` before each, where
+    given), so that the rule's directions pass through the improved inverses; their K-th
+    step is in the directions returned, taken with the forward weights' step.
+    """
     forward = net.forward_pass(images)
     targets = output_targets(forward[-1], one_hot_labels)
+    count = len(noise) // settings.inv_steps
+    steps_noise = [noise[step * count:(step + 1) * count] for step in range(settings.inv_steps)]
+    for step_noise in steps_noise[:-1]:
+        own: list[dict] = [{} for _ in net.layers]
+        net.add_inverse_directions(forward, own, step_noise, settings.inv_loss)
+        if check is not None:
+            check(forward, own)
+        net.step(own, settings.learning_rate, inverse_learning_rate=settings.inv_learning_rate)
     directions = net.directions(settings.algorithm, forward, targets, settings.orthogonal_reg,
                                 **settings.rule_options())
-    net.add_inverse_directions(forward, directions, noise)
+    net.add_inverse_directions(forward, directions, steps_noise[-1], settings.inv_loss)
     return forward, targets, directions
 
 
@@ -135,20 +170,31 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     `statistics` a list, one Statistics per run), checked run by run. Waits for the GPU
     once per run (the checks); `StepRunner` queues steps without waiting.
     """
+    where = batch_name(epoch, batch_index)
+    # the inverses' own steps (inv_steps > 1) change V and c before the checks of the step:
+    # a step that fails them leaves the network as it found it (a pack redoes it without
+    # the runs at fault)
+    before = ({key: array.copy() for key, array in net.state().items()}
+              if settings.inv_steps > 1 else None)
     try:
         forward, targets, directions = rule_directions(
             net, settings, images, one_hot_labels,
-            inverse_noise(net, settings, epoch, batch_index, images.shape[-2]))
+            inverse_noise(net, settings, epoch, batch_index, images.shape[-2]),
+            lambda forward, own: check_finite(net, forward, own, statistics, where))
+        check_finite(net, forward, directions, statistics, where)
     except numpy.linalg.LinAlgError as error:
-        message = (f"Training diverged at {batch_name(epoch, batch_index)}: a layer's weights "
-                   f"are singular and cannot be inverted ({error}). {advice(None)}")
+        restore(net, before)
+        message = (f"Training diverged at {where}: a layer's weights are singular and cannot "
+                   f"be inverted ({error}). {advice(None)}")
         runs = runs_of(net, statistics)
         # the runs whose weights are singular; all of them if none alone is (never a retry
         # without a run taken out)
         faults = {position: message for position, (run, _, _) in enumerate(runs)
                   if not invertible(run)}
         raise Diverged(message, faults or dict.fromkeys(range(len(runs)), message)) from None
-    check_finite(net, forward, directions, statistics, batch_name(epoch, batch_index))
+    except Diverged:
+        restore(net, before)
+        raise
     if settings.log_alignment and batch_index % settings.log_alignment == 0:
         for run, run_statistics, take in runs_of(net, statistics):
             run_forward = list(map(take, forward))
@@ -161,6 +207,12 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
     net.step(directions, settings.learning_rate,
              inverse_learning_rate=settings.inv_learning_rate)
     return forward
+
+
+def restore(net, state):
+    """Put back a network's state saved before a step (`net.state()` copies), if saved."""
+    if state is not None:
+        net.set_state(state)
 
 
 def alignment_with_bp(net, settings, forward, targets):

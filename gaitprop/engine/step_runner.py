@@ -124,7 +124,10 @@ class StepRunner:
         self.step_settings = settings.on_backend()
         self.members = Members(net.runs)
         self.xp = backend.array_module(net.layers[0].weight_matrix)
-        self.deferred = self.xp is not numpy if deferred is None else deferred
+        # queued steps take the inverses' step with the forward one: with steps of their own
+        # (inv_steps > 1) every step is a checked one
+        self.deferred = (self.xp is not numpy if deferred is None else deferred) and (
+            settings.inv_steps == 1)
         self.replay = GraphReplay(self.deferred and self.xp is not numpy if graphs is None
                                  else graphs)
         self.guard, self.inverses = Guard(self.xp), InversePolicy(lu_only)

@@ -230,6 +230,22 @@ class InvLayer(LayerParameters):
                                          self.backward_weights.swapaxes(-1, -2))[..., 0, :]
         return {"backward_weights": weight_direction, "backward_biases": bias_direction}
 
+    def difference_inverse_directions(self, noise):
+        """Directions of V and c down the difference reconstruction loss of a learned inverse
+        (Meulemans et al. 2020) for corruptions s (`noise`) of its input x:
+        L = mean_n 1/2 |backward(forward(x + s)) - backward(forward(x)) - s|^2. The transfer is
+        inverted exactly, so f^-1(forward(x + s)) - f^-1(forward(x)) = s @ W =: D, c cancels
+        and, with e = D @ V - s, {"backward_weights": -D.T @ e / n, "backward_biases": 0}:
+        V learns inv(W) from the directions of the noise, whatever x is. (Meulemans et al.
+        also divide L by sigma^2: a constant scale, which the optimiser's step ignores.)"""
+        xp = backend.array_module(noise)
+        difference = products.matmul(noise, self.weight_matrix)
+        errors = products.matmul(difference, self.backward_weights) - noise
+        weight_direction = products.matmul(difference.swapaxes(-1, -2),
+                                           errors / -noise.shape[-2])
+        return {"backward_weights": weight_direction,
+                "backward_biases": xp.zeros_like(self.backward_biases)}
+
     def inverse_quality(self, inputs, outputs):
         """(|backward(h) - x| / |x| on the batch, |V - inv(W)|_F / |inv(W)|_F) of a learned
         inverse (Frobenius norms; inv(W) by an LU solve), as Python floats."""

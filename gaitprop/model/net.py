@@ -88,14 +88,14 @@ class InvNet(NetParameters):
         top down: a list with a dict per layer, {parameter name: direction}
         (InvLayer.directions). The per-layer update the rules share:
 
-        e_L = h_L - t. For layer l: d = g(h_{l+1}) * e_{l+1}; grad_W = x_l.T @ d / n
-        (+ lambda dR/dW); grad_b = mean(d); e_l = rule.error_below(net, passing, **options)
-        (how the rule passes the error down: rules.Passing) on the units layer l reads, zero
-        on the auxiliary units. `options`: the rule's own (GAIT's gamma), defaults where not
-        given. The regulariser's gradients depend on the weights alone: on a GPU they are
-        computed on a second stream while the errors are passed down, and added at the end.
-        In a pack, `ortho_weighting` may hold one lambda per run (an array of shape
-        (runs, 1, 1)).
+        e_L = h_L - t, or the rule's `output_error` of it. For layer l: d = g(h_{l+1}) *
+        e_{l+1}; grad_W = x_l.T @ d / n (+ lambda dR/dW); grad_b = mean(d);
+        e_l = rule.error_below(net, passing, **options) (how the rule passes the error
+        down: rules.Passing) on the units layer l reads, zero on the auxiliary units.
+        `options`: the rule's own (GAIT's gamma), defaults where not given. The
+        regulariser's gradients depend on the weights alone: on a GPU they are computed on
+        a second stream while the errors are passed down, and added at the end. In a pack,
+        `ortho_weighting` may hold one lambda per run (an array of shape (runs, 1, 1)).
         """
         rule = rules.rule(rule)
         options = rules.resolved_options(rule, options)
@@ -105,6 +105,8 @@ class InvNet(NetParameters):
             regularisers = [layer.orthogonality_gradient(-ortho_weighting)
                             for layer in self.layers] if regularised(ortho_weighting) else []
         errors = forward[-1] - targets
+        if rule.output_error is not None:
+            errors = rules.call(rule.output_error, errors, options=options)
         top_local_errors = None
         for index in reversed(range(nb_layers)):
             layer = self.layers[index]
@@ -116,8 +118,8 @@ class InvNet(NetParameters):
             if index:
                 passing = rules.Passing(index, inputs, outputs, errors, local_errors,
                                         top_local_errors)
-                errors = self._widen(rule.error_below(self, passing, **options),
-                                     forward[index])
+                errors = self._widen(rules.call(rule.error_below, self, passing,
+                                                options=options), forward[index])
         regularising.join()
         for layer_directions, regulariser in zip(directions, regularisers):
             layer_directions["weights"] += regulariser
@@ -157,15 +159,21 @@ class InvNet(NetParameters):
         one, bottom to top): the shapes of their `noise` in `add_inverse_directions`."""
         return [layer.nb_units for layer in self.layers if layer.learns_inverse]
 
-    def add_inverse_directions(self, forward, directions, noise=()):
+    def add_inverse_directions(self, forward, directions, noise=(), loss="reconstruction"):
         """Add to a rule's directions (a dict per layer) the directions of each learned
-        inverse down its reconstruction loss (InvLayer.inverse_directions), from the forward
-        pass `forward` made before the update; in place. With `noise` (one array per learned
-        inverse, shaped as the units it reconstructs), each learns on corrupted activities,
-        as DTP's do: x~ = x_l + noise, L = mean_n 1/2 |backward(forward(x~)) - x~|^2."""
+        inverse down its `loss` (rules.INVERSE_LOSSES), from the forward pass `forward` made
+        before the update; in place. "reconstruction" (InvLayer.inverse_directions):
+        L = mean_n 1/2 |backward(h_{l+1}) - x_l|^2, or with `noise` (one array per learned
+        inverse, shaped as the units it reconstructs) on corrupted activities, as DTP's:
+        x~ = x_l + noise, L = mean_n 1/2 |backward(forward(x~)) - x~|^2. "difference"
+        (InvLayer.difference_inverse_directions) compares the inverse's difference at x_l +
+        noise and x_l with the noise."""
         learned = [index for index, layer in enumerate(self.layers) if layer.learns_inverse]
         for position, index in enumerate(learned):
             layer, inputs = self.layers[index], self._inputs(index, forward[index])
+            if loss == "difference":
+                directions[index].update(layer.difference_inverse_directions(noise[position]))
+                continue
             outputs = forward[index + 1]
             if len(noise):
                 inputs = inputs + noise[position]

@@ -51,8 +51,9 @@ class MomentOptimizer:
                                for name, p in parameters.items()}
 
     def step(self, parameters, directions, learning_rates, guard=None):
-        """Apply one step to every parameter array ({name: array}), along the direction of
-        the same name and with the learning rate of that name (`learning_rates`), in place.
+        """Apply one step to every parameter array ({name: array}) that has a direction of the
+        same name (those without one, and their moments, stay as they are), with the learning
+        rate of that name (`learning_rates`), in place.
 
         Host: blocks shared among threads (`backend.in_shares`), each block's passes in that
         thread's own scratch. `guard` (see step_runner.StepRunner): skip the step if the
@@ -63,7 +64,8 @@ class MomentOptimizer:
         first = next(iter(parameters.values()))
         xp = backend.array_module(first)
         arrays = [(parameters[name], directions[name], self.first_moments[name],
-                   self.second_moments[name], learning_rates[name]) for name in parameters]
+                   self.second_moments[name], learning_rates[name]) for name in parameters
+                  if name in directions]
         if xp is not numpy:
             for p, u, m, v, rate in arrays:
                 rates = (rate.reshape((-1,) + (1,) * (p.ndim - 1)) if numpy.ndim(rate) > 0

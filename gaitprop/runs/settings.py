@@ -69,9 +69,7 @@ class Setting:
       round-robin by --devices); always_written: in every sweep command, even at its default;
     - column: (position, label, always shown) in the summaries' tables, or None;
     - absent: the value of a run stored before this setting existed (its run.json and
-      checkpoint lack it), or None if every stored run records it;
-    - same_as: the setting whose value it takes by default (None): a value equal to that
-      one's is the default (`canonical`), the same run in the same folder.
+      checkpoint lack it), or None if every stored run records it.
     """
 
     name: str
@@ -91,7 +89,6 @@ class Setting:
     always_written: bool = False
     column: tuple[float, str, bool] | None = None
     absent: object = None
-    same_as: str | None = None
 
 
 class Number:
@@ -116,6 +113,8 @@ class Number:
 
     def out_of_range(self, text):
         """Why `text` is outside the allowed values."""
+        if self.maximum is not None and self.strict:
+            return f"{text!r} must be greater than {self.minimum} and at most {self.maximum}"
         if self.maximum is not None:
             return f"{text!r} must be from {self.minimum} to {self.maximum}"
         return f"{text!r} must be {'greater than' if self.strict else 'at least'} {self.minimum}"
@@ -159,11 +158,12 @@ PAPER = "paper"  # the preset of the paper's settings per rule (Ahmad et al. 202
 PRESETS = [PAPER]
 
 
-def optional_piece(position, name, suffix):
+def optional_piece(position, name, suffix, kind: Callable[[str], Any] = float,
+                   pattern="[^_]+"):
     """`{value}{suffix}` for a value, nothing for None (the default), e.g. 0.01Gamma_."""
     return NamePiece(position, lambda value: "" if value is None else f"{shown(value)}{suffix}",
-                     rf"(?:(?P<{name}>[^_]+){re.escape(suffix)})?",
-                     lambda text: None if text is None else float(text))
+                     rf"(?:(?P<{name}>{pattern}){re.escape(suffix)})?",
+                     lambda text: None if text is None else kind(text))
 
 
 def rule_help():
@@ -251,22 +251,27 @@ TABLE = (
             folder=word_piece(4.2, "no_inv_init", "NoInvInit_"), grid=5.2,
             column=(5.2, "no inv init", False), absent=False),
     *option_settings(),
-    Setting("inv_noise", 0.0,
+    Setting("inv_noise", None,
             "with --learn_inv: standard deviation of the Gaussian noise added to the activities "
-            "each learned inverse learns to reconstruct (DTP's corrupted activities); 0 = none",
-            convert=Number(float, 0.0), metavar="SIGMA", computation=True,
-            folder=NamePiece(4.4, lambda value: f"{shown(value)}InvNoise_" if value else "",
-                             r"(?:(?P<inv_noise>[^_]+)InvNoise_)?",
-                             lambda text: float(text) if text else 0.0),
-            pack="shared", grid=6.6, column=(4.6, "inv noise", False), absent=0.0),
+            "each learned inverse learns on (DTP's corrupted activities); 0 = none (default: "
+            "the rule's)", convert=Number(float, 0.0), metavar="SIGMA", computation=True,
+            folder=optional_piece(4.4, "inv_noise", "InvNoise_"), pack="shared", grid=6.6,
+            column=(4.6, "inv noise", False), absent=0.0),
+    Setting("inv_steps", None,
+            "with --learn_inv: steps the learned inverses take on each batch (default: the "
+            "rule's)", convert=Number(int, 1, maximum=100), metavar="K", computation=True,
+            folder=optional_piece(4.45, "inv_steps", "InvSteps_", int), pack="shared",
+            grid=6.65, column=(4.65, "inv steps", False), absent=1),
+    Setting("inv_loss", None,
+            "with --learn_inv: the loss the learned inverses learn down (default: the rule's)",
+            choices="gaitprop.model.rules.INVERSE_LOSSES", computation=True,
+            folder=optional_piece(4.46, "inv_loss", "InvLoss_", str, "[a-z]+"), pack="shared",
+            grid=6.66, column=(4.66, "inv loss", False), absent="reconstruction"),
     Setting("inv_learning_rate", None,
-            "with --learn_inv: the learning rate of V and c (default: --learning_rate)",
-            convert=Number(float, 0.0, strict=True), metavar="RATE", computation=True,
-            folder=NamePiece(6.2,
-                             lambda value: "" if value is None else f"{shown(value)}InvLR_",
-                             r"(?:(?P<inv_learning_rate>[^_]+)InvLR_)?",
-                             lambda text: None if text is None else float(text)),
-            grid=7.5, column=(3.5, "inv lr", False), same_as="learning_rate"),
+            "with --learn_inv: the learning rate of V and c (default: --learning_rate times the "
+            "rule's factor)", convert=Number(float, 0.0, strict=True), metavar="RATE",
+            computation=True, folder=optional_piece(6.2, "inv_learning_rate", "InvLR_"),
+            grid=7.5, column=(3.5, "inv lr", False)),
     Setting("eval_interval", 10,
             "batches between evaluations, as published; 0 = only at the end of each epoch; "
             "fewer than the batches of an epoch (1000)",
@@ -306,7 +311,20 @@ def documented_default(setting):
     declared = rules.options().get(setting.name)
     if declared:
         return ", ".join(f"{rule.name} {option.default:g}" for rule, option in declared)
+    if setting.name in INVERSE_TRAINING + ("inv_learning_rate",):
+        return ", ".join(f"{rule.name} {inverse_default(rule, setting.name)}"
+                         for rule in rules.REGISTERED if rule.uses_inverses)
     return str(setting.default)
+
+
+def inverse_default(rule, name):
+    """A rule's default of a learned inverse's setting as the docs write it: 0.1, "lr" or
+    "10 x lr" for --inv_learning_rate."""
+    if name == "inv_learning_rate":
+        factor = rule.inverse_training.rate_factor
+        return "lr" if factor == 1 else f"{factor:g} x lr"
+    value = getattr(rule.inverse_training, name)
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def names(**wanted):
@@ -322,21 +340,38 @@ def stored_settings(stored):
                          if setting.absent is not None}, **stored})
 
 
+INVERSE_TRAINING = rules.INVERSE_TRAINING  # the learned inverses' settings a rule sets
+
+
+def rule_defaults(values):
+    """{setting: its default under the rule of `values` (a dict with "algorithm")}
+    (rules.defaults: the rule's options, its learned inverses' training and
+    --inv_learning_rate as its factor times --learning_rate, where that is given); {} for a
+    rule the registry does not know."""
+    rule = rules.RULES.get(values.get("algorithm"))
+    return {} if rule is None else rules.defaults(rule, values.get("learning_rate"))
+
+
+def resolved(values, name):
+    """The value of setting `name` that a run of `values` computes with: its own, else the
+    rule's default (`rule_defaults`; None where the rule has none)."""
+    value = values.get(name)
+    return rule_defaults(values).get(name) if value is None else value
+
+
 def canonical(values):
-    """Settings (a dict) in the form that names one run once (one run, one folder):
-    each value equal to its `same_as` setting's set to None, the default it equals
-    (--inv_learning_rate equal to --learning_rate); and each option of the learning rules
-    (`option_settings`) set to None where it is the rule's default or the rule (the values'
-    algorithm) takes no such option."""
-    same = {setting.name: None for setting in TABLE
-            if setting.same_as is not None and values.get(setting.name) is not None
-            and values.get(setting.name) == values.get(setting.same_as)}
-    options = {}
-    if values.get("algorithm") in rules.RULES:
-        defaults = rules.RULES[values["algorithm"]].option_defaults()
-        options = {name: None for name in rules.options() if name in values
-                   and (name not in defaults or values[name] == defaults[name])}
-    return {**values, **same, **options}
+    """Settings (a dict) in the form that names one run once (one run, one folder): a value
+    equal to its default under the values' rule (`rule_defaults`: the rule's options, its
+    learned inverses' training, --inv_learning_rate equal to its factor times
+    --learning_rate) set to None, the default it equals; and a rule's option (`option_settings`)
+    set to None where the values' rule takes no such option."""
+    defaults = rule_defaults(values)
+    if not defaults:
+        return dict(values)
+    same = {name: None for name, default in defaults.items()
+            if values.get(name) is not None and values[name] == default}
+    foreign = {name: None for name in rules.options() if name in values and name not in defaults}
+    return {**values, **same, **foreign}
 
 
 def presets(preset, algorithm):
@@ -430,8 +465,9 @@ def refusal(args):
     """Why run.py's settings `args` cannot make a run (one paragraph naming the flag and the
     fix), or None if they can: --learn_inv learns the inverses a rule's targets go through,
     so it needs a rule that uses inverses (rules.Rule.uses_inverses), and layers above the
-    first; --no_inv_init, --inv_learning_rate and --inv_noise only mean something with
-    --learn_inv; a rule's option (--gamma) only with a rule that declares it; every layer's
+    first; --no_inv_init, --inv_learning_rate and the inverses' training (--inv_noise,
+    --inv_steps, --inv_loss) only mean something with --learn_inv, and the difference loss
+    needs noise; a rule's option (--gamma) only with a rule that declares it; every layer's
     seed must be NumPy's; an --eval_interval must leave an evaluation in an epoch; --load and
     --overwrite exclude each other."""
     rule = rules.rule(args.algorithm)
@@ -442,7 +478,7 @@ def refusal(args):
                 f"learn. Drop --learn_inv, or choose {names_of(inverting)}")
     needing = [f"--{name}" for name, unset in (("no_inv_init", False),
                                                 ("inv_learning_rate", None),
-                                                ("inv_noise", 0.0))
+                                                *((each, None) for each in INVERSE_TRAINING))
                if getattr(args, name) != unset]
     if needing and not args.learn_inv:
         return (f"{' and '.join(needing)} {'apply' if len(needing) > 1 else 'applies'} only "
@@ -453,6 +489,11 @@ def refusal(args):
                 "the first learn an inverse (the rules never invert layer 0), and with "
                 "--nb_layers=0 the square network has one layer. Give --nb_layers=1 or more, or "
                 "--tower, or drop --learn_inv")
+    if resolved(vars(args), "inv_loss") == "difference" and not resolved(vars(args),
+                                                                          "inv_noise"):
+        return ("--inv_loss=difference needs --inv_noise above 0: the loss compares the "
+                "inverse at noise-corrupted activities with the noise itself. Give "
+                "--inv_noise=SIGMA (0.1, say), or --inv_loss=reconstruction")
     for name, declared in rules.options().items():
         if getattr(args, name, None) is not None and name not in rule.option_defaults():
             takers = names_of(taker for taker, _ in declared)

@@ -838,6 +838,48 @@ def test_a_pack_of_learned_inverses_equals_its_single_runs_bit_for_bit(network, 
         assert len(single_statistics.inverse_quality) == 3
 
 
+def dtp_settings(rate, inverse_rate=None):
+    """DTP's step with the inverses' own steps (2 a batch), noise and the difference loss,
+    and a small output step."""
+    return training_step.StepSettings("DTP", rate, 0.1, log_alignment=10,
+                                      inv_learning_rate=inverse_rate, inv_noise=0.1,
+                                      options=(("target_step", 0.1),), inv_steps=2,
+                                      inv_loss="difference")
+
+
+def test_a_pack_of_dtp_runs_with_inverse_steps_equals_its_single_runs_bit_for_bit():
+    """Each run's inverses take their own steps on their own noise: after 25 steps every
+    array and log row of each run of the pack is the single run's."""
+    make = LEARNING["square"]
+    settings = [dtp_settings(rate, inverse_rate)
+                for rate, inverse_rate in ((1e-4, None), (1e-4, 1e-3), (3e-4, 3e-3))]
+    sets = synthetic_sets(3)
+    runner, statistics = train_packed([make(seed, False) for seed in (1, 7, 3)], settings, sets,
+                                      25, evaluate_at=(9,))
+    for position, seed in enumerate((1, 7, 3)):
+        single, single_statistics = train_alone(make(seed, False), settings[position],
+                                                sets[position], 25)
+        assert_same_state(single, runner.net.run(position))
+        assert statistics[position].alignment == single_statistics.alignment
+        assert statistics[position].inverse_quality == single_statistics.inverse_quality
+
+
+def test_a_run_whose_inverses_diverge_in_their_own_steps_leaves_the_others_as_alone():
+    """Run 1's inverses overflow in their own steps (before the step's last checks): the
+    step is undone for the pack and done again without run 1, so runs 0 and 2 end exactly
+    as alone."""
+    make = LEARNING["square"]
+    settings = [dtp_settings(1e-4, inverse_rate) for inverse_rate in (1e-3, 1e300, 2e-3)]
+    sets = synthetic_sets(3)
+    runner, statistics = train_packed([make(seed, False) for seed in (1, 2, 3)], settings, sets,
+                                      20)
+    assert runner.run_ids == [0, 2] and list(runner.diverged) == [1]
+    assert "--inv_learning_rate" in runner.diverged[1]
+    for position, run in ((0, 0), (1, 2)):
+        single, _ = train_alone(make(run + 1, False), settings[run], sets[run], 20)
+        assert_same_state(single, runner.net.run(position))
+
+
 def test_runs_that_learn_inverses_and_runs_that_do_not_make_no_pack():
     with pytest.raises(ValueError, match="learn inverses"):
         InvNet.stack([SquareInvNet(48, 1, 1, True),

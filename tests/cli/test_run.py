@@ -63,6 +63,7 @@ SAMPLES = {
     "learning_rate": ("1e-05", 1e-05), "dataset": ("FMNIST", "FMNIST"),
     "eval_interval": ("0", 0), "dtype": ("float32", "float32"), "backend": ("numpy", "numpy"),
     "data_dir": ("/some/data", "/some/data"), "results_dir": ("/some/results", "/some/results"),
+    "target_step": ("0.25", 0.25), "inv_steps": ("7", 7), "inv_loss": ("difference", "difference"),
 }
 PUBLISHED_FLAGS = ("algorithm", "seed", "orthogonal_reg", "device", "nb_epochs", "nb_layers",
               "learning_rate", "dataset", "linear", "tower", "orthogonal_init", "load")
@@ -104,7 +105,9 @@ def test_published_flags_exist_with_their_defaults():
 CONTEXT = {"learn_inv": ["--algorithm=GAIT"], "gamma": ["--algorithm=GAIT"],
            "no_inv_init": ["--algorithm=TP", "--learn_inv"],
            "inv_learning_rate": ["--algorithm=GAIT", "--learn_inv"],
-           "inv_noise": ["--algorithm=DTP", "--learn_inv"]}
+           "inv_noise": ["--algorithm=DTP", "--learn_inv"],
+           "target_step": ["--algorithm=TP"], "inv_steps": ["--algorithm=DTP", "--learn_inv"],
+           "inv_loss": ["--algorithm=GAIT", "--learn_inv", "--inv_noise=0.1"]}
 
 
 @pytest.mark.parametrize("option", [option for option, _ in parser_options()])
@@ -182,7 +185,9 @@ REFUSED = [
     (["--seed=4294967296"], ["--seed", "0 to 4294967295"]),
     (["--seed=4294967295", "--nb_layers=2"], ["--seed", "at most 4294967294"]),
     (["--seed=4294967293", "--tower"], ["--seed", "at most 4294967292"]),
-    (["--algorithm=BP", "--gamma=0.01"], ["--gamma", "--algorithm=GAIT", "drop --gamma"]),
+    (["--algorithm=BP", "--gamma=0.01"], ["--gamma", "--algorithm=GAIT", "Drop --gamma"]),
+    (["--algorithm=BP", "--gamma=0.001"], ["--gamma", "BP takes no gamma"]),
+    (["--algorithm=TP", "--gamma=1e-3"], ["--gamma", "TP takes no gamma"]),
     (["--algorithm=TP", "--gamma=1e-05", "--learn_inv"], ["--gamma", "--algorithm=GAIT"]),
     (["--algorithm=GAIT", "--learn_inv", "--nb_layers=0"],
      ["--learn_inv", "--nb_layers=1", "--tower"]),
@@ -198,8 +203,8 @@ REFUSED = [
 # Their neighbours, which make a run.
 ACCEPTED = [["--seed=0"], ["--seed=4294967295"], ["--seed=4294967295", "--nb_layers=0"],
             ["--seed=4294967294", "--nb_layers=2"], ["--seed=4294967292", "--tower"],
-            ["--algorithm=GAIT", "--gamma=0.01"], ["--algorithm=BP", "--gamma=0.001"],
-            ["--algorithm=TP", "--gamma=1e-3"],
+            ["--algorithm=GAIT", "--gamma=0.01"], ["--algorithm=GAIT", "--gamma=0.001"],
+            ["--algorithm=TP", "--target_step=0.5"],
             ["--algorithm=GAIT", "--learn_inv", "--nb_layers=0", "--tower"],
             ["--algorithm=TP", "--learn_inv", "--nb_layers=1"],
             ["--eval_interval=999"], ["--eval_interval=0"], ["--eval_interval=1"],
@@ -246,7 +251,9 @@ def test_the_neighbours_of_refused_settings_make_a_run(argv):
 def test_a_float_flag_must_be_finite(name, text, capsys):
     context = {"gamma": ["--algorithm=GAIT"],
                "inv_learning_rate": ["--algorithm=GAIT", "--learn_inv"],
-           "inv_noise": ["--algorithm=DTP", "--learn_inv"]}.get(name, [])
+           "inv_noise": ["--algorithm=DTP", "--learn_inv"],
+           "target_step": ["--algorithm=TP"], "inv_steps": ["--algorithm=DTP", "--learn_inv"],
+           "inv_loss": ["--algorithm=GAIT", "--learn_inv", "--inv_noise=0.1"]}.get(name, [])
     with pytest.raises(SystemExit) as stopped:
         build_parser().parse_args(context + [f"--{name}={text}"])
     assert stopped.value.code == 2

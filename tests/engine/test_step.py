@@ -45,7 +45,8 @@ def test_gamma_reaches_gait_and_no_other_rule():
         numpy.testing.assert_array_equal(got["weights"], want["weights"])
     assert numpy.abs(directions[0]["weights"] - published[0]["weights"]).max() > 1e-3 * (
         numpy.abs(published[0]["weights"]).max())
-    assert training_step.StepSettings("TP", 1e-4, options=(("gamma", 0.01),)).rule_options() == {}
+    assert training_step.StepSettings("TP", 1e-4, options=(("gamma", 0.01),)).rule_options() == {
+        "target_step": 1.0}  # TP takes its own options only
 
 
 @pytest.mark.parametrize("network", ["square, drawn start", "linear tower"])
@@ -119,3 +120,64 @@ def test_the_inverses_noise_is_the_runs_own_at_each_step():
                                        400) == ()
     plain = InvNet.stack([TowerInvNet([30, 30, 20, 10], 4, True)])
     assert training_step.inverse_noise(plain, settings, 2, 17, 400) == ()
+
+
+def test_each_of_the_inverses_steps_on_a_batch_has_noise_of_its_own():
+    """With inv_steps = K the noise of a step is K sets, one per inverse step, drawn one after
+    another: the first is what a single inverse step draws."""
+    import dataclasses
+    pack = InvNet.stack([TowerInvNet([30, 30, 20, 10], 4, True, learn_inverses=True)])
+    one = training_step.StepSettings("DTP", 1e-4, inv_noise=0.5)
+    three = dataclasses.replace(one, inv_steps=3)
+    noise = training_step.inverse_noise(pack, three, 2, 17, 40)
+    assert [array.shape for array in noise] == [(1, 40, 20), (1, 40, 10)] * 3
+    for first, single in zip(noise, training_step.inverse_noise(pack, one, 2, 17, 40)):
+        numpy.testing.assert_array_equal(first, single)
+    assert not numpy.array_equal(noise[0], noise[2])
+
+
+def test_the_inverses_take_their_own_steps_before_the_rules_directions():
+    """inv_steps = 3: the inverses step twice on their own on the batch (each down their
+    loss on its own noise), the rule's directions pass through the inverses so improved,
+    and the third inverse step goes with the forward weights' step: as done by hand with the
+    network's own pieces. With one step there is none of their own (the published step)."""
+    import dataclasses
+    from gaitprop.model.net import output_targets
+    make = lambda: InvNet.stack([SquareInvNet(16, 2, 3, True, learn_inverses=True,  # noqa: E731
+                                              exact_start=False)])
+    settings = dataclasses.replace(training_step.StepSettings(
+        "DTP", 1e-3, 0.1, inv_learning_rate=1e-2, inv_noise=0.2,
+        options=(("target_step", 0.1),), inv_loss="difference"), inv_steps=3)
+    settings = settings.of_pack([settings]).on_backend()
+    images, labels = batches(1, units=16)[0]
+    noise = training_step.inverse_noise(make(), settings, 0, 5, 60)
+    net = make()
+    forward, _, directions = training_step.rule_directions(net, settings, images[None],
+                                                           labels[None], noise)
+    net.step(directions, settings.learning_rate, inverse_learning_rate=settings.inv_learning_rate)
+    by_hand = make()
+    forward = by_hand.forward_pass(images[None])
+    for step in range(2):
+        own = [{} for _ in by_hand.layers]
+        by_hand.add_inverse_directions(forward, own, noise[2 * step:2 * step + 2], "difference")
+        assert own[0] == {} and set(own[1]) == {"backward_weights", "backward_biases"}
+        by_hand.step(own, settings.learning_rate, inverse_learning_rate=settings.inv_learning_rate)
+    last = by_hand.directions("DTP", forward, output_targets(forward[-1], labels[None]),
+                              settings.orthogonal_reg, target_step=0.1)
+    by_hand.add_inverse_directions(forward, last, noise[4:], "difference")
+    by_hand.step(last, settings.learning_rate, inverse_learning_rate=settings.inv_learning_rate)
+    for name, array in by_hand.state().items():
+        numpy.testing.assert_array_equal(net.state()[name], array, err_msg=name)
+    assert not numpy.array_equal(make().state()["V1"], net.state()["V1"])
+
+
+def test_a_runner_whose_inverses_take_steps_of_their_own_checks_every_step():
+    """Queued steps take the inverses' step with the forward one; with more inverse steps a
+    batch the runner takes checked steps (on a GPU too)."""
+    import dataclasses
+    from gaitprop.engine.step_runner import StepRunner
+    net = InvNet.stack([SquareInvNet(16, 2, 3, True, learn_inverses=True)])
+    settings = training_step.StepSettings("DTP", 1e-3)
+    assert StepRunner(net, settings.of_pack([settings]), deferred=True).deferred
+    more = dataclasses.replace(settings, inv_steps=2)
+    assert not StepRunner(net, more.of_pack([more]), deferred=True).deferred

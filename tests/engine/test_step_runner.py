@@ -228,6 +228,32 @@ def test_steps_replayed_from_a_captured_graph_are_the_steps(monkeypatch, capture
         assert runner.replay.graph is None and not runner.replay.enabled
 
 
+def test_a_dtp_step_replayed_from_a_captured_graph_takes_its_noise_and_options(monkeypatch):
+    """DTP with a small output step, noise and the difference loss, queued and replayed from a
+    captured graph (Python standing in for the CUDA graph): the noise of each step is an
+    input of the graph, copied into its fixed array; every step equals the checked one."""
+    monkeypatch.setattr(products.Graph, "capture", staticmethod(ReplayedPython))
+    data = batches(7, units=64)
+    settings = training_step.StepSettings("DTP", 1e-4, 0.1, inv_learning_rate=1e-3,
+                                          inv_noise=0.1, options=(("target_step", 0.05),),
+                                          inv_loss="difference")
+
+    def train(**options):
+        net = SquareInvNet(64, 2, start_seed=1, orthogonal_init=True, learn_inverses=True,
+                           exact_start=False)
+        runner = PackOfOne(net, settings, **options)
+        statistics = training.Statistics()
+        for index, (images, labels) in enumerate(data):
+            runner.step(images, labels, statistics, 0, index)
+        runner.settle(statistics)
+        return runner
+    replayed, checked = train(deferred=True, graphs=True), train(deferred=False)
+    assert isinstance(replayed.replay.graph, ReplayedPython)
+    assert replayed.replay.difference == 0.0 and len(replayed.replay.inputs) == 2 + 2
+    for name, array in checked.net.state().items():
+        numpy.testing.assert_array_equal(replayed.net.state()[name], array, err_msg=name)
+
+
 # ----------------------------------------------------------------------------- on a GPU
 
 gpu = pytest.mark.skipif(backend._import_cupy() is None, reason="no GPU with CuPy here")

@@ -636,8 +636,8 @@ LEARNING_NETS = {"square": lambda **learned: SquareInvNet(40, 3, 2, True, **lear
                                                         **learned)}
 
 
-def rule_on_a_batch(net, rule, seed=0):
-    """The directions of `rule` ("GAIT", "TP" or "DTP") on a random batch,
+def rule_on_a_batch(net, rule, seed=0, **options):
+    """The directions of `rule` ("GAIT", "TP" or "DTP"; its `options`) on a random batch,
     biases randomised the same way in every network."""
     rng = np.random.RandomState(seed)
     randomise_biases(net, np.random.RandomState(9))
@@ -647,7 +647,7 @@ def rule_on_a_batch(net, rule, seed=0):
     x = rng.rand(8, net.widths[0])
     forward = net.forward_pass(x)
     targets = inv_net.output_targets(forward[-1], np.eye(10)[rng.randint(0, 10, 8)])
-    return forward, net.directions(rule, forward, targets)
+    return forward, net.directions(rule, forward, targets, **options)
 
 
 @pytest.mark.parametrize("network", sorted(LEARNING_NETS))
@@ -728,16 +728,18 @@ def test_the_inverses_learn_at_their_own_rate():
 @pytest.mark.parametrize("network", sorted(LEARNING_NETS))
 @pytest.mark.parametrize("linear", [False, True])
 def test_dtp_with_exact_inverses_is_tp(network, linear):
-    """With exact inverses backward(h_{l+1}) = x_l: DTP's directions are TP's (to rounding)."""
+    """With exact inverses backward(h_{l+1}) = x_l: DTP's directions are TP's (to rounding),
+    at the published TP target (beta = 1) and at a small step towards it."""
     net = LEARNING_NETS[network]()
     for layer in net.layers:
         layer.linear = linear
-    _, tp = rule_on_a_batch(net, "TP", seed=3)
-    _, dtp = rule_on_a_batch(net, "DTP", seed=3)
-    for want, got in zip(tp, dtp):
-        for name in want:
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-12,
-                                       atol=1e-14 * np.abs(want[name]).max())
+    for beta in (1.0, 0.05):
+        _, tp = rule_on_a_batch(net, "TP", seed=3, target_step=beta)
+        _, dtp = rule_on_a_batch(net, "DTP", seed=3, target_step=beta)
+        for want, got in zip(tp, dtp):
+            for name in want:
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-12,
+                                           atol=1e-14 * np.abs(want[name]).max())
 
 
 def test_dtp_with_learned_inverses_by_hand():
@@ -754,7 +756,7 @@ def test_dtp_with_learned_inverses_by_hand():
     x = rng.rand(5, 6)
     forward = net.forward_pass(x)
     targets = forward[-1] + 0.3 * rng.randn(5, 6)
-    got = net.directions("DTP", forward, targets)
+    got = net.directions("DTP", forward, targets, target_step=1.0)
 
     def backward(layer, y):
         return (finv(y, False) - layer.backward_biases) @ layer.backward_weights
@@ -771,7 +773,7 @@ def test_dtp_with_learned_inverses_by_hand():
                                    atol=1e-14)
         if index:
             errors = backward(layer, hs[index + 1]) - backward(layer, hs[index + 1] - errors)
-    tp = net.directions("TP", forward, targets)
+    tp = net.directions("TP", forward, targets, target_step=1.0)
     assert relative_error(tp[0]["weights"], got[0]["weights"]) > 1e-3
 
 

@@ -95,19 +95,23 @@ def test_moments_of_the_wrong_shape_are_refused_by_name():
         SquareInvNet(12, 1, start_seed=2).set_state(state)
 
 
-@pytest.mark.parametrize("algorithm, inv_noise", [("GAIT", 0.0), ("DTP", 0.05)])
-def test_learned_inverses_resume_exactly_from_a_checkpoint(tmp_path, algorithm, inv_noise):
+@pytest.mark.parametrize("algorithm, inv_noise, inv_steps, inv_loss", [
+    ("GAIT", 0.0, 1, "reconstruction"), ("DTP", 0.05, 1, "reconstruction"),
+    ("DTP", 0.05, 3, "difference")])
+def test_learned_inverses_resume_exactly_from_a_checkpoint(tmp_path, algorithm, inv_noise,
+                                                           inv_steps, inv_loss):
     """A run with learned inverses (drawn start) checkpointed after 4 steps and restored
     into a fresh network goes on bit for bit as the uninterrupted run: V, c and their
     moments are in the checkpoint (the authors' branch reset them to exact inverses), and
-    the inverses' noise is drawn again as it was; the inverse-quality rows come back too,
-    and inverse_quality.txt names its columns."""
+    the inverses' noise (of each of their steps a batch) is drawn again as it was; the
+    inverse-quality rows come back too, and inverse_quality.txt names its columns."""
     from helpers import PackOfOne
     from gaitprop.model.functions import one_hot
     generator = numpy.random.RandomState(0)
     data = [(generator.rand(60, 48), one_hot(generator.randint(0, 10, 60))) for _ in range(8)]
     settings = training_step.StepSettings(algorithm, 1e-3, 0.1, log_alignment=2,
-                                          inv_learning_rate=3e-3, inv_noise=inv_noise)
+                                          inv_learning_rate=3e-3, inv_noise=inv_noise,
+                                          inv_steps=inv_steps, inv_loss=inv_loss)
 
     def make():
         return SquareInvNet(48, 2, 5, True, learn_inverses=True, exact_start=False)

@@ -125,9 +125,10 @@ def test_negative_zero_is_named_zero(text):
     defaults = vars(parser.parse_args([]))
     for zeros, expected in (
             (("orthogonal_reg", "learning_rate", "gamma"),
-             "MNIST_BP_0.0OrthoReg_0.0Gamma_1Seed_0.0LR_1L"),
-            (("inv_learning_rate",), "MNIST_BP_0.0OrthoReg_1Seed_0.0001LR_0.0InvLR_1L")):
-        unparsed = argparse.Namespace(**{**defaults, **dict.fromkeys(zeros, -0.0)})
+             "MNIST_GAIT_0.0OrthoReg_0.0Gamma_1Seed_0.0LR_1L"),
+            (("inv_learning_rate",), "MNIST_GAIT_0.0OrthoReg_1Seed_0.0001LR_0.0InvLR_1L")):
+        unparsed = argparse.Namespace(**{**defaults, "algorithm": "GAIT",
+                                         **dict.fromkeys(zeros, -0.0)})
         assert run_folder.folder_name(unparsed) == expected
 
 

@@ -120,3 +120,64 @@ def test_the_sweeps_help_names_every_switch():
     named = re.findall(r"--(\w+)", switches[1])
     assert sorted(named) == sorted(sweep.SWITCHES)
     assert {"learn_inv", "no_inv_init"} <= set(named)
+
+
+def inverse_rules():
+    from gaitprop.model import rules
+    return [rule for rule in rules.REGISTERED if rule.uses_inverses]
+
+
+@pytest.mark.parametrize("rule", inverse_rules(), ids=lambda rule: rule.name)
+def test_the_learned_inverses_training_defaults_to_the_rules_and_names_only_what_differs(rule):
+    """--inv_noise, --inv_steps, --inv_loss and --inv_learning_rate default to the rule's
+    (rules.InverseTraining; the learning rate as the rule's factor times --learning_rate):
+    a run at those defaults, given or not, has none of them in its folder name; a value
+    other than the rule's shows."""
+    from gaitprop.runs import run_folder
+    training = rule.inverse_training
+    base = [f"--algorithm={rule.name}", "--learn_inv", "--learning_rate=0.0002"]
+    plain = run_folder.folder_name(settings.build_parser().parse_args(base))
+    assert not any(piece in plain for piece in ("InvNoise_", "InvSteps_", "InvLoss_", "InvLR_"))
+    given = settings.build_parser().parse_args(base + [
+        f"--inv_noise={training.inv_noise}", f"--inv_steps={training.inv_steps}",
+        f"--inv_loss={training.inv_loss}",
+        f"--inv_learning_rate={training.rate_factor * 0.0002!r}"])
+    assert run_folder.folder_name(given) == plain
+    assert (given.inv_noise, given.inv_steps, given.inv_loss, given.inv_learning_rate) == (
+        None, None, None, None)
+    other_loss = next(loss for loss in ("reconstruction", "difference")
+                      if loss != training.inv_loss)
+    other = settings.build_parser().parse_args(base + [
+        f"--inv_noise={training.inv_noise + 0.5}", f"--inv_steps={training.inv_steps + 2}",
+        f"--inv_loss={other_loss}"])
+    name = run_folder.folder_name(other)
+    assert f"{training.inv_noise + 0.5}InvNoise_{training.inv_steps + 2}InvSteps_" in name
+    assert f"{other_loss}InvLoss_" in name
+    assert run_folder.settings_from_name(name)["inv_steps"] == training.inv_steps + 2
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--algorithm=DTP", "--inv_steps=2"], "--inv_steps applies only to learned inverses"),
+    (["--algorithm=DTP", "--inv_loss=difference"], "--inv_loss applies only to learned"),
+    (["--algorithm=DTP", "--learn_inv", "--inv_loss=difference", "--inv_noise=0"],
+     "--inv_loss=difference needs --inv_noise above 0"),
+    (["--algorithm=GAIT", "--learn_inv", "--inv_steps=0"], "'0' must be from 1 to 100"),
+    (["--algorithm=TP", "--target_step=0"], "'0' must be greater than 0.0 and at most 1.0"),
+    (["--algorithm=TP", "--target_step=1.5"], "'1.5' must be greater than 0.0 and at most 1.0"),
+    (["--algorithm=BP", "--target_step=0.5"], "--target_step applies only to "
+                                              "--algorithm=TP or DTP")])
+def test_the_learned_inverses_and_target_flags_are_refused_where_they_mean_nothing(capsys,
+                                                                                   flags, words):
+    with pytest.raises(SystemExit) as stopped:
+        settings.build_parser().parse_args(flags)
+    assert stopped.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_tp_keeps_the_published_target_and_its_folder_names():
+    from gaitprop.runs import run_folder
+    args = settings.build_parser().parse_args(["--algorithm=TP", "--nb_layers=4",
+                                               "--target_step=1"])
+    assert args.target_step is None
+    assert run_folder.folder_name(args) == "MNIST_TP_0.0OrthoReg_1Seed_0.0001LR_4L"
+    stepped = settings.build_parser().parse_args(["--algorithm=TP", "--target_step=0.1"])
+    assert "_0.1TargetStep_" in run_folder.folder_name(stepped)

@@ -1,6 +1,9 @@
 """DTP, difference target propagation (Lee, Zhang, Fischer, Bengio 2015): only the difference
 the error makes passes through each layer's (learned) inverse."""
+import dataclasses
+
 from gaitprop.model.rules.rule import Rule
+from gaitprop.model.rules.tp import TARGET_STEP, output_error
 
 
 def error_below(net, passing):
@@ -15,4 +18,5 @@ def error_below(net, passing):
 
 RULE = Rule("DTP", "difference target propagation", "Lee, Zhang, Fischer, Bengio 2015",
             "through each layer's inverse, the difference the error makes", error_below,
-            uses_inverses=True)
+            uses_inverses=True, options=(dataclasses.replace(TARGET_STEP, default=1.0),),
+            output_error=output_error)
