@@ -76,3 +76,21 @@ def test_the_published_directions_are_the_by_name_directions():
         for index, layer in enumerate(named):
             np.testing.assert_array_equal(weights[index], layer["weights"])
             np.testing.assert_array_equal(biases[index], layer["biases"])
+
+
+def test_update_parameters_on_learned_inverses_steps_w_and_b_only():
+    """The published update_parameters on a network that learns its inverses: W and b take
+    the optimiser's step, V and c stay; a training step after it steps them all."""
+    from inv_net import SquareInvNet
+    net = SquareInvNet(8, 2, start_seed=1, orthogonal_init=True, learn_inverses=True)
+    rng = np.random.RandomState(2)
+    forward = net.forward_pass(rng.rand(4, 8))
+    targets = rng.rand(4, 8)
+    kept = {key: array.copy() for key, array in net.parameters().items()}
+    net.update_parameters(*net.get_gait_updates(forward, targets), 1e-3)
+    for key, array in net.parameters().items():
+        assert np.array_equal(array, kept[key]) == (key[0] in "Vc"), key
+    directions = net.gait_directions(forward, targets)
+    net.add_inverse_directions(forward, directions)
+    net.step(directions, 1e-3)
+    assert not np.array_equal(net.parameters()["V1"], kept["V1"])

@@ -162,13 +162,17 @@ class NetParameters:
         """One optimiser step (MomentOptimizer) along a rule's directions (a dict per layer),
         W and b with `learning_rate`, V and c with `inverse_learning_rate` (None: the same);
         `guard`: skip it if the guard's window has failed (step_runner.StepRunner). In a pack,
-        a learning rate may hold one rate per run (an array of shape (runs, 1, 1))."""
+        a learning rate may hold one rate per run (an array of shape (runs, 1, 1)). A
+        parameter without a direction (V and c in the published update_parameters, which
+        gives W and b only) keeps its values and moments."""
         if self.optimizer is None:
             self.optimizer = MomentOptimizer(self.parameters())
         inverse_rate = learning_rate if inverse_learning_rate is None else inverse_learning_rate
         rates = {key: inverse_rate if name in self.layers[index].LEARNED_INVERSE
                  else learning_rate for key, index, name, _ in self._keyed()}
-        self.optimizer.step(self.parameters(), self.named(directions), rates, guard)
+        named = self.named(directions)
+        self.optimizer.step({key: array for key, array in self.parameters().items()
+                             if key in named}, named, rates, guard)
 
     def state(self):
         """The arrays that define the network and its optimiser, by checkpoint name: the
