@@ -344,7 +344,7 @@ class StepRunner:
     Diverged is raised when none is left.
 
     `lu_only`: the runs had switched to LU solves (InversePolicy; a resumed run's checkpoint
-    says so).
+    says so): no graphs then, as after a switch in training.
     """
 
     def __init__(self, net, settings, deferred=None, graphs=None, lu_only=False):
@@ -353,8 +353,8 @@ class StepRunner:
         self.members = Members(net.runs)
         self.xp = backend.array_module(net.layers[0].weight_matrix)
         self.deferred = self.xp is not numpy if deferred is None else deferred
-        self.replay = GraphReplay(self.deferred and self.xp is not numpy if graphs is None
-                                 else graphs)
+        self.replay = GraphReplay((self.deferred and self.xp is not numpy if graphs is None
+                                  else graphs) and not lu_only)
         self.guard, self.inverses = Guard(self.xp), InversePolicy(lu_only)
         self.tally = BatchTally(self.xp)
         self.steps_done, self.redone = 0, 0

@@ -33,3 +33,18 @@ def test_a_replay_that_differs_in_a_non_finite_entry_is_infinitely_off():
         replayed[2] = wrong  # not only the first array's first entry counts
         assert replay_difference(replayed, expected) == math.inf
     assert replay_difference(expected, np.array([1.0, 2.0, np.nan])) == math.inf
+
+
+def test_a_runner_resumed_after_the_switch_to_lu_solves_replays_no_graph():
+    """Graphs are off whenever a run solves by LU (`lu_only`): a run resumed switched (its
+    checkpoint says so) as well as one that switches during training (StepRunner.settle).
+    On CuPy an LU solve reads back to the host, which a CUDA graph's capture cannot hold."""
+    from gaitprop.engine.step_runner import StepRunner
+    from gaitprop.engine.training import StepSettings
+    from gaitprop.model.net import InvNet, SquareInvNet
+    for lu_only in (False, True):
+        runner = StepRunner(InvNet.stack([SquareInvNet(16, 1, 1, True)]),
+                            StepSettings.of_pack([StepSettings("GAIT", 1e-4)]), deferred=True,
+                            graphs=True, lu_only=lu_only)
+        assert runner.inverses.lu_only is lu_only
+        assert runner.replay.enabled is not lu_only
