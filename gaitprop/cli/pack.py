@@ -143,7 +143,7 @@ def train_members(texts, folders):
     for args, member_argv in members:
         folder, stored = folders.open(args)
         runs.append(Run(args, member_argv, folder, stored, command=shlex.join(
-            [program("run")] + member_argv)))
+            program("run") + member_argv)))
     sets = {}
     for each in runs:  # each data set read and put on the device once
         key = trainer.data_key(each.args)

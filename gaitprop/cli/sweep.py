@@ -45,7 +45,7 @@ PASSED = settings_table.names(sweep="passed")  # one value, passed to every run
 PATHS = settings_table.names(kind="path")  # made absolute, always written
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 
-RUN_PY, PACK_PY = program("run"), program("pack")
+RUN_PY, PACK_PY = program("run"), program("pack")  # command lines: python and script
 
 
 class Parser(argparse.ArgumentParser):
@@ -203,7 +203,7 @@ def command(settings, mode=None):
         flags.append(f"--{name}" if name in SWITCHES else f"--{name}={value}")
     if mode is not None:
         flags.append(f"--{mode}")
-    return [sys.executable, RUN_PY] + flags
+    return RUN_PY + flags
 
 
 def group_packs(jobs, size):
@@ -226,8 +226,9 @@ def launch_command(jobs):
     commands = [command(job.settings, job.mode) for job in jobs]
     if len(commands) == 1:
         return commands[0]
-    members = [part for each in commands for part in ("--member", shlex.join(each[2:]))]
-    return [sys.executable, PACK_PY] + members
+    members = [part for each in commands
+               for part in ("--member", shlex.join(each[len(RUN_PY):]))]
+    return PACK_PY + members
 
 
 def make_launches(jobs, pack_size, devices):

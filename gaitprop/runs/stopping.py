@@ -64,16 +64,25 @@ def script_command(script):
     return [interpreter, script]
 
 
+# Where `program` looks for a command's script: the checkout holding the package, and the
+# folder of this Python's console scripts.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = os.path.dirname(sys.executable)
+
+
 def program(name):
-    """The program that runs command `name` ("run", "pack"; what a sweep starts, what a pack
-    member's record names): the checkout's ./NAME.py beside the package where there is one,
-    else the console script gaitprop-NAME installed with it (beside this Python, or on
-    PATH)."""
-    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.path.isfile(os.path.join(checkout, f"{name}.py")):
-        return os.path.join(checkout, f"{name}.py")
-    installed = os.path.join(os.path.dirname(sys.executable), f"gaitprop-{name}")
-    return installed if os.path.isfile(installed) else shutil.which(f"gaitprop-{name}") or installed
+    """The command line (a list) that starts command `name` ("run", "pack"; what a sweep
+    starts, what a pack member's record names): this Python running the checkout's ./NAME.py
+    beside the package where there is one, else the console script gaitprop-NAME installed
+    with it (beside this Python, or on PATH), else the package's module (`python -m
+    gaitprop.cli.NAME`: installed with `pip install --target`, or `--user` without its
+    scripts folder on PATH)."""
+    scripts = [os.path.join(CHECKOUT, f"{name}.py"), os.path.join(SCRIPTS, f"gaitprop-{name}"),
+               shutil.which(f"gaitprop-{name}")]
+    found = next((script for script in scripts if script and os.path.isfile(script)), None)
+    if found is None:
+        return [sys.executable, "-m", f"gaitprop.cli.{name}"]
+    return [sys.executable, found]
 
 
 class StopSignal:

@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -387,7 +388,7 @@ def test_pack_members_are_run_py_flags_with_their_own_mode(capsys, tmp_path):
 
 
 def test_a_packs_runs_are_judged_by_their_run_json(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "PACK_PY", fake_pack(tmp_path))
+    monkeypatch.setattr(sweep, "PACK_PY", [sys.executable, fake_pack(tmp_path)])
     arguments = ["--seed", "1-4", "--nb_epochs", "1", "--results_dir", tmp_path / "r",
                  "--backend", "numpy"]
     monkeypatch.setenv("FAKE_PACK_STATUSES", json.dumps(
