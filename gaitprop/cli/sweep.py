@@ -30,6 +30,7 @@ from gaitprop.runs.stopping import program
 from gaitprop.experiments import launch as sweep_launch
 from gaitprop.runs.exit_status import EXIT_USAGE
 from gaitprop.experiments.launch import SweepError
+from gaitprop.runs.folders import unmakeable
 
 # Grid flags (the table's `grid` rows), outermost first: the seeds of one setting are adjacent.
 _GRID_POSITION = {setting.name: setting.grid for setting in settings_table.TABLE
@@ -243,6 +244,21 @@ def make_launches(jobs, pack_size, devices):
     return result
 
 
+def check_folders(args):
+    """Refuse (SweepError) a folder the sweep writes into that cannot be made: --results_dir,
+    and --log-dir for local runs or --slurm-dir under --slurm (default: inside the first)."""
+    flags = [("--results_dir", args.results_dir, "the results folders")]
+    if args.slurm and args.slurm_dir:
+        flags.append(("--slurm-dir", args.slurm_dir, "the job files and logs"))
+    elif not args.slurm and not args.dry_run and args.log_dir:
+        flags.append(("--log-dir", args.log_dir, "the runs' logs"))
+    for flag, path, what in flags:
+        reason = unmakeable(path)
+        if reason is not None:
+            raise SweepError(f"{flag} {path} cannot hold {what}: {reason}. Give a folder (it "
+                             f"is made if missing), or move what is in the way")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -260,6 +276,7 @@ def main(argv=None):
             raise SweepError("--jobs and --devices are for local runs: under --slurm, ask for "
                              "GPUs with --gpus-per-task and limit the array with "
                              "--max-parallel")
+        check_folders(args)
         runs = expand(args)
         jobs = args.jobs or (len(args.devices) if args.devices else 1)
         planned = [sweep_launch.plan(settings, args.retry_diverged) for settings in runs]

@@ -34,6 +34,19 @@ def reading(path):
                              f"readable, then run the same command again.") from None
 
 
+def unmakeable(path):
+    """Why the folder `path` cannot be made or written into (what is in the way, a phrase), or
+    None: a file at it or above it, or the nearest existing folder above it not writable."""
+    nearest = os.path.abspath(path)
+    while not os.path.lexists(nearest) and os.path.dirname(nearest) != nearest:
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        return f"{nearest} is a file, not a folder"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"{nearest} is a folder this user cannot write into"
+    return None
+
+
 def read_record(record_path):
     """The run record (run.json) at `record_path`, or None if there is none."""
     if not os.path.exists(record_path):

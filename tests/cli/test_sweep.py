@@ -145,6 +145,27 @@ def test_bad_input_exits_2_with_one_message(capsys, tmp_path, arguments):
     assert err.startswith("sweep.py: ") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("flag, extra", [("--results_dir", []), ("--log-dir", []),
+                                         ("--slurm-dir", ["--slurm", "--dry-run"])])
+def test_a_file_where_a_folder_goes_exits_2_and_writes_nothing(capsys, tmp_path, flag, extra):
+    """--results_dir, --log-dir or --slurm-dir naming a file (or a folder below one): one
+    message naming the flag and the file, exit 2, nothing run or written (it was a
+    NotADirectoryError or FileExistsError traceback)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    folders = {"--results_dir": str(tmp_path / "results"), flag: str(blocker / "below")}
+    if flag == "--log-dir":
+        folders[flag] = str(blocker)
+    arguments = ["--seed", "1", "--nb_epochs", "1", "--nb_layers", "0"] + extra + [
+        part for pair in folders.items() for part in pair]
+    status = sweep.main(arguments)
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "", out
+    assert err.startswith("sweep.py: ") and err.count("\n") == 1, err
+    assert flag in err and str(blocker) in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["a_file"] and blocker.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--seed", "-3"], "'-3' is not a seed"),
     (["--seed", "1", "4294967296"], "'4294967296' is not a seed"),
