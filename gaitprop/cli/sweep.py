@@ -18,6 +18,7 @@ Exit statuses: 0 every run finished or was skipped, 1 a run failed or was not st
 """
 import argparse
 import itertools
+import math
 import os
 import re
 import shlex
@@ -45,6 +46,7 @@ UNNAMED = tuple(name for name in GRID if settings_table.SETTINGS[name].folder is
 PASSED = settings_table.names(sweep="passed")  # one value, passed to every run
 PATHS = settings_table.names(kind="path")  # made absolute, always written
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+MAX_RUNS = 100_000  # the most runs of one sweep (a grid larger is a mistake, or several sweeps)
 
 RUN_PY, PACK_PY = program("run"), program("pack")  # command lines: python and script
 
@@ -128,18 +130,30 @@ def grid_values(name, texts, parser):
             return getattr(parser.parse_args([f"--{name}={text}"]), name)
         except SweepError as error:
             raise SweepError(f"{error} (in --{name} {' '.join(texts)})") from None
-    expanded = []
+    parts = []  # each text, or the (first, last) of a range, its ends checked before it grows
     for text in texts:
         match = re.fullmatch(r"(-?\d+)-(-?\d+)", text) if name in INTEGERS else None
         if match is None:
-            expanded.append(text)
+            parts.append(text)
             continue
-        first, last = convert(match[1]), convert(match[2])  # its ends checked before it grows
+        first, last = convert(match[1]), convert(match[2])
         if last < first:
             raise SweepError(f"the range --{name} {text} is empty: write FIRST-LAST with "
                              f"FIRST <= LAST")
-        expanded += [str(value) for value in range(first, last + 1)]
+        parts.append((first, last))
+    count = sum(part[1] - part[0] + 1 if isinstance(part, tuple) else 1 for part in parts)
+    if count > MAX_RUNS:
+        raise too_many(f"--{name} {' '.join(texts)} gives {count} values")
+    expanded = [text for part in parts for text in (
+        map(str, range(part[0], part[1] + 1)) if isinstance(part, tuple) else [part])]
     return list(dict.fromkeys(convert(text) for text in expanded))
+
+
+def too_many(what):
+    """The SweepError of a grid of more than MAX_RUNS runs (`what` says how it has that many)."""
+    return SweepError(f"{what}, more than the {MAX_RUNS} runs a sweep takes: split the grid "
+                      f"into sweeps of at most {MAX_RUNS} runs each (they may share "
+                      f"--results_dir)")
 
 
 def expand(args):
@@ -152,6 +166,11 @@ def expand(args):
     defaults = vars(parser.parse_args([]))
     given = {name: grid_values(name, getattr(args, name), parser)
              for name in GRID if getattr(args, name) is not None}
+    size = math.prod(len(values) for values in given.values())
+    if size > MAX_RUNS:
+        factors = " x ".join(f"{len(values)} (--{name})" for name, values in given.items()
+                             if len(values) > 1)
+        raise too_many(f"the grid holds {factors} = {size} runs")
     shared = {name: os.path.abspath(getattr(args, name)) if name in PATHS else getattr(args, name)
               for name in PASSED}
     runs: list[argparse.Namespace] = []

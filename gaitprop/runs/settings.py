@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import importlib
 import math
+import os
 import re
 from typing import Any, Callable
 
@@ -365,13 +366,49 @@ def batches_per_epoch(validation):
     return images // (images // 1000)
 
 
+# What a run holds in memory, for the bound on --nb_layers (`memory_refusal`): per layer of u
+# units, u * u values in each of LAYER_MATRICES arrays (W, its two moments, a step's
+# direction, the regulariser's two products, a kept inverse and its refresh) and
+# INVERSE_MATRICES more for a learned inverse (V, its two moments, its direction); and the
+# data set, read and then on the backend: twice its 70,000 images of 784 values.
+LAYER_MATRICES, INVERSE_MATRICES, DATA_VALUES = 8, 4, 2 * 70000 * 784
+ITEM_BYTES = {"float64": 8, "float32": 4}
+
+
+def machine_memory():
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_refusal(args):
+    """Why the settings' network cannot fit in this machine's memory (LAYER_MATRICES's
+    estimate against `machine_memory`), naming the largest --nb_layers that fits, or None."""
+    memory = machine_memory()
+    if args.tower or memory is None:
+        return None
+    matrices = LAYER_MATRICES + (INVERSE_MATRICES if args.learn_inv else 0)
+    layer_values, item = matrices * 784 * 784, ITEM_BYTES.get(args.dtype, 8)
+    needed = item * ((args.nb_layers + 1) * layer_values + DATA_VALUES)
+    if needed <= memory:
+        return None
+    largest = max(memory // item - DATA_VALUES, 0) // layer_values - 1
+    return (f"--nb_layers={args.nb_layers} makes a network of {args.nb_layers + 1} layers of 784 "
+            f"units, which with the data set needs about {needed / 2**30:.3g} GiB of memory "
+            f"(weights, optimiser moments, a step's directions and inverses, in {args.dtype}), "
+            f"more than this machine's {memory / 2**30:.3g} GiB. Give --nb_layers at most "
+            f"{largest}")
+
+
 def refusal(args):
     """Why run.py's settings `args` cannot make a run (one paragraph naming the flag and the
     fix), or None if they can: --learn_inv learns the inverses that GAIT's and TP's targets
     use, which BP has none of, in the layers above the first; --no_inv_init and
     --inv_learning_rate only mean something with --learn_inv, --gamma only with GAIT; every
     layer's seed must be NumPy's; an --eval_interval must leave an evaluation in an epoch;
-    --load and --overwrite exclude each other."""
+    --load and --overwrite exclude each other; the network must fit in memory."""
     if args.learn_inv and args.algorithm == "BP":
         return ("--learn_inv needs --algorithm=GAIT, TP or DTP: BP passes its errors down "
                 "through W.T and uses no inverse, so there is nothing to learn. Drop "
@@ -393,12 +430,16 @@ def refusal(args):
         return (f"--gamma applies only to --algorithm=GAIT: BP, TP and DTP take no gamma, so a "
                 f"value other than {GAMMA} would change nothing but the folder name: drop "
                 f"--gamma, or choose --algorithm=GAIT")
+    too_large = memory_refusal(args)
+    if too_large is not None:
+        return too_large
     last = last_seed_offset(args)
     if args.seed + last >= SEEDS:
         network = "the tower's 4 layers" if args.tower else f"{args.nb_layers} hidden layers"
+        fix = (f"--seed at most {SEEDS - 1 - last}" if last < SEEDS
+               else f"--nb_layers at most {SEEDS - args.seed}")
         return (f"--seed={args.seed} gives a layer a seed past NumPy's last, {SEEDS - 1}: layer "
-                f"k is seeded with S + k, up to S + {last} with {network}. Give --seed at most "
-                f"{SEEDS - 1 - last}")
+                f"k is seeded with S + k, up to S + {last} with {network}. Give {fix}")
     batches = batches_per_epoch(args.validation)
     if args.eval_interval >= batches:
         held = f" with --validation={args.validation}" if args.validation else ""

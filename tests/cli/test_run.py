@@ -193,6 +193,8 @@ REFUSED = [
     (["--algorithm=DTP", "--inv_noise=0.1"], ["--inv_noise", "add --learn_inv"]),
     (["--algorithm=DTP", "--learn_inv", "--gamma=0.01"], ["--gamma", "--algorithm=GAIT"]),
     (["--algorithm=BP", "--learn_inv"], ["--learn_inv", "GAIT, TP or DTP"]),
+    (["--nb_layers=1000000"], ["--nb_layers=1000000", "memory", "at most"]),
+    (["--nb_layers=" + "9" * 30], ["--nb_layers", "memory", "at most"]),
 ]
 # Their neighbours, which make a run.
 ACCEPTED = [["--seed=0"], ["--seed=4294967295"], ["--seed=4294967295", "--nb_layers=0"],
@@ -237,6 +239,32 @@ def test_settings_that_cannot_make_a_run_are_refused_naming_flag_and_fix(argv, w
 @pytest.mark.parametrize("argv", ACCEPTED)
 def test_the_neighbours_of_refused_settings_make_a_run(argv):
     build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("extra", [[], ["--algorithm=GAIT", "--learn_inv"], ["--dtype=float32"]])
+def test_the_deepest_network_this_machines_memory_holds_is_the_bound(extra, capsys):
+    """--nb_layers is refused where the network (weights, moments, a step's directions and
+    inverses) and the data set would not fit in this machine's memory: the largest value the
+    message gives makes a run, one more is refused."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--nb_layers=1000000"] + extra)
+    message = capsys.readouterr().err
+    largest = int(re.search(r"--nb_layers at most (\d+)", message)[1])
+    assert 1 <= largest < 1000000, message
+    assert build_parser().parse_args([f"--nb_layers={largest}"] + extra).nb_layers == largest
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([f"--nb_layers={largest + 1}"] + extra)
+    assert f"--nb_layers={largest + 1}" in capsys.readouterr().err
+
+
+def test_a_network_larger_than_memory_is_refused_before_anything_is_made(data_root, tmp_path):
+    """It made its folder, ran out of memory and reported an unexpected error, leaving
+    error.log and run.lock."""
+    done = cli(["--nb_layers", "1000000", "--nb_epochs", "1", "--data_dir",
+                data_root.require("MNIST"), "--results_dir", tmp_path / "results"], cwd=tmp_path)
+    assert_clean(done, 2)
+    assert_one_paragraph(done.stderr, "--nb_layers")
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
 
 
 @pytest.mark.parametrize("name", [setting.name for setting in settings_table.TABLE

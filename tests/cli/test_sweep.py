@@ -166,6 +166,23 @@ def test_a_file_where_a_folder_goes_exits_2_and_writes_nothing(capsys, tmp_path,
     assert sorted(os.listdir(tmp_path)) == ["a_file"] and blocker.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("arguments", [
+    ["--seed", "1-200000"], ["--seed", "1-400", "--nb_layers", "0-299"],
+    ["--seed", "1-100000000"], ["--seed", "1-1000", "1001-100000000"],
+    ["--seed", "1-1000", "--nb_epochs", "1-1000", "--learning_rate", "1", "2"]],
+    ids=["range", "product", "huge range", "huge second range", "product of three"])
+def test_a_grid_larger_than_a_sweep_takes_is_refused_before_it_is_made(capsys, tmp_path,
+                                                                         arguments):
+    """More than MAX_RUNS runs: exit 2 and one message, before the commands are built (a
+    range of 10**8 seeds hung, building them)."""
+    status = sweep.main(arguments + ["--results_dir", str(tmp_path / "r"), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "", out
+    assert err.startswith("sweep.py: ") and err.count("\n") == 1, err
+    assert f"{sweep.MAX_RUNS}" in err and "split" in err, err
+    assert not os.path.exists(tmp_path / "r")
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--seed", "-3"], "'-3' is not a seed"),
     (["--seed", "1", "4294967296"], "'4294967296' is not a seed"),
