@@ -78,8 +78,10 @@ def build_parser():
     shared = parser.add_argument_group("passed unchanged to every run")
     for name in PASSED:
         setting = settings_table.SETTINGS[name]
-        shared.add_argument(f"--{name}", default=setting.default,
-                            choices=settings_table.choices(setting), help=setting.help)
+        shared.add_argument(
+            f"--{name}", default=setting.default,
+            type=setting.convert,  # type: ignore[arg-type]  # None: argparse's default
+            choices=settings_table.choices(setting), help=setting.help)
     control = parser.add_argument_group("execution")
     control.add_argument("--jobs", type=int, help="processes (runs or packs) at a time "
                                                   "(default: one per --devices entry, else 1)")

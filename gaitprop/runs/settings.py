@@ -119,6 +119,15 @@ class Number:
         return f"{text!r} must be {'greater than' if self.strict else 'at least'} {self.minimum}"
 
 
+def folder(text):
+    """An argparse type for a folder flag: any path but the empty one, which names no folder
+    (the results folder would be made in the current folder, the data read from it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no folder: give one (. for the "
+                                         "current folder)")
+    return text
+
+
 SEEDS = 2**32  # NumPy's seeds: 0 to 2**32 - 1
 
 
@@ -263,9 +272,10 @@ TABLE = (
             pack="shared", grid=8, column=(8, "dtype", False)),
     Setting("backend", "auto", "auto = CuPy when it imports and sees a GPU, else NumPy",
             choices="gaitprop.arrays.backend.CHOICES", pack="shared", sweep="passed"),
-    Setting("data_dir", "./data", "torchvision data root", kind="path", sweep="passed"),
-    Setting("results_dir", "results", "where results folders go", kind="path",
+    Setting("data_dir", "./data", "torchvision data root", kind="path", convert=folder,
             sweep="passed"),
+    Setting("results_dir", "results", "where results folders go", kind="path",
+            convert=folder, sweep="passed"),
     Setting("overwrite", False, "replace a finished or interrupted run in the results folder "
             "(not with --load)", kind="action"),
 )

@@ -20,7 +20,8 @@ from gaitprop.arrays import backend
 from gaitprop.runs import run_folder
 from gaitprop.runs import settings as settings_table
 from gaitprop.engine import training
-from helpers import ENV, RUN_PY, STATISTICS, assert_clean, cli, copy_raw, line_count, missing_data
+from helpers import (ENV, NO_NETWORK, RUN_PY, STATISTICS, assert_clean, cli, copy_raw,
+                     line_count, missing_data)
 from gaitprop.runs.settings import build_net, build_parser
 
 
@@ -280,6 +281,25 @@ def test_a_float_flag_must_be_finite(name, text, capsys):
     message = capsys.readouterr().err
     assert_one_paragraph(message, f"--{name}")
     assert f"{text!r} must be a finite number" in message, message
+
+
+@pytest.mark.parametrize("name", ["results_dir", "data_dir"])
+def test_an_empty_folder_flag_is_refused(name, capsys):
+    """--results_dir "" trained into the current folder (os.path.join("", name)); an empty
+    --data_dir read the current folder's MNIST/raw."""
+    for argv in ([f"--{name}="], [f"--{name}", ""]):
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args(argv)
+        assert stopped.value.code == 2
+        assert_one_paragraph(capsys.readouterr().err, f"--{name}")
+
+
+def test_an_empty_results_dir_exits_2_and_writes_nothing(tmp_path):
+    done = cli(["--results_dir", "", "--nb_layers", "0", "--nb_epochs", "1"], cwd=tmp_path,
+               env=NO_NETWORK)
+    assert_clean(done, 2)
+    assert_one_paragraph(done.stderr, "--results_dir")
+    assert os.listdir(tmp_path) == []
 
 
 def test_bad_values_exit_2_with_one_clean_paragraph(tmp_path):

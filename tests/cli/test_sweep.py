@@ -183,6 +183,19 @@ def test_a_grid_larger_than_a_sweep_takes_is_refused_before_it_is_made(capsys, t
     assert not os.path.exists(tmp_path / "r")
 
 
+@pytest.mark.parametrize("flag", ["--results_dir", "--data_dir"])
+def test_an_empty_folder_flag_is_refused_by_the_sweep(capsys, tmp_path, flag, monkeypatch):
+    """--results_dir "" made the results folders in the current folder (its absolute path)."""
+    monkeypatch.chdir(tmp_path)
+    folders = {"--results_dir": str(tmp_path / "r"), flag: ""}
+    with pytest.raises(SystemExit) as stopped:
+        sweep.main(["--seed", "1", "--dry-run"] + [part for pair in folders.items()
+                                                   for part in pair])
+    out, err = capsys.readouterr()
+    assert stopped.value.code == 2 and out == "" and flag in err and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--seed", "-3"], "'-3' is not a seed"),
     (["--seed", "1", "4294967296"], "'4294967296' is not a seed"),
