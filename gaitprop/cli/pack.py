@@ -134,21 +134,21 @@ def train_members(texts, folders):
     first = members[0][0]
     print(f"Using {backend.select(first.backend, first.device, first.dtype)}; a pack of "
           f"{len(members)} runs")
-    # Every member checked (refused or not) and every data set had before any folder is made.
+    # Every member checked (refused or not) and every data set read before any folder is made.
     for args, _ in members:
         folders.check(args)
     for dataset, data_dir in dict.fromkeys(trainer.data_key(args)[:2] for args, _ in members):
         data.fetch_missing(dataset, data_dir, separate_process=True)
+    sets = {}
+    for args, _ in members:  # each data set read and put on the device once
+        key = trainer.data_key(args)
+        if key not in sets:
+            sets[key] = training.to_device_sets(*data.load_run_sets(*key, separate_process=True))
     runs = []
     for args, member_argv in members:
         folder, stored = folders.open(args)
         runs.append(Run(args, member_argv, folder, stored, command=shlex.join(
             program("run") + member_argv)))
-    sets = {}
-    for each in runs:  # each data set read and put on the device once
-        key = trainer.data_key(each.args)
-        if key not in sets:
-            sets[key] = training.to_device_sets(*data.load_run_sets(*key, separate_process=True))
     command = resume_line(members)
 
     def stopped_at_once():

@@ -222,13 +222,20 @@ class Folders:
     def check(args):
         """Refuse the results folder of run.py's arguments `args` before anything is made or
         locked, if it does not fit --load / --overwrite (UsageError; `check_folder`, which
-        `open` repeats under the lock). Returns the folder."""
+        `open` repeats under the lock) or cannot be made (RunFolderError, `unmakeable`).
+        Returns the folder."""
         folder = run_folder.results_folder(args)
         if args.load and not os.path.isdir(folder):
             raise UsageError(f"--load was given, but there is no results folder {folder}. Drop "
                              f"--load to start this run (or check --results_dir).")
         if os.path.isdir(folder):
             check_folder(folder, args)
+        reason = unmakeable(folder)
+        if reason is not None:
+            raise RunFolderError(
+                f"cannot make the results folder {folder}: {reason}. Move what is in the way "
+                f"or fix the permissions (or choose another --results_dir), then run the same "
+                f"command again.")
         return folder
 
     def open(self, args):
