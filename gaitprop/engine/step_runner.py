@@ -442,7 +442,8 @@ class StepRunner:
         the pack (`training.parameter_faults`; the checks of a step see what its update made
         only at the next step); Diverged when none is left."""
         self.settle(statistics)
-        faults = parameter_faults(self.net, batch_name(epoch, batch_index))
+        faults = parameter_faults(self.net, batch_name(epoch, batch_index),
+                                  self.settings.inv_noise)
         if faults:
             self._keep(self.members.leave(faults), statistics)
 

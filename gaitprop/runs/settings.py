@@ -161,6 +161,22 @@ class HeldOut(Number):
         return value
 
 
+class Noise(Number):
+    """An argparse type for --inv_noise: a standard deviation from 0 to MAXIMUM."""
+
+    MAXIMUM = 1000.0
+
+    def __init__(self):
+        super().__init__(float, 0.0, maximum=self.MAXIMUM)
+
+    def out_of_range(self, text):
+        return (f"{text!r} is not a noise the learned inverses can learn on: they reconstruct "
+                f"activities of order 1 (pixels are in [0, 1]), of which noise far beyond "
+                f"{self.MAXIMUM:g} leaves nothing, and larger noise overflows their directions "
+                f"(1e20 in float32, 1e300 in float64). Give a standard deviation from 0 to "
+                f"{self.MAXIMUM:g}")
+
+
 GAMMA = 0.001  # GAIT's gamma as published (the authors' learned-inverse branch took 0.01)
 TOWER = (784, 784, 500, 200, 10)  # --tower's widths: four layers
 PAPER = "paper"  # the preset of the paper's settings per algorithm (Ahmad et al. 2020, sec. 4)
@@ -237,7 +253,7 @@ TABLE = (
     Setting("inv_noise", 0.0,
             "with --learn_inv: standard deviation of the Gaussian noise added to the activities "
             "each learned inverse learns to reconstruct (DTP's corrupted activities); 0 = none",
-            convert=Number(float, 0.0), metavar="SIGMA", computation=True,
+            convert=Noise(), metavar="SIGMA", computation=True,
             folder=NamePiece(4.4, lambda value: f"{shown(value)}InvNoise_" if value else "",
                              r"(?:(?P<inv_noise>[^_]+)InvNoise_)?",
                              lambda text: float(text) if text else 0.0),

@@ -172,6 +172,8 @@ BAD = [  # (argv, a word the message must contain)
     (["--eval_interval=1000"], "--eval_interval"),
     (["--load", "--overwrite"], "--overwrite"),
     (["--orthogonal_reg=inf"], "finite"),
+    (["--algorithm=DTP", "--learn_inv", "--inv_noise=1e300"], "--inv_noise"),
+    (["--algorithm=GAIT", "--learn_inv", "--inv_noise=1000.5"], "--inv_noise"),
 ]
 AS_PROCESSES = [BAD[index] for index in (0, 1, 3, 5, 6, 9, 12, 16, 17, 20, 21, 24, 25)]
 
@@ -207,7 +209,8 @@ ACCEPTED = [["--seed=0"], ["--seed=4294967295"], ["--seed=4294967295", "--nb_lay
             ["--eval_interval=999"], ["--eval_interval=0"], ["--eval_interval=1"],
             ["--eval_interval=1000", "--validation=58999"], ["--load"], ["--overwrite"],
             ["--algorithm=DTP"], ["--algorithm=DTP", "--learn_inv", "--inv_noise=0.1"],
-            ["--algorithm=GAIT", "--learn_inv", "--inv_noise=0"]]
+            ["--algorithm=GAIT", "--learn_inv", "--inv_noise=0"],
+            ["--algorithm=DTP", "--learn_inv", "--inv_noise=1000"]]
 
 
 def assert_one_paragraph(message, word):
