@@ -24,6 +24,7 @@ import shlex
 import sys
 import warnings
 
+from gaitprop.runs.invocation import typed
 from gaitprop.runs.stopping import StopSignal, install_stop_handlers, program, script_command
 
 if __name__ == "__main__":  # python -m gaitprop.cli.pack: before the slow imports below
@@ -52,7 +53,8 @@ def pack_key(settings):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(EXIT_USAGE, f"pack.py: {message}. Run ./pack.py --help; nothing was written.\n")
+        label, command = typed("pack")
+        self.exit(EXIT_USAGE, f"{label}: {message}. Run {command} --help; nothing was written.\n")
 
     def parse_args(self, args=None, namespace=None):
         """argparse's, but an unknown flag is named before a missing --member (argparse
@@ -124,7 +126,7 @@ def main(argv=None):
     texts = build_parser().parse_args(argv).member
     warnings.simplefilter("ignore")  # overflow and singular-matrix warnings: divergence is checked
     folders = Folders()
-    return guarded("pack.py", folders, lambda: train_members(texts, folders))
+    return guarded(typed("pack")[0], folders, lambda: train_members(texts, folders))
 
 
 def train_members(texts, folders):

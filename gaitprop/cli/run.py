@@ -7,6 +7,7 @@ import shlex
 import sys
 import warnings
 
+from gaitprop.runs.invocation import typed
 from gaitprop.runs.stopping import StopSignal, install_stop_handlers, script_command
 
 if __name__ == "__main__":  # python -m gaitprop.cli.run: before the slow imports below
@@ -55,7 +56,7 @@ def main(argv=None):
         sets = {key: training.to_device_sets(*data.load_run_sets(*key, separate_process=True))}
         folder, stored = folders.open(args)
         return train_run(args, argv, folder, stored, sets)
-    return guarded("run.py", folders, work)
+    return guarded(typed("run")[0], folders, work)
 
 
 if __name__ == "__main__":

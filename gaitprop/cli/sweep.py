@@ -32,6 +32,7 @@ from gaitprop.experiments import launch as sweep_launch
 from gaitprop.runs.exit_status import EXIT_USAGE
 from gaitprop.experiments.launch import SweepError
 from gaitprop.runs.folders import unmakeable
+from gaitprop.runs.invocation import typed
 
 # Grid flags (the table's `grid` rows), outermost first: the seeds of one setting are adjacent.
 _GRID_POSITION = {setting.name: setting.grid for setting in settings_table.TABLE
@@ -53,7 +54,8 @@ RUN_PY, PACK_PY = program("run"), program("pack")  # command lines: python and s
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(EXIT_USAGE, f"sweep.py: {message}. Run ./sweep.py --help for every option; "
+        label, command = typed("sweep")
+        self.exit(EXIT_USAGE, f"{label}: {message}. Run {command} --help for every option; "
                               f"nothing was run.\n")
 
 
@@ -189,8 +191,8 @@ def expand(args):
         else:
             left_out[reason] = left_out.get(reason, 0) + 1
     for reason, count in left_out.items():
-        print(f"sweep.py: left out {count} combination{'s' if count > 1 else ''} of the grid "
-              f"that run.py refuses: {reason}.", file=sys.stderr)
+        print(f"{typed('sweep')[0]}: left out {count} combination{'s' if count > 1 else ''} "
+              f"of the grid that run.py refuses: {reason}.", file=sys.stderr)
     if not runs:
         raise SweepError("every combination of the grid is one that run.py refuses (see "
                          "above): change the grid")
@@ -315,7 +317,7 @@ def main(argv=None):
             status = sweep_launch.run_locally(launches, jobs, log_dir)
         return sweep_launch.summarize(planned, status)
     except SweepError as error:
-        print(f"sweep.py: {error}. Nothing was run.", file=sys.stderr)
+        print(f"{typed('sweep')[0]}: {error}. Nothing was run.", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -365,7 +365,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         from gaitprop.runs.exit_status import EXIT_USAGE
-        self.exit(EXIT_USAGE, f"run.py: {message}. Run ./run.py --help for every flag and its "
+        from gaitprop.runs.invocation import typed
+        label, command = typed("run")
+        self.exit(EXIT_USAGE, f"{label}: {message}. Run {command} --help for every flag and its "
                               f"allowed values; nothing was written.\n")
 
 

@@ -40,3 +40,14 @@ def test_a_command_is_the_checkout_script_else_the_console_script(tmp_path, monk
     (elsewhere / "gaitprop-run").chmod(0o755)
     monkeypatch.setenv("PATH", str(elsewhere))
     assert stopping.program("run") == [sys.executable, str(elsewhere / "gaitprop-run")]
+
+
+def test_the_resume_command_of_a_module_run_is_the_module():
+    """A run started with `python -m gaitprop.cli.run` is resumed the same way, not by running
+    the module's file as a script."""
+    from gaitprop.runs import invocation
+    for name in ("run", "pack"):
+        command = stopping.script_command(os.path.join(invocation.CLI, f"{name}.py"))
+        assert command[1:] == ["-m", f"gaitprop.cli.{name}"], command
+    assert stopping.script_command(os.path.join(REPO, "run.py"))[-1] == os.path.join(REPO,
+                                                                                   "run.py")
