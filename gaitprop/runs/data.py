@@ -96,9 +96,8 @@ def fetch_missing(dataset, data_dir, separate_process=False):
     """Download a data set whose files are not all in its raw folder (torchvision; in a
     child process if `separate_process`); nothing if they are. Where that fails, the
     folders the attempt made (`raw`, `<Name>`, the data root and any missing folder above it)
-    are removed again if empty,
-    and a DataError names the folder and the files to put there: a run that cannot have its
-    data leaves nothing behind."""
+    are removed again if empty, and a DataError names the folder and the files to put there:
+    a run that cannot have its data leaves nothing behind."""
     folder = raw_folder(data_dir, dataset)
     if not missing_files(folder):
         return
