@@ -221,13 +221,18 @@ class Folders:
     @staticmethod
     def check(args):
         """Refuse the results folder of run.py's arguments `args` before anything is made or
-        locked, if it does not fit --load / --overwrite (UsageError; `check_folder`, which
-        `open` repeats under the lock) or cannot be made (RunFolderError, `unmakeable`).
-        Returns the folder."""
+        locked, if another process trains in it, if it does not fit --load / --overwrite
+        (UsageError; `check_folder`, which `open` repeats under the lock) or if it cannot be
+        made (RunFolderError, `unmakeable`). Returns the folder."""
         folder = run_folder.results_folder(args)
         if args.load and not os.path.isdir(folder):
             raise UsageError(f"--load was given, but there is no results folder {folder}. Drop "
                              f"--load to start this run (or check --results_dir).")
+        if os.path.isdir(folder) and checkpoint.FolderLock.is_held(folder):
+            raise RunFolderError(f"Another process is running in {folder} (it holds "
+                                 f"{run_folder.LOCK}). Wait for it to finish or stop it; two runs "
+                                 f"cannot share a results folder. Then run the same command "
+                                 f"again.")
         if os.path.isdir(folder):
             check_folder(folder, args)
         reason = unmakeable(folder)
