@@ -63,3 +63,21 @@ def test_no_user_doc_names_a_path_outside_the_repository_or_the_making_of_the_pa
                          r"\bissue \d+|\b20\d\d-\d\d-\d\d\b")
     found = {name: outside.findall(read(name)) for name in USER_DOCS}
     assert {name: hits for name, hits in found.items() if hits} == {}
+
+
+def test_the_developers_doc_names_the_packages_modules():
+    """docs/development.md names modules as the package has them: no module of the old flat
+    layout (inv_layer.KeptInverse, `utils.py` for the transfer kernels, ...) outside the one
+    line on the checkout's top-level files, and every `x.py` below its layout section a
+    module of the package."""
+    text = read(os.path.join("docs", "development.md"))
+    modules = {name for _, _, names in os.walk(os.path.join(REPO, "gaitprop"))
+               for name in names if name.endswith(".py")}
+    old = re.compile(r"`(?:inv_layer|inv_net|utils)(?:\.py`|\.\w)")
+    top_level = [line for line in text.splitlines() if "published import paths" in line or
+                 "re-exports of `gaitprop.model`" in line]
+    assert [line for line in text.splitlines() if old.search(line)
+            and line not in top_level] == []
+    below = text.split("## The test command", 1)[1]
+    named = set(re.findall(r"`(\w+\.py)`", below))
+    assert named and named <= modules, sorted(named - modules)

@@ -34,6 +34,13 @@ def test_citation_names_the_version_and_license_of_pyproject():
     assert "arXiv:2006.06438" in citation and "preferred-citation:" in citation
 
 
+def test_every_file_the_project_files_name_exists():
+    """pyproject.toml's comments named docs/testing.md, which no longer exists."""
+    for name in ("pyproject.toml", "requirements-test.txt", "conda_requirements.txt"):
+        for path in re.findall(r"(?<![\w/.])((?:docs|tests|gaitprop)/[\w./-]*\w)", read(name)):
+            assert os.path.exists(os.path.join(REPO, path)), (name, path)
+
+
 # ----------------------------------------------------------------------------- the package
 
 PACKAGE = os.path.join(REPO, "gaitprop")

@@ -41,6 +41,7 @@ from gaitprop.arrays import backend
 from gaitprop.arrays import products
 import numpy
 from gaitprop.runs import settings as settings_table
+from gaitprop.runs.invocation import typed
 from gaitprop.engine import step_runner
 from gaitprop.engine import cadence
 from gaitprop.engine import faults
@@ -402,7 +403,7 @@ def main(argv=None):
     try:
         print(backend.select(args.backend, args.device, args.dtype[0]))
     except backend.BackendError as error:
-        sys.exit(f"benchmark.py: {error}")
+        sys.exit(f"{typed('benchmark')[0]}: {error}")
     on_gpu = backend.name() == "cupy"
     pack_sizes = args.packs if args.packs is not None else ([1, 2, 4, 8, 16] if on_gpu else [])
     results = [measure(dtype, args.repeats, args.profile, pack_sizes) for dtype in args.dtype]

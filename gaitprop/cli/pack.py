@@ -24,6 +24,7 @@ import shlex
 import sys
 import warnings
 
+from gaitprop.runs.invocation import typed
 from gaitprop.runs.stopping import StopSignal, install_stop_handlers, program, script_command
 
 if __name__ == "__main__":  # python -m gaitprop.cli.pack: before the slow imports below
@@ -52,7 +53,8 @@ def pack_key(settings):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(EXIT_USAGE, f"pack.py: {message}. Run ./pack.py --help; nothing was written.\n")
+        label, command = typed("pack")
+        self.exit(EXIT_USAGE, f"{label}: {message}. Run {command} --help; nothing was written.\n")
 
     def parse_args(self, args=None, namespace=None):
         """argparse's, but an unknown flag is named before a missing --member (argparse
@@ -124,7 +126,7 @@ def main(argv=None):
     texts = build_parser().parse_args(argv).member
     warnings.simplefilter("ignore")  # overflow and singular-matrix warnings: divergence is checked
     folders = Folders()
-    return guarded("pack.py", folders, lambda: train_members(texts, folders))
+    return guarded(typed("pack")[0], folders, lambda: train_members(texts, folders))
 
 
 def train_members(texts, folders):
@@ -134,21 +136,21 @@ def train_members(texts, folders):
     first = members[0][0]
     print(f"Using {backend.select(first.backend, first.device, first.dtype)}; a pack of "
           f"{len(members)} runs")
-    # Every member checked (refused or not) and every data set had before any folder is made.
+    # Every member checked (refused or not) and every data set read before any folder is made.
     for args, _ in members:
         folders.check(args)
     for dataset, data_dir in dict.fromkeys(trainer.data_key(args)[:2] for args, _ in members):
         data.fetch_missing(dataset, data_dir, separate_process=True)
+    sets = {}
+    for args, _ in members:  # each data set read and put on the device once
+        key = trainer.data_key(args)
+        if key not in sets:
+            sets[key] = training.to_device_sets(*data.load_run_sets(*key, separate_process=True))
     runs = []
     for args, member_argv in members:
         folder, stored = folders.open(args)
         runs.append(Run(args, member_argv, folder, stored, command=shlex.join(
-            [program("run")] + member_argv)))
-    sets = {}
-    for each in runs:  # each data set read and put on the device once
-        key = trainer.data_key(each.args)
-        if key not in sets:
-            sets[key] = training.to_device_sets(*data.load_run_sets(*key, separate_process=True))
+            program("run") + member_argv)))
     command = resume_line(members)
 
     def stopped_at_once():

@@ -7,6 +7,7 @@ import shlex
 import sys
 import warnings
 
+from gaitprop.runs.invocation import typed
 from gaitprop.runs.stopping import StopSignal, install_stop_handlers, script_command
 
 if __name__ == "__main__":  # python -m gaitprop.cli.run: before the slow imports below
@@ -26,11 +27,10 @@ def resume_command(argv):
     return shlex.join(script_command(sys.argv[0]) + kept + ["--load"])
 
 
-def train_run(args, argv, folder, stored):
-    """Load data, build or restore the network, train to --nb_epochs as a pack of one
-    (trainer.train_runs), keep the folder current. Returns the exit status."""
-    key = trainer.data_key(args)
-    sets = {key: training.to_device_sets(*data.load_run_sets(*key, separate_process=True))}
+def train_run(args, argv, folder, stored, sets):
+    """Build or restore the network, train to --nb_epochs on `sets` ({data key: the run's
+    device sets}) as a pack of one (trainer.train_runs), keep the folder current. Returns the
+    exit status."""
     run = Run(args, argv, folder, stored)
 
     def stopped_at_once():
@@ -50,11 +50,13 @@ def main(argv=None):
 
     def work():
         print(f"Using {backend.select(args.backend, args.device, args.dtype)}")
-        folders.check(args)  # bad input refused, and the data set had, before anything is made
+        folders.check(args)  # bad input refused, and the data set read, before anything is made
         data.fetch_missing(args.dataset, args.data_dir, separate_process=True)
+        key = trainer.data_key(args)
+        sets = {key: training.to_device_sets(*data.load_run_sets(*key, separate_process=True))}
         folder, stored = folders.open(args)
-        return train_run(args, argv, folder, stored)
-    return guarded("run.py", folders, work)
+        return train_run(args, argv, folder, stored, sets)
+    return guarded(typed("run")[0], folders, work)
 
 
 if __name__ == "__main__":

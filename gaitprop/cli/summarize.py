@@ -22,11 +22,13 @@ import numpy
 
 from gaitprop.experiments import summary_data
 from gaitprop.experiments.summary_data import SummaryError
+from gaitprop.runs.invocation import typed
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(2, f"summarize.py: {message}. Run ./summarize.py --help for the options.\n")
+        label, command = typed("summarize")
+        self.exit(2, f"{label}: {message}. Run {command} --help for the options.\n")
 
 
 def build_parser():
@@ -176,14 +178,15 @@ def write_csv(groups, stream):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    label = typed("summarize")[0]
     try:
         runs, warnings = summary_data.read_runs(args.paths)
         for warning in warnings:  # each skipped folder, and why
-            print(f"summarize.py: {warning}", file=sys.stderr)
+            print(f"{label}: {warning}", file=sys.stderr)
         found = len(runs) + len(warnings)
         folders = f"results folder{'s' if found != 1 else ''}"
-        print(f"summarize.py: read {len(runs)} of {found} {folders} ({len(warnings)} skipped)"
-              if warnings else f"summarize.py: read {found} {folders}", file=sys.stderr)
+        print(f"{label}: read {len(runs)} of {found} {folders} ({len(warnings)} skipped)"
+              if warnings else f"{label}: read {found} {folders}", file=sys.stderr)
         if not runs:
             raise SummaryError(f"none of the {found} results folders under "
                                f"{', '.join(args.paths)} could be read (each is named above, "
@@ -198,7 +201,7 @@ def main(argv=None):
             summary_plot.plot(groups, args.plot)
             print(f"Learning curves written to {args.plot}", file=sys.stderr)
     except SummaryError as error:
-        print(f"summarize.py: {error}.", file=sys.stderr)
+        print(f"{label}: {error}.", file=sys.stderr)
         return 2
     return 0
 

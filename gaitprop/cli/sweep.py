@@ -19,6 +19,7 @@ Exit statuses: 0 every run finished or was skipped, 1 a run failed or was not st
 """
 import argparse
 import itertools
+import math
 import os
 import re
 import shlex
@@ -32,6 +33,8 @@ from gaitprop.runs.stopping import program
 from gaitprop.experiments import launch as sweep_launch
 from gaitprop.runs.exit_status import EXIT_USAGE
 from gaitprop.experiments.launch import SweepError
+from gaitprop.runs.folders import unmakeable
+from gaitprop.runs.invocation import typed
 
 # Grid flags (the table's `grid` rows), outermost first: the seeds of one setting are adjacent.
 _GRID_POSITION = {setting.name: setting.grid for setting in settings_table.TABLE
@@ -46,13 +49,15 @@ UNNAMED = tuple(name for name in GRID if settings_table.SETTINGS[name].folder is
 PASSED = settings_table.names(sweep="passed")  # one value, passed to every run
 PATHS = settings_table.names(kind="path")  # made absolute, always written
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+MAX_RUNS = 100_000  # the most runs of one sweep (a grid larger is a mistake, or several sweeps)
 
-RUN_PY, PACK_PY = program("run"), program("pack")
+RUN_PY, PACK_PY = program("run"), program("pack")  # command lines: python and script
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(EXIT_USAGE, f"sweep.py: {message}. Run ./sweep.py --help for every option; "
+        label, command = typed("sweep")
+        self.exit(EXIT_USAGE, f"{label}: {message}. Run {command} --help for every option; "
                               f"nothing was run.\n")
 
 
@@ -77,8 +82,10 @@ def build_parser():
     shared = parser.add_argument_group("passed unchanged to every run")
     for name in PASSED:
         setting = settings_table.SETTINGS[name]
-        shared.add_argument(f"--{name}", default=setting.default,
-                            choices=settings_table.choices(setting), help=setting.help)
+        shared.add_argument(
+            f"--{name}", default=setting.default,
+            type=setting.convert,  # type: ignore[arg-type]  # None: argparse's default
+            choices=settings_table.choices(setting), help=setting.help)
     control = parser.add_argument_group("execution")
     control.add_argument("--jobs", type=int, help="processes (runs or packs) at a time "
                                                   "(default: one per --devices entry, else 1)")
@@ -129,18 +136,30 @@ def grid_values(name, texts, parser):
             return getattr(parser.parse_args([f"--{name}={text}"]), name)
         except SweepError as error:
             raise SweepError(f"{error} (in --{name} {' '.join(texts)})") from None
-    expanded = []
+    parts = []  # each text, or the (first, last) of a range, its ends checked before it grows
     for text in texts:
         match = re.fullmatch(r"(-?\d+)-(-?\d+)", text) if name in INTEGERS else None
         if match is None:
-            expanded.append(text)
+            parts.append(text)
             continue
-        first, last = convert(match[1]), convert(match[2])  # its ends checked before it grows
+        first, last = convert(match[1]), convert(match[2])
         if last < first:
             raise SweepError(f"the range --{name} {text} is empty: write FIRST-LAST with "
                              f"FIRST <= LAST")
-        expanded += [str(value) for value in range(first, last + 1)]
+        parts.append((first, last))
+    count = sum(part[1] - part[0] + 1 if isinstance(part, tuple) else 1 for part in parts)
+    if count > MAX_RUNS:
+        raise too_many(f"--{name} {' '.join(texts)} gives {count} values")
+    expanded = [text for part in parts for text in (
+        map(str, range(part[0], part[1] + 1)) if isinstance(part, tuple) else [part])]
     return list(dict.fromkeys(convert(text) for text in expanded))
+
+
+def too_many(what):
+    """The SweepError of a grid of more than MAX_RUNS runs (`what` says how it has that many)."""
+    return SweepError(f"{what}, more than the {MAX_RUNS} runs a sweep takes: split the grid "
+                      f"into sweeps of at most {MAX_RUNS} runs each (they may share "
+                      f"--results_dir)")
 
 
 def expand(args):
@@ -153,6 +172,11 @@ def expand(args):
     defaults = vars(parser.parse_args([]))
     given = {name: grid_values(name, getattr(args, name), parser)
              for name in GRID if getattr(args, name) is not None}
+    size = math.prod(len(values) for values in given.values())
+    if size > MAX_RUNS:
+        factors = " x ".join(f"{len(values)} (--{name})" for name, values in given.items()
+                             if len(values) > 1)
+        raise too_many(f"the grid holds {factors} = {size} runs")
     shared = {name: os.path.abspath(getattr(args, name)) if name in PATHS else getattr(args, name)
               for name in PASSED}
     runs: list[argparse.Namespace] = []
@@ -180,12 +204,12 @@ def expand(args):
             seen.add(key)
             runs.append(settings)
     for reason, count in left_out.items():
-        print(f"sweep.py: left out {count} combination{'s' if count > 1 else ''} of the grid "
-              f"that run.py refuses: {reason}.", file=sys.stderr)
+        print(f"{typed('sweep')[0]}: left out {count} combination{'s' if count > 1 else ''} "
+              f"of the grid that run.py refuses: {reason}.", file=sys.stderr)
     for name, count in merged.items():
         takers = settings_table.names_of(rule for rule, _ in rules.options()[name])
-        print(f"sweep.py: --{name} applies only to --algorithm={takers}: the runs of the "
-              f"other rules take none (their {count} combinations with it run once each "
+        print(f"{typed('sweep')[0]}: --{name} applies only to --algorithm={takers}: the runs of "
+              f"the other rules take none (their {count} combinations with it run once each "
               f"without it).", file=sys.stderr)
     if not runs:
         raise SweepError("every combination of the grid is one that run.py refuses (see "
@@ -221,7 +245,7 @@ def command(settings, mode=None):
         flags.append(f"--{name}" if name in SWITCHES else f"--{name}={value}")
     if mode is not None:
         flags.append(f"--{mode}")
-    return [sys.executable, RUN_PY] + flags
+    return RUN_PY + flags
 
 
 def group_packs(jobs, size):
@@ -244,8 +268,9 @@ def launch_command(jobs):
     commands = [command(job.settings, job.mode) for job in jobs]
     if len(commands) == 1:
         return commands[0]
-    members = [part for each in commands for part in ("--member", shlex.join(each[2:]))]
-    return [sys.executable, PACK_PY] + members
+    members = [part for each in commands
+               for part in ("--member", shlex.join(each[len(RUN_PY):]))]
+    return PACK_PY + members
 
 
 def make_launches(jobs, pack_size, devices):
@@ -258,6 +283,21 @@ def make_launches(jobs, pack_size, devices):
                 job.settings.device = devices[index % len(devices)]
         result.append(sweep_launch.Launch(members, launch_command(members)))
     return result
+
+
+def check_folders(args):
+    """Refuse (SweepError) a folder the sweep writes into that cannot be made: --results_dir,
+    and --log-dir for local runs or --slurm-dir under --slurm (default: inside the first)."""
+    flags = [("--results_dir", args.results_dir, "the results folders")]
+    if args.slurm and args.slurm_dir:
+        flags.append(("--slurm-dir", args.slurm_dir, "the job files and logs"))
+    elif not args.slurm and not args.dry_run and args.log_dir:
+        flags.append(("--log-dir", args.log_dir, "the runs' logs"))
+    for flag, path, what in flags:
+        reason = unmakeable(path)
+        if reason is not None:
+            raise SweepError(f"{flag} {path} cannot hold {what}: {reason}. Give a folder (it "
+                             f"is made if missing), or move what is in the way")
 
 
 def main(argv=None):
@@ -277,6 +317,7 @@ def main(argv=None):
             raise SweepError("--jobs and --devices are for local runs: under --slurm, ask for "
                              "GPUs with --gpus-per-task and limit the array with "
                              "--max-parallel")
+        check_folders(args)
         runs = expand(args)
         jobs = args.jobs or (len(args.devices) if args.devices else 1)
         planned = [sweep_launch.plan(settings, args.retry_diverged) for settings in runs]
@@ -294,7 +335,7 @@ def main(argv=None):
             status = sweep_launch.run_locally(launches, jobs, log_dir)
         return sweep_launch.summarize(planned, status)
     except SweepError as error:
-        print(f"sweep.py: {error}. Nothing was run.", file=sys.stderr)
+        print(f"{typed('sweep')[0]}: {error}. Nothing was run.", file=sys.stderr)
         return EXIT_USAGE
 
 

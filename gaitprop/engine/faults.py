@@ -55,18 +55,20 @@ def _first_not_finite(arrays):
                  if not bool(xp.isfinite(array).all())), None)
 
 
-def check_finite(net, forward, directions, statistics, where):
+def check_finite(net, forward, directions, statistics, where, inv_noise=0.0):
     """Raise Diverged unless, for every run of the pack `net`, the output, every layer's
     directions (a dict per layer, as the rules give them) and the statistics (a list, one
     Statistics per run) are finite; Diverged names the runs at fault (its `runs`), each
-    message the first layer at fault and `where` (`run_fault`)."""
+    message the first layer at fault, `where` and what to try (`advice`, which names the
+    learned inverses' noise `inv_noise` where there is some)."""
     faults = {}
     for position, (run, run_statistics, take) in enumerate(runs_of(net, statistics)):
         problem = run_fault(run, list(map(take, forward)),
                             [{name: take(direction) for name, direction in layer.items()}
                              for layer in directions], run_statistics)
         if problem is not None:
-            faults[position] = f"Training diverged at {where}: {problem}. {advice(problem)}"
+            faults[position] = (f"Training diverged at {where}: {problem}. "
+                                f"{advice(problem, inv_noise)}")
     if faults:
         raise Diverged("; ".join(faults.values()), runs=faults)
 
@@ -83,10 +85,16 @@ class Fault(str):
         return fault
 
 
-def advice(fault):
-    """What a divergence message advises for `fault` (a Fault; None: W's): a smaller
-    --inv_learning_rate when a learned inverse's V or c is at fault, else a smaller
+def advice(fault, inv_noise=0.0):
+    """What a divergence message advises for `fault` (a Fault; None: W's): when a learned
+    inverse's V or c is at fault, a smaller --inv_noise where the inverses learn on noise
+    (`inv_noise`, its standard deviation), and a smaller --inv_learning_rate; else a smaller
     --learning_rate or a larger --orthogonal_reg."""
+    if getattr(fault, "inverse", False) and inv_noise:
+        return (f"The learned inverses learn on noise of standard deviation {inv_noise:g} "
+                f"(--inv_noise), which can make them overflow: try a smaller --inv_noise, or a "
+                f"smaller --inv_learning_rate, the learning rate of the learned inverses (V and "
+                f"c).")
     if getattr(fault, "inverse", False):
         return ("Try a smaller --inv_learning_rate, the learning rate of the learned inverses "
                 "(V and c).")
@@ -137,12 +145,13 @@ def run_fault(net, forward, directions, statistics):
     return None  # finite values whose sum overflowed: nothing is wrong
 
 
-def parameter_faults(net, where):
+def parameter_faults(net, where, inv_noise=0.0):
     """{position: message} of the runs of the pack `net` with a parameter (W, b, and a learned
     inverse's V, c) that is not finite, each message naming the run's first such parameter,
-    `where` and what to try. A step's checks see its outputs and directions, so what its
-    update made is seen by the next step; the last step of an epoch has none before the
-    epoch's checkpoint: this check. Waits for the GPU (once per parameter array)."""
+    `where` and what to try (`advice`, with the learned inverses' noise `inv_noise`). A
+    step's checks see its outputs and directions, so what its update made is seen by the
+    next step; the last step of an epoch has none before the epoch's checkpoint: this check.
+    Waits for the GPU (once per parameter array)."""
     faults: dict[int, str] = {}
     for index, layer in enumerate(net.layers):
         for name, (attribute, letter) in layer.parameter_names.items():
@@ -156,7 +165,7 @@ def parameter_faults(net, where):
                             f"step", inverse=inverse)
             for position in numpy.flatnonzero(~finite):
                 faults.setdefault(int(position), f"Training diverged at {where}: {problem}. "
-                                                 f"{advice(problem)}")
+                                                 f"{advice(problem, inv_noise)}")
     return faults
 
 

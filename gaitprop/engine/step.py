@@ -180,8 +180,9 @@ def train_step(net, settings, images, one_hot_labels, statistics, epoch, batch_i
         forward, targets, directions = rule_directions(
             net, settings, images, one_hot_labels,
             inverse_noise(net, settings, epoch, batch_index, images.shape[-2]),
-            lambda forward, own: check_finite(net, forward, own, statistics, where))
-        check_finite(net, forward, directions, statistics, where)
+            lambda forward, own: check_finite(net, forward, own, statistics, where,
+                                              settings.inv_noise))
+        check_finite(net, forward, directions, statistics, where, settings.inv_noise)
     except numpy.linalg.LinAlgError as error:
         restore(net, before)
         message = (f"Training diverged at {where}: a layer's weights are singular and cannot "

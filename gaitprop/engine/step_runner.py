@@ -116,7 +116,7 @@ class StepRunner:
     Diverged is raised when none is left.
 
     `lu_only`: the runs had switched to LU solves (InversePolicy; a resumed run's checkpoint
-    says so).
+    says so): no graphs then, as after a switch in training.
     """
 
     def __init__(self, net, settings, deferred=None, graphs=None, lu_only=False):
@@ -128,8 +128,8 @@ class StepRunner:
         # (inv_steps > 1) every step is a checked one
         self.deferred = (self.xp is not numpy if deferred is None else deferred) and (
             settings.inv_steps == 1)
-        self.replay = GraphReplay(self.deferred and self.xp is not numpy if graphs is None
-                                 else graphs)
+        self.replay = GraphReplay((self.deferred and self.xp is not numpy if graphs is None
+                                  else graphs) and not lu_only)
         self.guard, self.inverses = Guard(self.xp), InversePolicy(lu_only)
         self.tally = BatchTally(self.xp)
         self.steps_done, self.redone = 0, 0
@@ -217,7 +217,8 @@ class StepRunner:
         the pack (`training.parameter_faults`; the checks of a step see what its update made
         only at the next step); Diverged when none is left."""
         self.settle(statistics)
-        faults = parameter_faults(self.net, batch_name(epoch, batch_index))
+        faults = parameter_faults(self.net, batch_name(epoch, batch_index),
+                                  self.settings.inv_noise)
         if faults:
             self._keep(self.members.leave(faults), statistics)
 

@@ -12,6 +12,7 @@ from gaitprop.arrays import backend
 from gaitprop.arrays import products
 from gaitprop.model import functions as utils
 from gaitprop.model.parameters import LayerParameters
+from gaitprop.model.published import PublishedLayer, check_transfer
 
 
 def drawn_matrices(nb_units, seed=None, orthogonal_init=False, count=1):
@@ -113,7 +114,7 @@ class KeptInverse:
         return bool((self.bound <= self.tolerance).all())
 
 
-class InvLayer(LayerParameters):
+class InvLayer(LayerParameters, PublishedLayer):
     """An invertible square layer with leaky-ReLU (or linear) transfer.
 
     Forward: h = f(x @ W + b). Inverse: x = (f^-1(h) - b) @ inv(W), by an LU solve against
@@ -129,15 +130,25 @@ class InvLayer(LayerParameters):
     (`PARAMETERS`), and for a learned inverse "backward_weights" V and "backward_biases" c
     (`LEARNED_INVERSE`). What handles parameters (stacking, views, state, files, directions,
     the optimiser) goes by these names.
+
+    The published signature: the transfer keywords take the published leaky-ReLU trio of
+    `utils` or nothing (published.check_transfer; leaky ReLU either way, the identity with
+    `linear`); `adaptive` says how `update_weights` and `update_biases` step
+    (published.PublishedLayer).
     """
 
     PARAMETERS = {"weights": ("weight_matrix", "W"), "biases": ("biases", "b")}
-    TRANSIENT = ("kept_inverse",)
+    TRANSIENT = ("kept_inverse", "layer_moments")
     LEARNED_INVERSE = {"backward_weights": ("backward_weights", "V"),
                        "backward_biases": ("backward_biases", "c")}
 
-    def __init__(self, nb_units, seed=None, orthogonal_init=False, linear=False,
+    def __init__(self, nb_units, seed=1, transfer_func=None, transfer_derivative_func=None,
+                 transfer_inverse_func=None, orthogonal_init=False, adaptive=True, linear=False,
                  learns_inverse=False, exact_start=True):
+        check_transfer(transfer_func=transfer_func,
+                       transfer_derivative_func=transfer_derivative_func,
+                       transfer_inverse_func=transfer_inverse_func)
+        self.adaptive, self.layer_moments = adaptive, None
         self.nb_units = nb_units
         self.seed = seed
         self.linear = linear

@@ -18,6 +18,7 @@ from gaitprop.model import rules
 from gaitprop.model.layer import InvLayer, regularised
 from gaitprop.model.parameters import NetParameters
 from gaitprop.model.functions import NB_CLASSES
+from gaitprop.model.published import PublishedNet
 from gaitprop.model.rules import bp, gait, tp
 
 
@@ -28,17 +29,19 @@ def output_targets(output, one_hot_labels):
     return targets
 
 
-class InvNet(NetParameters):
+class InvNet(NetParameters, PublishedNet):
     """Layers of widths `widths[1:]` on an input of width `widths[0]`, seeds given per layer.
 
     `learn_inverses`: the layers whose inverses the rules use (all but the first) learn them
     (InvLayer.learns_inverse), starting exact or, if not `exact_start`, as drawn.
+    `layer_options`: the published keywords every layer takes (transfer_func,
+    transfer_derivative_func, transfer_inverse_func, adaptive; see InvLayer).
     """
 
     layers: list[InvLayer]
 
     def __init__(self, widths, seeds, orthogonal_init=False, linear=False, learn_inverses=False,
-                 exact_start=True):
+                 exact_start=True, **layer_options):
         for below, width in zip(widths, widths[1:]):
             if width > below:
                 raise ValueError(f"a layer of {width} units cannot read an activity of "
@@ -48,7 +51,7 @@ class InvNet(NetParameters):
         self.learn_inverses = learn_inverses
         self.layers = [InvLayer(width, seed=seed, orthogonal_init=orthogonal_init, linear=linear,
                                 learns_inverse=learn_inverses and index > 0,
-                                exact_start=exact_start)
+                                exact_start=exact_start, **layer_options)
                        for index, (width, seed) in enumerate(zip(widths[1:], seeds))]
         self.optimizer = None
         self.runs = None  # the number of runs of a pack (`stack`), None for a single run
@@ -149,7 +152,13 @@ class InvNet(NetParameters):
 
     def update_parameters(self, weight_directions, bias_directions, learning_rate):
         """The published API: one optimiser step (`step`) along weight and bias directions
-        given as two lists indexed like `layers`."""
+        given as two lists indexed like `layers` (W and b only; learned inverses keep V and
+        c); with layers made `adaptive=False`, the published plain step W += lr * direction."""
+        if not all(layer.adaptive for layer in self.layers):
+            for layer, weights, biases in zip(self.layers, weight_directions, bias_directions):
+                layer.update_weights(weights, learning_rate)
+                layer.update_biases(biases, learning_rate)
+            return
         self.step([{"weights": weights, "biases": biases}
                    for weights, biases in zip(weight_directions, bias_directions)],
                   learning_rate)
@@ -203,11 +212,11 @@ class TowerInvNet(InvNet):
     seed start_seed + k."""
 
     def __init__(self, net_structure, start_seed=None, orthogonal_init=False, linear=False,
-                 learn_inverses=False, exact_start=True):
+                 learn_inverses=False, exact_start=True, **layer_options):
         nb_layers = len(net_structure) - 1
         seeds = [None if start_seed is None else start_seed + k for k in range(nb_layers)]
         super().__init__(net_structure, seeds, orthogonal_init, linear, learn_inverses,
-                         exact_start)
+                         exact_start, **layer_options)
 
 
 class SquareInvNet(InvNet):
@@ -218,8 +227,8 @@ class SquareInvNet(InvNet):
     """
 
     def __init__(self, nb_units, nb_hidden_layers, start_seed=None, orthogonal_init=False,
-                 linear=False, learn_inverses=False, exact_start=True):
+                 linear=False, learn_inverses=False, exact_start=True, **layer_options):
         offsets = list(range(nb_hidden_layers)) + [max(nb_hidden_layers - 1, 0)]
         seeds = [None if start_seed is None else start_seed + k for k in offsets]
         super().__init__([nb_units] * (nb_hidden_layers + 2), seeds, orthogonal_init, linear,
-                         learn_inverses, exact_start)
+                         learn_inverses, exact_start, **layer_options)

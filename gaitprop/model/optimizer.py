@@ -122,21 +122,29 @@ class MomentOptimizer:
                                                     self.second_moments[name])
         return state
 
+    @staticmethod
+    def stored_moments(state, parameters):
+        """{(letter, name): array} of the moments m and v of every parameter ({name: array},
+        in order) found in `state` (by name, mW0, or by position, m0), each checked against
+        its parameter's shape: ValueError naming the first that is missing or of another."""
+        moments = {}
+        for position, (name, parameter) in enumerate(parameters.items()):
+            for letter in ("m", "v"):
+                stored = state.get(letter + name, state.get(f"{letter}{position}"))
+                if stored is None or stored.shape != parameter.shape:
+                    found = "missing" if stored is None else f"of shape {stored.shape}"
+                    raise ValueError(f"the moment {letter}{name} is {found}, not of the "
+                                     f"shape {parameter.shape} of {name}")
+                moments[letter, name] = stored
+        return moments
+
     def set_state(self, state):
         """Copy moments named as in `state()` (host or device arrays) into this optimiser's
         arrays, in place (`backend.copied_into`), each checked against its parameter's shape
         (ValueError naming it otherwise, with nothing changed). Checkpoints
         of earlier versions named the moments by position (m0, v0, m1, ... in the order of
         the parameters W0, b0, W1, ...): those names are read too."""
-        moments = {}
-        for position, name in enumerate(self.first_moments):
-            for letter, own in (("m", self.first_moments), ("v", self.second_moments)):
-                stored = state.get(letter + name, state.get(f"{letter}{position}"))
-                if stored is None or stored.shape != own[name].shape:
-                    found = "missing" if stored is None else f"of shape {stored.shape}"
-                    raise ValueError(f"the moment {letter}{name} is {found}, not of the "
-                                     f"shape {own[name].shape} of {name}")
-                moments[letter, name] = stored
+        moments = self.stored_moments(state, self.first_moments)
         for (letter, name), stored in moments.items():
             own = self.first_moments if letter == "m" else self.second_moments
             own[name] = backend.copied_into(own[name], stored)

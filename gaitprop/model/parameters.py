@@ -61,17 +61,22 @@ class LayerParameters:
         return {name: getattr(self, attribute)
                 for name, (attribute, _) in self.parameter_names.items()}
 
-    def set_state(self, state):
-        """Set every parameter from host or device arrays of the shapes they have, copied into
-        the parameter's own array (`backend.copied_into`: a captured CUDA graph stays valid;
-        a run's view of a pack writes into the pack); ValueError naming the parameters
-        otherwise, with nothing changed; then `parameters_set()`."""
+    def check_state(self, state):
+        """ValueError naming the parameters of `state` ({name: array}, every name of this
+        layer's) whose shapes are not those of this layer's arrays; nothing changed."""
         wrong = [f"{name} of shape {state[name].shape}, not {getattr(self, attribute).shape}"
                  for name, (attribute, _) in self.parameter_names.items()
                  if state[name].shape != getattr(self, attribute).shape]
         if wrong:
             raise ValueError(f"{'; '.join(wrong)}: not those of this {self.nb_units}-unit "
                              f"layer")
+
+    def set_state(self, state):
+        """Set every parameter from host or device arrays of the shapes they have, copied into
+        the parameter's own array (`backend.copied_into`: a captured CUDA graph stays valid;
+        a run's view of a pack writes into the pack); ValueError naming the parameters
+        otherwise, with nothing changed (`check_state`); then `parameters_set()`."""
+        self.check_state(state)
         for name, (attribute, _) in self.parameter_names.items():
             setattr(self, attribute, backend.copied_into(getattr(self, attribute), state[name]))
         self.parameters_set()
@@ -171,13 +176,17 @@ class NetParameters:
         """One optimiser step (MomentOptimizer) along a rule's directions (a dict per layer),
         W and b with `learning_rate`, V and c with `inverse_learning_rate` (None: the same);
         `guard`: skip it if the guard's window has failed (step_runner.StepRunner). In a pack,
-        a learning rate may hold one rate per run (an array of shape (runs, 1, 1))."""
+        a learning rate may hold one rate per run (an array of shape (runs, 1, 1)). A
+        parameter without a direction (V and c in the published update_parameters, which
+        gives W and b only) keeps its values and moments."""
         if self.optimizer is None:
             self.optimizer = MomentOptimizer(self.parameters())
         inverse_rate = learning_rate if inverse_learning_rate is None else inverse_learning_rate
         rates = {key: inverse_rate if name in self.layers[index].LEARNED_INVERSE
                  else learning_rate for key, index, name, _ in self._keyed()}
-        self.optimizer.step(self.parameters(), self.named(directions), rates, guard)
+        named = self.named(directions)
+        self.optimizer.step({key: array for key, array in self.parameters().items()
+                             if key in named}, named, rates, guard)
 
     def state(self):
         """The arrays that define the network and its optimiser, by checkpoint name: the
@@ -193,13 +202,21 @@ class NetParameters:
         each checked against the shape it replaces (ValueError). Moments present go into the
         optimiser (made if there is none; MomentOptimizer.set_state also reads an earlier
         version's names); absent ones leave it unmade, or zero its moments in place (the
-        same steps as a new optimiser's). Every array stays where it was, so a CUDA graph
+        same steps as a new optimiser's). Every array is checked before any is copied, so a
+        refused state changes nothing. Every array stays where it was, so a CUDA graph
         captured over them stays valid."""
         keyed = self._keyed()
-        for index, layer in enumerate(self.layers):
-            layer.set_state({name: state[key] for key, at, name, _ in keyed if at == index})
+        layer_states = [{name: state[key] for key, at, name, _ in keyed if at == index}
+                        for index in range(len(self.layers))]
+        for layer, layer_state in zip(self.layers, layer_states):
+            layer.check_state(layer_state)
         first = next(iter(self.parameters()))
-        if "m" + first in state or "m0" in state:
+        has_moments = "m" + first in state or "m0" in state
+        if has_moments:
+            MomentOptimizer.stored_moments(state, self.parameters())
+        for layer, layer_state in zip(self.layers, layer_states):
+            layer.set_state(layer_state)
+        if has_moments:
             if self.optimizer is None:
                 self.optimizer = MomentOptimizer(self.parameters())
             self.optimizer.set_state(state)

@@ -95,20 +95,22 @@ def _download(dataset, data_dir):
 def fetch_missing(dataset, data_dir, separate_process=False):
     """Download a data set whose files are not all in its raw folder (torchvision; in a
     child process if `separate_process`); nothing if they are. Where that fails, the
-    folders the attempt made (the data root, `<Name>`, `raw`) are removed again if empty,
-    and a DataError names the folder and the files to put there: a run that cannot have its
-    data leaves nothing behind."""
+    folders the attempt made (`raw`, `<Name>`, the data root and any missing folder above it)
+    are removed again if empty, and a DataError names the folder and the files to put there:
+    a run that cannot have its data leaves nothing behind."""
     folder = raw_folder(data_dir, dataset)
     if not missing_files(folder):
         return
-    made = [path for path in (data_dir, os.path.dirname(folder), folder)
-            if path and not os.path.isdir(path)]
+    made, path = [], os.path.abspath(folder)  # the folders a download makes, deepest first
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        made.append(path)
+        path = os.path.dirname(path)
     failure = "interrupted"
     try:
         failure = _computed(separate_process, _download, dataset, data_dir)
     finally:
         missing = missing_files(folder)
-        for path in reversed(made if missing else []):
+        for path in made if missing else []:
             with contextlib.suppress(OSError):  # a folder holding anything stays
                 os.rmdir(path)
     if missing:

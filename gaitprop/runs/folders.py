@@ -34,6 +34,19 @@ def reading(path):
                              f"readable, then run the same command again.") from None
 
 
+def unmakeable(path):
+    """Why the folder `path` cannot be made or written into (what is in the way, a phrase), or
+    None: a file at it or above it, or the nearest existing folder above it not writable."""
+    nearest = os.path.abspath(path)
+    while not os.path.lexists(nearest) and os.path.dirname(nearest) != nearest:
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        return f"{nearest} is a file, not a folder"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"{nearest} is a folder this user cannot write into"
+    return None
+
+
 def read_record(record_path):
     """The run record (run.json) at `record_path`, or None if there is none."""
     if not os.path.exists(record_path):
@@ -208,14 +221,26 @@ class Folders:
     @staticmethod
     def check(args):
         """Refuse the results folder of run.py's arguments `args` before anything is made or
-        locked, if it does not fit --load / --overwrite (UsageError; `check_folder`, which
-        `open` repeats under the lock). Returns the folder."""
+        locked, if another process trains in it, if it does not fit --load / --overwrite
+        (UsageError; `check_folder`, which `open` repeats under the lock) or if it cannot be
+        made (RunFolderError, `unmakeable`). Returns the folder."""
         folder = run_folder.results_folder(args)
         if args.load and not os.path.isdir(folder):
             raise UsageError(f"--load was given, but there is no results folder {folder}. Drop "
                              f"--load to start this run (or check --results_dir).")
+        if os.path.isdir(folder) and checkpoint.FolderLock.is_held(folder):
+            raise RunFolderError(f"Another process is running in {folder} (it holds "
+                                 f"{run_folder.LOCK}). Wait for it to finish or stop it; two runs "
+                                 f"cannot share a results folder. Then run the same command "
+                                 f"again.")
         if os.path.isdir(folder):
             check_folder(folder, args)
+        reason = unmakeable(folder)
+        if reason is not None:
+            raise RunFolderError(
+                f"cannot make the results folder {folder}: {reason}. Move what is in the way "
+                f"or fix the permissions (or choose another --results_dir), then run the same "
+                f"command again.")
         return folder
 
     def open(self, args):

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import importlib
 import math
+import os
 import re
 from typing import Any, Callable
 
@@ -120,6 +121,15 @@ class Number:
         return f"{text!r} must be {'greater than' if self.strict else 'at least'} {self.minimum}"
 
 
+def folder(text):
+    """An argparse type for a folder flag: any path but the empty one, which names no folder
+    (the results folder would be made in the current folder, the data read from it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no folder: give one (. for the "
+                                         "current folder)")
+    return text
+
+
 SEEDS = 2**32  # NumPy's seeds: 0 to 2**32 - 1
 
 
@@ -151,6 +161,22 @@ class HeldOut(Number):
                 f"training images, too few for a batch (the published layout takes len / 1000 "
                 f"images a batch): hold out at most {TRAINING_IMAGES - 1000}")
         return value
+
+
+class Noise(Number):
+    """An argparse type for --inv_noise: a standard deviation from 0 to MAXIMUM."""
+
+    MAXIMUM = 1000.0
+
+    def __init__(self):
+        super().__init__(float, 0.0, maximum=self.MAXIMUM)
+
+    def out_of_range(self, text):
+        return (f"{text!r} is not a noise the learned inverses can learn on: they reconstruct "
+                f"activities of order 1 (pixels are in [0, 1]), of which noise far beyond "
+                f"{self.MAXIMUM:g} leaves nothing, and larger noise overflows their directions "
+                f"(1e20 in float32, 1e300 in float64). Give a standard deviation from 0 to "
+                f"{self.MAXIMUM:g}")
 
 
 TOWER = (784, 784, 500, 200, 10)  # --tower's widths: four layers
@@ -254,7 +280,7 @@ TABLE = (
     Setting("inv_noise", None,
             "with --learn_inv: standard deviation of the Gaussian noise added to the activities "
             "each learned inverse learns on (DTP's corrupted activities); 0 = none (default: "
-            "the rule's)", convert=Number(float, 0.0), metavar="SIGMA", computation=True,
+            "the rule's)", convert=Noise(), metavar="SIGMA", computation=True,
             folder=optional_piece(4.4, "inv_noise", "InvNoise_"), pack="shared", grid=6.6,
             column=(4.6, "inv noise", False), absent=0.0),
     Setting("inv_steps", None,
@@ -294,9 +320,10 @@ TABLE = (
             pack="shared", grid=8, column=(8, "dtype", False)),
     Setting("backend", "auto", "auto = CuPy when it imports and sees a GPU, else NumPy",
             choices="gaitprop.arrays.backend.CHOICES", pack="shared", sweep="passed"),
-    Setting("data_dir", "./data", "torchvision data root", kind="path", sweep="passed"),
-    Setting("results_dir", "results", "where results folders go", kind="path",
+    Setting("data_dir", "./data", "torchvision data root", kind="path", convert=folder,
             sweep="passed"),
+    Setting("results_dir", "results", "where results folders go", kind="path",
+            convert=folder, sweep="passed"),
     Setting("overwrite", False, "replace a finished or interrupted run in the results folder "
             "(not with --load)", kind="action"),
 )
@@ -428,7 +455,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         from gaitprop.runs.exit_status import EXIT_USAGE
-        self.exit(EXIT_USAGE, f"run.py: {message}. Run ./run.py --help for every flag and its "
+        from gaitprop.runs.invocation import typed
+        label, command = typed("run")
+        self.exit(EXIT_USAGE, f"{label}: {message}. Run {command} --help for every flag and its "
                               f"allowed values; nothing was written.\n")
 
 
@@ -461,6 +490,42 @@ def names_of(chosen):
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+# What a run holds in memory, for the bound on --nb_layers (`memory_refusal`): per layer of u
+# units, u * u values in each of LAYER_MATRICES arrays (W, its two moments, a step's
+# direction, the regulariser's two products, a kept inverse and its refresh) and
+# INVERSE_MATRICES more for a learned inverse (V, its two moments, its direction); and the
+# data set, read and then on the backend: twice its 70,000 images of 784 values.
+LAYER_MATRICES, INVERSE_MATRICES, DATA_VALUES = 8, 4, 2 * 70000 * 784
+ITEM_BYTES = {"float64": 8, "float32": 4}
+
+
+def machine_memory():
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_refusal(args):
+    """Why the settings' network cannot fit in this machine's memory (LAYER_MATRICES's
+    estimate against `machine_memory`), naming the largest --nb_layers that fits, or None."""
+    memory = machine_memory()
+    if args.tower or memory is None:
+        return None
+    matrices = LAYER_MATRICES + (INVERSE_MATRICES if args.learn_inv else 0)
+    layer_values, item = matrices * 784 * 784, ITEM_BYTES.get(args.dtype, 8)
+    needed = item * ((args.nb_layers + 1) * layer_values + DATA_VALUES)
+    if needed <= memory:
+        return None
+    largest = max(memory // item - DATA_VALUES, 0) // layer_values - 1
+    return (f"--nb_layers={args.nb_layers} makes a network of {args.nb_layers + 1} layers of 784 "
+            f"units, which with the data set needs about {needed / 2**30:.3g} GiB of memory "
+            f"(weights, optimiser moments, a step's directions and inverses, in {args.dtype}), "
+            f"more than this machine's {memory / 2**30:.3g} GiB. Give --nb_layers at most "
+            f"{largest}")
+
+
 def refusal(args):
     """Why run.py's settings `args` cannot make a run (one paragraph naming the flag and the
     fix), or None if they can: --learn_inv learns the inverses a rule's targets go through,
@@ -469,7 +534,7 @@ def refusal(args):
     --inv_steps, --inv_loss) only mean something with --learn_inv, and the difference loss
     needs noise; a rule's option (--gamma) only with a rule that declares it; every layer's
     seed must be NumPy's; an --eval_interval must leave an evaluation in an epoch; --load and
-    --overwrite exclude each other."""
+    --overwrite exclude each other; the network must fit in memory."""
     rule = rules.rule(args.algorithm)
     inverting = [each for each in rules.REGISTERED if each.uses_inverses]
     if args.learn_inv and not rule.uses_inverses:
@@ -500,12 +565,16 @@ def refusal(args):
             return (f"--{name} applies only to --algorithm={takers}: {rule.name} takes no "
                     f"{name}, so it would change nothing but the folder name. Drop --{name}, "
                     f"or choose {takers}")
+    too_large = memory_refusal(args)
+    if too_large is not None:
+        return too_large
     last = last_seed_offset(args)
     if args.seed + last >= SEEDS:
         network = "the tower's 4 layers" if args.tower else f"{args.nb_layers} hidden layers"
+        fix = (f"--seed at most {SEEDS - 1 - last}" if last < SEEDS
+               else f"--nb_layers at most {SEEDS - args.seed}")
         return (f"--seed={args.seed} gives a layer a seed past NumPy's last, {SEEDS - 1}: layer "
-                f"k is seeded with S + k, up to S + {last} with {network}. Give --seed at most "
-                f"{SEEDS - 1 - last}")
+                f"k is seeded with S + k, up to S + {last} with {network}. Give {fix}")
     batches = batches_per_epoch(args.validation)
     if args.eval_interval >= batches:
         held = f" with --validation={args.validation}" if args.validation else ""

@@ -1,13 +1,15 @@
 """How a run stops on Ctrl-C or SIGTERM: at once before training (`stop_before_training`, the
 handler run.py and pack.py install before their slow imports), at the next batch boundary
 during training (`StopSignal`); how to start a script again in the commands printed then
-(`script_command`). Light: only the standard library and the exit statuses."""
+(`script_command`). Light: only the standard library, the exit statuses and how this
+process was started (invocation)."""
 import os
 import shutil
 import signal
 import sys
 
 from gaitprop.runs.exit_status import EXIT_SIGNAL
+from gaitprop.runs.invocation import CLI
 
 
 def install_stop_handlers():
@@ -51,12 +53,15 @@ def script_command(script):
     path with a folder, executable, its `#!/usr/bin/env python3` finding this interpreter),
     otherwise this interpreter, named as it was started where the shell finds that name,
     then the script (`python3 run.py`, not `run.py`, which the shell does not look for in
-    the current folder)."""
+    the current folder); for a module of the package's command lines (`python3 -m
+    gaitprop.cli.run`), this interpreter running that module again."""
     interpreter = sys.executable
     started_as = (getattr(sys, "orig_argv", None) or [interpreter])[0]
     found = shutil.which(started_as)
     if found and same_program(found, interpreter):
         interpreter = started_as
+    if os.path.dirname(os.path.realpath(script)) == CLI:
+        return [interpreter, "-m", f"gaitprop.cli.{os.path.splitext(os.path.basename(script))[0]}"]
     on_path = shutil.which("python3")
     if (os.sep in script and os.access(script, os.X_OK) and on_path
             and same_program(on_path, sys.executable)):
@@ -64,16 +69,25 @@ def script_command(script):
     return [interpreter, script]
 
 
+# Where `program` looks for a command's script: the checkout holding the package, and the
+# folder of this Python's console scripts.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = os.path.dirname(sys.executable)
+
+
 def program(name):
-    """The program that runs command `name` ("run", "pack"; what a sweep starts, what a pack
-    member's record names): the checkout's ./NAME.py beside the package where there is one,
-    else the console script gaitprop-NAME installed with it (beside this Python, or on
-    PATH)."""
-    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.path.isfile(os.path.join(checkout, f"{name}.py")):
-        return os.path.join(checkout, f"{name}.py")
-    installed = os.path.join(os.path.dirname(sys.executable), f"gaitprop-{name}")
-    return installed if os.path.isfile(installed) else shutil.which(f"gaitprop-{name}") or installed
+    """The command line (a list) that starts command `name` ("run", "pack"; what a sweep
+    starts, what a pack member's record names): this Python running the checkout's ./NAME.py
+    beside the package where there is one, else the console script gaitprop-NAME installed
+    with it (beside this Python, or on PATH), else the package's module (`python -m
+    gaitprop.cli.NAME`: installed with `pip install --target`, or `--user` without its
+    scripts folder on PATH)."""
+    scripts = [os.path.join(CHECKOUT, f"{name}.py"), os.path.join(SCRIPTS, f"gaitprop-{name}"),
+               shutil.which(f"gaitprop-{name}")]
+    found = next((script for script in scripts if script and os.path.isfile(script)), None)
+    if found is None:
+        return [sys.executable, "-m", f"gaitprop.cli.{name}"]
+    return [sys.executable, found]
 
 
 class StopSignal:

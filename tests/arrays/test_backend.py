@@ -17,7 +17,7 @@ from helpers import REPO, PackOfOne, assert_clean, cli, split
 from gaitprop.model.net import SquareInvNet, output_targets
 from gaitprop.model.functions import one_hot
 
-RULES = ("backprop_directions", "gait_directions", "tp_directions")
+RULES = ("BP", "GAIT", "TP")
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def directions(rule, dtype, orthogonal, backend_name="numpy"):
     images, labels = batch()
     forward = net.forward_pass(backend.to_device(images))
     targets = output_targets(forward[-1], backend.to_device(labels))
-    weight_directions, bias_directions = split(getattr(net, rule)(forward, targets, 0.1))
+    weight_directions, bias_directions = split(net.directions(rule, forward, targets, 0.1))
     assert weight_directions[0].dtype == numpy.dtype(dtype)
     return [backend.to_host(d).astype(numpy.float64) for d in weight_directions + bias_directions]
 

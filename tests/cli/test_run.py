@@ -21,7 +21,8 @@ from gaitprop.runs import run_folder
 from gaitprop.runs import settings as settings_table
 from gaitprop.engine import training
 from gaitprop.engine import cadence
-from helpers import ENV, RUN_PY, STATISTICS, assert_clean, cli, copy_raw, line_count, missing_data
+from helpers import (ENV, NO_NETWORK, RUN_PY, STATISTICS, assert_clean, cli, copy_raw,
+                     line_count, missing_data)
 from gaitprop.runs.settings import build_net, build_parser
 
 
@@ -175,6 +176,8 @@ BAD = [  # (argv, a word the message must contain)
     (["--eval_interval=1000"], "--eval_interval"),
     (["--load", "--overwrite"], "--overwrite"),
     (["--orthogonal_reg=inf"], "finite"),
+    (["--algorithm=DTP", "--learn_inv", "--inv_noise=1e300"], "--inv_noise"),
+    (["--algorithm=GAIT", "--learn_inv", "--inv_noise=1000.5"], "--inv_noise"),
 ]
 AS_PROCESSES = [BAD[index] for index in (0, 1, 3, 5, 6, 9, 12, 16, 17, 20, 21, 24, 25)]
 
@@ -199,6 +202,8 @@ REFUSED = [
     (["--algorithm=DTP", "--inv_noise=0.1"], ["--inv_noise", "add --learn_inv"]),
     (["--algorithm=DTP", "--learn_inv", "--gamma=0.01"], ["--gamma", "--algorithm=GAIT"]),
     (["--algorithm=BP", "--learn_inv"], ["--learn_inv", "GAIT, TP or DTP"]),
+    (["--nb_layers=1000000"], ["--nb_layers=1000000", "memory", "at most"]),
+    (["--nb_layers=" + "9" * 30], ["--nb_layers", "memory", "at most"]),
 ]
 # Their neighbours, which make a run.
 ACCEPTED = [["--seed=0"], ["--seed=4294967295"], ["--seed=4294967295", "--nb_layers=0"],
@@ -210,7 +215,8 @@ ACCEPTED = [["--seed=0"], ["--seed=4294967295"], ["--seed=4294967295", "--nb_lay
             ["--eval_interval=999"], ["--eval_interval=0"], ["--eval_interval=1"],
             ["--eval_interval=1000", "--validation=58999"], ["--load"], ["--overwrite"],
             ["--algorithm=DTP"], ["--algorithm=DTP", "--learn_inv", "--inv_noise=0.1"],
-            ["--algorithm=GAIT", "--learn_inv", "--inv_noise=0"]]
+            ["--algorithm=GAIT", "--learn_inv", "--inv_noise=0"],
+            ["--algorithm=DTP", "--learn_inv", "--inv_noise=1000"]]
 
 
 def assert_one_paragraph(message, word):
@@ -245,6 +251,32 @@ def test_the_neighbours_of_refused_settings_make_a_run(argv):
     build_parser().parse_args(argv)
 
 
+@pytest.mark.parametrize("extra", [[], ["--algorithm=GAIT", "--learn_inv"], ["--dtype=float32"]])
+def test_the_deepest_network_this_machines_memory_holds_is_the_bound(extra, capsys):
+    """--nb_layers is refused where the network (weights, moments, a step's directions and
+    inverses) and the data set would not fit in this machine's memory: the largest value the
+    message gives makes a run, one more is refused."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--nb_layers=1000000"] + extra)
+    message = capsys.readouterr().err
+    largest = int(re.search(r"--nb_layers at most (\d+)", message)[1])
+    assert 1 <= largest < 1000000, message
+    assert build_parser().parse_args([f"--nb_layers={largest}"] + extra).nb_layers == largest
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([f"--nb_layers={largest + 1}"] + extra)
+    assert f"--nb_layers={largest + 1}" in capsys.readouterr().err
+
+
+def test_a_network_larger_than_memory_is_refused_before_anything_is_made(data_root, tmp_path):
+    """It made its folder, ran out of memory and reported an unexpected error, leaving
+    error.log and run.lock."""
+    done = cli(["--nb_layers", "1000000", "--nb_epochs", "1", "--data_dir",
+                data_root.require("MNIST"), "--results_dir", tmp_path / "results"], cwd=tmp_path)
+    assert_clean(done, 2)
+    assert_one_paragraph(done.stderr, "--nb_layers")
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("name", [setting.name for setting in settings_table.TABLE
                                   if getattr(setting.convert, "kind", None) is float])
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN", "+infinity"])
@@ -260,6 +292,25 @@ def test_a_float_flag_must_be_finite(name, text, capsys):
     message = capsys.readouterr().err
     assert_one_paragraph(message, f"--{name}")
     assert f"{text!r} must be a finite number" in message, message
+
+
+@pytest.mark.parametrize("name", ["results_dir", "data_dir"])
+def test_an_empty_folder_flag_is_refused(name, capsys):
+    """--results_dir "" trained into the current folder (os.path.join("", name)); an empty
+    --data_dir read the current folder's MNIST/raw."""
+    for argv in ([f"--{name}="], [f"--{name}", ""]):
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args(argv)
+        assert stopped.value.code == 2
+        assert_one_paragraph(capsys.readouterr().err, f"--{name}")
+
+
+def test_an_empty_results_dir_exits_2_and_writes_nothing(tmp_path):
+    done = cli(["--results_dir", "", "--nb_layers", "0", "--nb_epochs", "1"], cwd=tmp_path,
+               env=NO_NETWORK)
+    assert_clean(done, 2)
+    assert_one_paragraph(done.stderr, "--results_dir")
+    assert os.listdir(tmp_path) == []
 
 
 def test_bad_values_exit_2_with_one_clean_paragraph(tmp_path):

@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -142,6 +143,57 @@ def test_bad_input_exits_2_with_one_message(capsys, tmp_path, arguments):
     out, err = capsys.readouterr()
     assert status == 2 and out == ""
     assert err.startswith("sweep.py: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag, extra", [("--results_dir", []), ("--log-dir", []),
+                                         ("--slurm-dir", ["--slurm", "--dry-run"])])
+def test_a_file_where_a_folder_goes_exits_2_and_writes_nothing(capsys, tmp_path, flag, extra):
+    """--results_dir, --log-dir or --slurm-dir naming a file (or a folder below one): one
+    message naming the flag and the file, exit 2, nothing run or written (it was a
+    NotADirectoryError or FileExistsError traceback)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    folders = {"--results_dir": str(tmp_path / "results"), flag: str(blocker / "below")}
+    if flag == "--log-dir":
+        folders[flag] = str(blocker)
+    arguments = ["--seed", "1", "--nb_epochs", "1", "--nb_layers", "0"] + extra + [
+        part for pair in folders.items() for part in pair]
+    status = sweep.main(arguments)
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "", out
+    assert err.startswith("sweep.py: ") and err.count("\n") == 1, err
+    assert flag in err and str(blocker) in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["a_file"] and blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--seed", "1-200000"], ["--seed", "1-400", "--nb_layers", "0-299"],
+    ["--seed", "1-100000000"], ["--seed", "1-1000", "1001-100000000"],
+    ["--seed", "1-1000", "--nb_epochs", "1-1000", "--learning_rate", "1", "2"]],
+    ids=["range", "product", "huge range", "huge second range", "product of three"])
+def test_a_grid_larger_than_a_sweep_takes_is_refused_before_it_is_made(capsys, tmp_path,
+                                                                         arguments):
+    """More than MAX_RUNS runs: exit 2 and one message, before the commands are built (a
+    range of 10**8 seeds hung, building them)."""
+    status = sweep.main(arguments + ["--results_dir", str(tmp_path / "r"), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "", out
+    assert err.startswith("sweep.py: ") and err.count("\n") == 1, err
+    assert f"{sweep.MAX_RUNS}" in err and "split" in err, err
+    assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("flag", ["--results_dir", "--data_dir"])
+def test_an_empty_folder_flag_is_refused_by_the_sweep(capsys, tmp_path, flag, monkeypatch):
+    """--results_dir "" made the results folders in the current folder (its absolute path)."""
+    monkeypatch.chdir(tmp_path)
+    folders = {"--results_dir": str(tmp_path / "r"), flag: ""}
+    with pytest.raises(SystemExit) as stopped:
+        sweep.main(["--seed", "1", "--dry-run"] + [part for pair in folders.items()
+                                                   for part in pair])
+    out, err = capsys.readouterr()
+    assert stopped.value.code == 2 and out == "" and flag in err and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -388,7 +440,7 @@ def test_pack_members_are_run_py_flags_with_their_own_mode(capsys, tmp_path):
 
 
 def test_a_packs_runs_are_judged_by_their_run_json(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "PACK_PY", fake_pack(tmp_path))
+    monkeypatch.setattr(sweep, "PACK_PY", [sys.executable, fake_pack(tmp_path)])
     arguments = ["--seed", "1-4", "--nb_epochs", "1", "--results_dir", tmp_path / "r",
                  "--backend", "numpy"]
     monkeypatch.setenv("FAKE_PACK_STATUSES", json.dumps(

@@ -123,6 +123,25 @@ def test_parameters_an_epochs_last_step_overflows_are_found_before_its_checkpoin
 
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
+def test_learned_inverses_that_noise_blows_up_name_the_noise(deferred):
+    """Noise of standard deviation 1e300 for the learned inverses: their directions overflow
+    at the first step. The message names --inv_noise, the cause (it named only
+    --inv_learning_rate)."""
+    data = batches(2, units=16)
+    runner = PackOfOne(SquareInvNet(16, 1, 1, True, learn_inverses=True),
+                       training_step.StepSettings("DTP", 1e-4, inv_noise=1e300),
+                       deferred=deferred)
+    statistics = training.Statistics()
+    with pytest.raises(faults.Diverged) as diverged:
+        for index, (images, labels) in enumerate(data):
+            runner.step(images, labels, statistics, 0, index)
+        runner.settle(statistics)
+    message = str(diverged.value)
+    assert "batch 1: the update directions of layer 1's learned inverse" in message, message
+    assert "a smaller --inv_noise" in message and "1e+300" in message, message
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
 def test_learned_inverses_that_blow_up_name_inv_learning_rate(deferred):
     """--learn_inv --inv_learning_rate=1e200: V and c grow until their own directions overflow
     at the second step (W and the output are still finite). The message names them and

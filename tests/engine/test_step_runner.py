@@ -440,3 +440,16 @@ def test_cupy_tower_trains_as_on_numpy_and_logs_alignment_and_inverse_quality(al
         numpy.testing.assert_allclose(quality, numpy_quality, rtol=1e-6, atol=1e-9)
     else:
         assert quality.size == numpy_quality.size == 0
+
+
+def test_a_runner_resumed_after_the_switch_to_lu_solves_replays_no_graph():
+    """Graphs are off whenever a run solves by LU (`lu_only`): a run resumed switched (its
+    checkpoint says so) as well as one that switches during training (StepRunner.settle).
+    On CuPy an LU solve reads back to the host, which a CUDA graph's capture cannot hold."""
+    for lu_only in (False, True):
+        runner = step_runner.StepRunner(
+            InvNet.stack([SquareInvNet(16, 1, 1, True)]),
+            training_step.StepSettings.of_pack([training_step.StepSettings("GAIT", 1e-4)]),
+            deferred=True, graphs=True, lu_only=lu_only)
+        assert runner.inverses.lu_only is lu_only
+        assert runner.replay.enabled is not lu_only

@@ -55,14 +55,39 @@ def test_set_state_without_moments_zeroes_the_optimiser_in_place():
 
 
 def test_set_state_refuses_another_shape_and_changes_nothing():
+    """Every array is checked before any is copied: a state whose other arrays hold new
+    values changes none of them (the arrays before the wrong one were overwritten)."""
     net = SquareInvNet(4, 1, start_seed=1)
     kept = {key: array.copy() for key, array in net.state().items()}
-    wrong = dict(net.state(), W0=np.zeros((5, 5)))
-    try:
-        net.set_state(wrong)
-    except ValueError as error:
-        assert "of shape (5, 5)" in str(error)
-    else:
-        raise AssertionError("a state of another shape was accepted")
-    for key, array in net.state().items():
-        np.testing.assert_array_equal(array, kept[key])
+    for wrong_key in ("W0", "b1", "W1"):
+        changed = {key: array + 1.0 for key, array in net.state().items()}
+        changed[wrong_key] = np.zeros((5, 5))
+        try:
+            net.set_state(changed)
+        except ValueError as error:
+            assert "of shape (5, 5)" in str(error)
+        else:
+            raise AssertionError("a state of another shape was accepted")
+        for key, array in net.state().items():
+            np.testing.assert_array_equal(array, kept[key], err_msg=f"{key} ({wrong_key})")
+
+
+def test_set_state_with_a_wrong_moment_changes_nothing_and_makes_no_optimiser():
+    """A wrong moment's shape: no parameter is overwritten, and a network without an
+    optimiser gets none (every parameter was overwritten, and an optimiser made)."""
+    donor = stepped(SquareInvNet(4, 1, start_seed=2), 0)
+    for net in (SquareInvNet(4, 1, start_seed=1), stepped(SquareInvNet(4, 1, start_seed=1), 1)):
+        had_optimiser = net.optimizer is not None
+        kept = {key: array.copy() for key, array in net.state().items()}
+        changed = {key: array.copy() for key, array in donor.state().items()}
+        changed["vb1"] = np.zeros(3)
+        try:
+            net.set_state(changed)
+        except ValueError as error:
+            assert "vb1" in str(error)
+        else:
+            raise AssertionError("a moment of another shape was accepted")
+        assert (net.optimizer is not None) == had_optimiser
+        assert net.state().keys() == kept.keys()
+        for key, array in net.state().items():
+            np.testing.assert_array_equal(array, kept[key], err_msg=key)

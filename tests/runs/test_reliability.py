@@ -590,6 +590,30 @@ def test_a_missing_data_set_creates_nothing_and_says_where_the_files_go(tmp_path
     assert os.listdir(data) == [] and not results.exists()
 
 
+def test_the_results_folder_is_checked_before_the_data_set_is_fetched(tmp_path):
+    """A results folder that cannot be made is named at once, before the data set is
+    downloaded or read (it was found only then): status 1, nothing made."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    data = tmp_path / "data"
+    done = cli(small_run(str(data), blocker / "results"), env=NO_NETWORK)
+    assert_clean(done, 1)
+    assert str(blocker) in done.stderr and "data set" not in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a_file"] and blocker.read_text() == "not a folder"
+
+
+def test_a_failed_download_leaves_none_of_the_folders_it_made(tmp_path):
+    """--data_dir a/b/data, none of which exists, and no network: the download fails and
+    every folder it made is gone again, a and a/b too (they stayed, empty)."""
+    (tmp_path / "kept").mkdir()
+    data = tmp_path / "kept" / "a" / "b" / "data"
+    done = cli(small_run(str(data), tmp_path / "results"), env=NO_NETWORK)
+    assert_clean(done, 1)
+    assert str(data / "MNIST" / "raw") in done.stderr, done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["kept"] and os.listdir(tmp_path / "kept") == []
+
+
 @pytest.mark.parametrize("kept", [("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte")])
 def test_missing_data_files_are_named(mnist, tmp_path, kept):
     root = tmp_path / "data"
@@ -720,6 +744,8 @@ def test_signal_before_training_exits_cleanly(mnist, tmp_path, signum, status, m
     assert "Traceback" not in watched.output and "unexpected error" not in watched.output
     assert "before training started" in watched.output, watched.output
     assert not record.exists(), "the run got as far as its run record"
+    # no results folder (it held only run.lock when the data was being read)
+    assert not (tmp_path / "results").exists(), os.listdir(tmp_path / "results")
 
 
 def test_a_second_signal_stops_at_once_and_records_the_run_interrupted(mnist, tmp_path):
