@@ -77,14 +77,14 @@ def test_paper_preset_per_algorithm_and_explicit_flags_override_it():
     assert (runs["BP"].learning_rate, runs["BP"].orthogonal_reg,
             runs["BP"].orthogonal_init) == (1e-4, 0.0, False)
     assert (runs["GAIT"].learning_rate, runs["GAIT"].orthogonal_reg,
-            runs["GAIT"].orthogonal_init) == (1e-4, 0.1, True)
+            runs["GAIT"].orthogonal_init) == (1e-4, 0.1, False)
     assert (runs["TP"].learning_rate, runs["TP"].orthogonal_reg,
-            runs["TP"].orthogonal_init) == (1e-5, 1000.0, True)
+            runs["TP"].orthogonal_init) == (1e-5, 1000.0, False)
     assert {run.nb_layers for run in runs.values()} == {4}  # the paper's network
     overridden = expand("--preset", "paper", "--algorithm", "GAIT", "TP", "--learning_rate",
-                        "1e-3", "--orthogonal_init", "off", "--nb_layers", "2")
+                        "1e-3", "--orthogonal_init", "on", "--nb_layers", "2")
     assert [(r.learning_rate, r.orthogonal_reg, r.orthogonal_init, r.nb_layers)
-            for r in overridden] == [(1e-3, 0.1, False, 2), (1e-3, 1000.0, False, 2)]
+            for r in overridden] == [(1e-3, 0.1, True, 2), (1e-3, 1000.0, True, 2)]
 
 
 def test_dry_run_prints_commands_run_py_accepts(capsys, tmp_path):

@@ -24,5 +24,5 @@ RULE = Rule("GAIT", "GAIT-prop", "Ahmad, van Gerven, Ambrogioni 2020",
             error_below, uses_inverses=True,
             options=(Option("gamma", GAMMA, "GAIT's gamma: the size of each layer's step "
                             "towards the target above it", "Gamma_", absent=GAMMA),),
-            paper={"learning_rate": 1e-4, "orthogonal_reg": 0.1, "orthogonal_init": True,
+            paper={"learning_rate": 1e-4, "orthogonal_reg": 0.1, "orthogonal_init": False,
                    "nb_layers": 4})

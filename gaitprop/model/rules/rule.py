@@ -76,8 +76,10 @@ class Rule:
       --learn_inv applies: learned inverses replace the exact ones);
     - `options`: its own options (`Option`), each passed by name to those of
       `error_below` and `output_error` that take it (`call`);
-    - `paper`: its settings in the paper (Ahmad et al. 2020), {setting: value}, or None
-      where the paper has none (the 'paper' preset refuses it);
+    - `paper`: its settings in the paper (Ahmad et al. 2020), {setting: value}: those of the
+      authors' own commands for it (their README: learning rate and lambda, 4 hidden
+      layers; their run.py initialises orthogonally only where lambda is 0), or None where
+      the paper has none (the 'paper' preset refuses it);
     - `inverse_training`: how its learned inverses train by default (`InverseTraining`).
     """
 

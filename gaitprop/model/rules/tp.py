@@ -25,5 +25,5 @@ def error_below(net, passing):
 RULE = Rule("TP", "target propagation", "Bengio 2014; Ahmad, van Gerven, Ambrogioni 2020",
             "through each layer's inverse, the whole target", error_below,
             uses_inverses=True, options=(TARGET_STEP,), output_error=output_error,
-            paper={"learning_rate": 1e-5, "orthogonal_reg": 1000.0, "orthogonal_init": True,
+            paper={"learning_rate": 1e-5, "orthogonal_reg": 1000.0, "orthogonal_init": False,
                    "nb_layers": 4})
