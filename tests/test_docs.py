@@ -81,3 +81,46 @@ def test_the_developers_doc_names_the_packages_modules():
     below = text.split("## The test command", 1)[1]
     named = set(re.findall(r"`(\w+\.py)`", below))
     assert named and named <= modules, sorted(named - modules)
+
+
+def test_the_readme_is_short_and_maps_each_experiment_of_the_paper_to_a_command_and_cost():
+    """README.md: at most 8,000 characters, for a five-minute read; its "Reproduce the paper"
+    table gives each experiment one command, its cost on a CPU and what this package got."""
+    text = read("README.md")
+    assert len(text) <= 8000, len(text)
+    section = text.split("## Reproduce the paper", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith(("| the paper", "|---"))]
+    assert len(rows) >= 4
+    for row in rows:
+        assert len(row) == 6, row
+        assert re.search(r"`(\./sweep\.py|\./run\.py|python3) ", row[1]), row
+        assert row[2].strip() and row[5].strip(" |"), row
+
+
+def test_the_folder_name_template_is_what_the_settings_make():
+    """docs/results.md's template of a results folder's name, with every optional part of a
+    run set (GAIT's options, and DTP's), is what run_folder names the run's folder."""
+    from gaitprop.runs import run_folder
+    from gaitprop.runs.settings import build_parser
+    template = re.search(r"`(results/\{dataset\}[^`]*)`", read(os.path.join("docs", "results.md")))
+    assert template, "docs/results.md gives no template"
+    for flags in (["--algorithm=GAIT", "--gamma=0.01"],
+                  ["--algorithm=DTP", "--target_step=0.5", "--inv_steps=3",
+                   "--inv_loss=reconstruction", "--inv_noise=0.2"]):
+        args = build_parser().parse_args(flags + [
+            "--linear", "--orthogonal_init", "--orthogonal_reg=0.5", "--learn_inv",
+            "--no_inv_init", "--seed=3", "--learning_rate=0.002", "--inv_learning_rate=0.007",
+            "--validation=10000", "--nb_layers=2", "--dataset=FMNIST"])
+        values = vars(args)
+
+        def part(match):
+            names = re.findall(r"\{(\w+)\}", match[1])
+            words = {"Linear_": "linear", "OrthoInit_": "orthogonal_init",
+                     "LearnInv_": "learn_inv", "NoInvInit_": "no_inv_init"}
+            shown = all(values[name] is not None for name in names) if names else \
+                values[words[match[1]]]
+            return match[1] if shown else ""
+        filled = re.sub(r"\[([^\]]*)\]", part, template[1])
+        filled = re.sub(r"\{(\w+)\}", lambda match: str(values[match[1]]), filled)
+        assert filled == f"results/{run_folder.folder_name(args)}/", flags

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 # After each product OpenBLAS's idle threads spin for about 2**28 cycles, holding the cores
-# that `in_shares` needs for the optimiser (README, Performance, says what it cost). Let them
+# that `in_shares` needs for the optimiser (docs/performance.md says what it cost). Let them
 # sleep after 2**20 cycles. Read when NumPy loads OpenBLAS (so it does nothing if NumPy came
 # first); a value the user set wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")

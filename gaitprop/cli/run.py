@@ -1,7 +1,7 @@
 """Train an invertible multilayer perceptron with BP, GAIT-prop or TP: the command line.
 
 Example: ./run.py --algorithm=GAIT --dataset=MNIST --nb_layers=4 --orthogonal_reg=0.1
-The exit statuses (gaitprop.runs.exit_status) and what each asks of the user: README.md.
+The exit statuses (gaitprop.runs.exit_status) and what each asks of the user: docs/flags.md.
 """
 import shlex
 import sys

@@ -89,7 +89,7 @@ def performance(net, input_data, target_data):
     """(accuracy, loss) of `net` on `input_data` against one-hot `target_data` (backend arrays):
     `functions.evaluate` with the labels argmax(target_data). The accuracy is the published
     one; the loss is the true squared error of the 10 class outputs, summed over the outputs
-    and averaged over the samples (the published formula was wrong, README says so)."""
+    and averaged over the samples (the published formula was wrong: docs/differences.md)."""
     xp = backend.array_module(target_data)
     return functions.evaluate(net, input_data, xp.argmax(target_data, axis=1))
 

@@ -1,5 +1,5 @@
 """The exit statuses of the command lines that train (run.py, pack.py; sweep.py's mean the
-same): README's table says what each asks for. Only the standard library."""
+same): docs/flags.md's table says what each asks for. Only the standard library."""
 import signal
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3

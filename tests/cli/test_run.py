@@ -34,7 +34,7 @@ def read_statistics(folder):
 
 
 def assert_results_files(folder, nb_layers, nb_lines):
-    """Every results file (README's Results table): statistics with `nb_lines` lines,
+    """Every results file (docs/results.md's table): statistics with `nb_lines` lines,
     (784, 784)/(784,) arrays."""
     for name in STATISTICS:
         path = os.path.join(folder, name + ".txt")

@@ -62,8 +62,9 @@ def test_a_rules_name_is_written_only_in_its_own_module():
     assert found == []
 
 
-def test_the_docs_table_of_rules_is_the_registrys():
-    with open(os.path.join(REPO, "docs", "rules.md"), encoding="utf-8") as file:
+@pytest.mark.parametrize("page", ["README.md", os.path.join("docs", "rules.md")])
+def test_the_docs_table_of_rules_is_the_registrys(page):
+    with open(os.path.join(REPO, page), encoding="utf-8") as file:
         text = file.read()
     assert rules.markdown_table() in text
 

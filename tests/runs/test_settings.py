@@ -21,10 +21,10 @@ def test_every_row_is_a_flag_of_run_py_with_its_default():
         assert type(defaults[setting.name]) is type(setting.default), setting.name
 
 
-def test_the_readme_documents_every_row_with_its_default_and_origin():
-    """README.md's flag table: a line per setting, with its default (off for switches) and
-    whether the published scripts had it."""
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as readme:
+def test_the_flags_page_documents_every_row_with_its_default_and_origin():
+    """docs/flags.md's table: a line per setting, with its default (off for switches; each
+    rule's for a rule's own settings) and whether the published scripts had it."""
+    with open(os.path.join(REPO, "docs", "flags.md"), encoding="utf-8") as readme:
         rows = {match[1]: (match[2], match[3]) for match in re.finditer(
             r"^\| `--(\w+)[^`]*` \| ([^|]+) \| (published|ours) \|", readme.read(), re.M)}
     assert sorted(rows) == sorted(setting.name for setting in settings.TABLE)
