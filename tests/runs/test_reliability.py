@@ -573,9 +573,9 @@ def test_a_failure_before_the_first_checkpoint_says_to_run_the_command_again(mni
 
 
 def test_a_missing_data_set_creates_nothing_and_says_where_the_files_go(tmp_path):
-    """No data set, no network: status 1 (docs/flags.md: data missing is a failure), a message naming
-    <data_dir>/MNIST/raw and the files, the advice to run the same command again (not --load),
-    and neither an empty data folder nor a results folder left behind."""
+    """No data set, no network: status 1 (docs/flags.md: data missing is a failure), a
+    message naming <data_dir>/MNIST/raw and the files, the advice to run the same command
+    again (not --load), and neither an empty data folder nor a results folder left behind."""
     data, results = tmp_path / "data", tmp_path / "results"
     done = cli(small_run(str(data), results), env=NO_NETWORK)
     assert_clean(done, 1)
