@@ -50,13 +50,14 @@ class StepSettings:
         one is None, the rule's default, rules.defaults: its options, its learned inverses'
         training, an --inv_learning_rate of its factor times --learning_rate, None for 1)."""
         rule = rules.rule(args.algorithm)
-        defaults = rules.defaults(rule)
+        # the rule's way of training learned inverses, where it learns them
+        training = rule.inverse_training if args.learn_inv else rules.InverseTraining()
         given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)
                  if field.name != "options"}
         for name in rules.INVERSE_TRAINING:
             if given[name] is None:
-                given[name] = defaults[name]
-        factor = rule.inverse_training.rate_factor
+                given[name] = getattr(training, name)
+        factor = training.rate_factor
         if given["inv_learning_rate"] is None and factor != 1:
             given["inv_learning_rate"] = factor * args.learning_rate
         options = rules.resolved_options(rule, vars(args))
