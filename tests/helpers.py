@@ -371,3 +371,16 @@ def assert_resumes_exactly(tmp_path, algorithm):
     for name, array in whole.state().items():
         numpy.testing.assert_array_equal(resumed.state()[name], array, err_msg=name)
     assert resumed_statistics.alignment == whole_statistics.alignment
+
+
+def forward_and_targets(net, rows=12, seed=0):
+    """A forward pass of `rows` random inputs through `net` and its full-width output target
+    (random labels on the 10 class units)."""
+    import numpy
+
+    from gaitprop.model.net import output_targets
+    generator = numpy.random.RandomState(seed)
+    forward = net.forward_pass(generator.rand(rows, net.widths[0]))
+    labels = numpy.zeros((rows, 10))
+    labels[numpy.arange(rows), generator.randint(0, 10, rows)] = 1.0
+    return forward, output_targets(forward[-1], labels)

@@ -122,6 +122,16 @@ def test_parameters_an_epochs_last_step_overflows_are_found_before_its_checkpoin
         assert numpy.isfinite(array).all()
 
 
+def divergence(runner, data):
+    """The message of the Diverged that training `runner` (a PackOfOne) on `data` raises."""
+    statistics = training.Statistics()
+    with pytest.raises(faults.Diverged) as diverged:
+        for index, (images, labels) in enumerate(data):
+            runner.step(images, labels, statistics, 0, index)
+        runner.settle(statistics)
+    return str(diverged.value)
+
+
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked", "queued"])
 def test_learned_inverses_that_noise_blows_up_name_the_noise(deferred):
     """Noise of standard deviation 1e300 for the learned inverses: their directions overflow
@@ -131,12 +141,7 @@ def test_learned_inverses_that_noise_blows_up_name_the_noise(deferred):
     runner = PackOfOne(SquareInvNet(16, 1, 1, True, learn_inverses=True),
                        training_step.StepSettings("DTP", 1e-4, inv_noise=1e300),
                        deferred=deferred)
-    statistics = training.Statistics()
-    with pytest.raises(faults.Diverged) as diverged:
-        for index, (images, labels) in enumerate(data):
-            runner.step(images, labels, statistics, 0, index)
-        runner.settle(statistics)
-    message = str(diverged.value)
+    message = divergence(runner, data)
     assert "batch 1: the update directions of layer 1's learned inverse" in message, message
     assert "a smaller --inv_noise" in message and "1e+300" in message, message
 
@@ -151,12 +156,7 @@ def test_learned_inverses_that_blow_up_name_inv_learning_rate(deferred):
     runner = PackOfOne(SquareInvNet(16, 1, 1, True, learn_inverses=True),
                        training_step.StepSettings("GAIT", 1e-4, 0.1, inv_learning_rate=1e200),
                        deferred=deferred)
-    statistics = training.Statistics()
-    with pytest.raises(faults.Diverged) as diverged:
-        for index, (images, labels) in enumerate(data):
-            runner.step(images, labels, statistics, 0, index)
-        runner.settle(statistics)
-    message = str(diverged.value)
+    message = divergence(runner, data)
     assert re.search(r"Training diverged at epoch 1, batch 2: the update directions of layer 1's "
                     r"learned inverse \((V1, c1|V1|c1)\) are not finite", message), message
     assert "--inv_learning_rate" in message and "--learning_rate" not in message

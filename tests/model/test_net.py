@@ -742,41 +742,6 @@ def test_dtp_with_exact_inverses_is_tp(network, linear):
                                            atol=1e-14 * np.abs(want[name]).max())
 
 
-def test_dtp_with_learned_inverses_by_hand():
-    """A tiny network whose learned inverses are off (V and c made for the test): DTP's
-    directions from the top down, with backward(y) = (f^-1(y) - c) @ V,
-    e_l = backward(h_{l+1}) - backward(h_{l+1} - e_{l+1}); TP's differ."""
-    rng = np.random.RandomState(4)
-    net = SquareInvNet(6, 2, start_seed=3, orthogonal_init=True, learn_inverses=True)
-    for layer in net.layers:
-        layer.biases = 0.1 * rng.randn(6)
-        if layer.learns_inverse:
-            layer.backward_weights = layer.backward_weights + 0.2 * rng.randn(6, 6)
-            layer.backward_biases = layer.biases + 0.1 * rng.randn(6)
-    x = rng.rand(5, 6)
-    forward = net.forward_pass(x)
-    targets = forward[-1] + 0.3 * rng.randn(5, 6)
-    got = net.directions("DTP", forward, targets, target_step=1.0)
-
-    def backward(layer, y):
-        return (finv(y, False) - layer.backward_biases) @ layer.backward_weights
-
-    hs = reference_forward([layer.weight_matrix for layer in net.layers],
-                           [layer.biases for layer in net.layers], x, False)
-    errors = hs[-1] - targets
-    for index in reversed(range(3)):
-        layer = net.layers[index]
-        local = g(hs[index + 1], False) * errors
-        np.testing.assert_allclose(got[index]["weights"], -hs[index].T @ local / 5,
-                                   rtol=1e-10, atol=1e-14)
-        np.testing.assert_allclose(got[index]["biases"], -local.mean(axis=0), rtol=1e-10,
-                                   atol=1e-14)
-        if index:
-            errors = backward(layer, hs[index + 1]) - backward(layer, hs[index + 1] - errors)
-    tp = net.directions("TP", forward, targets, target_step=1.0)
-    assert relative_error(tp[0]["weights"], got[0]["weights"]) > 1e-3
-
-
 def test_learned_inverses_learn_on_the_noise_given():
     """With noise (one array per learned inverse), each inverse steps down
     mean_n 1/2 |backward(forward(x_l + eps)) - (x_l + eps)|^2 instead of the clean loss."""

@@ -4,19 +4,11 @@ import numpy
 import pytest
 
 from gaitprop.model.functions import transfer_derivative
-from gaitprop.model.net import SquareInvNet, TowerInvNet, output_targets
+from gaitprop.model.net import SquareInvNet, TowerInvNet
 from gaitprop.model.rules import dfa, fa
 from gaitprop.runs.settings import build_parser
-from helpers import assert_packs_equal_single_runs, assert_resumes_exactly
+from helpers import assert_packs_equal_single_runs, assert_resumes_exactly, forward_and_targets
 
-
-def forward_and_targets(net, rows=12, seed=0):
-    """A forward pass of random inputs and its full-width output target (random labels)."""
-    generator = numpy.random.RandomState(seed)
-    forward = net.forward_pass(generator.rand(rows, net.widths[0]))
-    labels = numpy.zeros((rows, 10))
-    labels[numpy.arange(rows), generator.randint(0, 10, rows)] = 1.0
-    return forward, output_targets(forward[-1], labels)
 
 
 def test_on_one_hidden_layer_dfa_is_fa_with_the_matching_matrix():

@@ -24,6 +24,31 @@ def imperfect_net(seed=4):
     return net, generator
 
 
+def test_dtp_with_imperfect_inverses_by_hand():
+    """DTP's directions from the top down with the labels as the target (beta 1), with
+    backward(y) = (f^-1(y) - c) @ V, e_l = backward(h_{l+1}) - backward(h_{l+1} - e_{l+1});
+    TP's differ."""
+    net, generator = imperfect_net()
+    x = generator.rand(5, 6)
+    forward = net.forward_pass(x)
+    targets = forward[-1] + 0.3 * generator.randn(5, 6)
+    got = net.directions("DTP", forward, targets, target_step=1.0)
+    errors = forward[-1] - targets
+    for index in reversed(range(3)):
+        layer = net.layers[index]
+        local = numpy.where(forward[index + 1] >= 0, 1.0, 0.1) * errors
+        numpy.testing.assert_allclose(got[index]["weights"], -forward[index].T @ local / 5,
+                                      rtol=1e-10, atol=1e-14)
+        numpy.testing.assert_allclose(got[index]["biases"], -local.mean(axis=0), rtol=1e-10,
+                                      atol=1e-14)
+        if index:
+            errors = (backward(layer, forward[index + 1])
+                      - backward(layer, forward[index + 1] - errors))
+    tp = net.directions("TP", forward, targets, target_step=1.0)
+    assert numpy.abs(tp[0]["weights"] - got[0]["weights"]).max() > 1e-3 * numpy.abs(
+        got[0]["weights"]).max()
+
+
 def test_a_dtp_step_with_imperfect_inverses_a_small_beta_and_noise_by_hand():
     """From the top down: e_L = beta * (h_L - t); d = g(h_{l+1}) * e_{l+1}; W's direction
     -x_l.T @ d / n; e_l = backward(h_{l+1}) - backward(h_{l+1} - e_{l+1}). The inverses'

@@ -3,22 +3,14 @@ packs, resume, and the command line."""
 import numpy
 import pytest
 
-from gaitprop.model.net import InvNet, SquareInvNet, TowerInvNet, output_targets
+from gaitprop.model.net import InvNet, SquareInvNet, TowerInvNet
 from gaitprop.model.rules import fa
 from gaitprop.runs.settings import build_parser
-from helpers import assert_packs_equal_single_runs, assert_resumes_exactly
+from helpers import assert_packs_equal_single_runs, assert_resumes_exactly, forward_and_targets
 
 NETWORKS = {"square": lambda: SquareInvNet(32, 3, start_seed=4),
             "tower": lambda: TowerInvNet([32, 32, 24, 16, 10], start_seed=4)}
 
-
-def forward_and_targets(net, rows=12, seed=0):
-    """A forward pass of random inputs and its full-width output target (random labels)."""
-    generator = numpy.random.RandomState(seed)
-    forward = net.forward_pass(generator.rand(rows, net.widths[0]))
-    labels = numpy.zeros((rows, 10))
-    labels[numpy.arange(rows), generator.randint(0, 10, rows)] = 1.0
-    return forward, output_targets(forward[-1], labels)
 
 
 @pytest.mark.parametrize("network", sorted(NETWORKS))
