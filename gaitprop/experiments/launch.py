@@ -291,8 +291,11 @@ def finish(launch, total):
         print(f"[{launch.index}/{total}] {describe_exit(code)} after {elapsed:.0f}s: "
               f"{job.folder}", flush=True)
     if code != 0:
-        with open(launch.log, errors="replace") as log:
-            tail = log.read().splitlines()[-3:]
+        try:
+            with open(launch.log, errors="replace") as log:
+                tail = log.read().splitlines()[-3:]
+        except OSError as error:
+            tail = [f"(its log could not be read: {error.strerror})"]
         print("".join(f"    {line}\n" for line in tail) + f"    (log: {launch.log})", flush=True)
 
 

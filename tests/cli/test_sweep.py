@@ -504,3 +504,20 @@ def test_real_pack_sweep_matches_the_separate_runs_then_skips_them(finished_swee
     again = subprocess.run(sweep_command(*arguments), capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0 and "skipped as finished 2" in again.stdout
+
+
+def test_a_failed_run_whose_log_is_gone_is_reported_without_a_traceback(capsys, tmp_path):
+    """finish() on a failed launch reads its log's last lines; a log deleted while the run
+    ran is said so, and the run's outcome is still recorded."""
+    import time
+
+    from gaitprop.experiments import launch as launching
+    job = launching.Job(folder=str(tmp_path / "run"), settings=None, action="new")
+    done = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    done.wait()
+    gone = launching.Launch(jobs=[job], command=["run.py"], log=str(tmp_path / "gone.log"),
+                            process=done, started=time.monotonic(), index=1)
+    launching.finish(gone, 1)
+    out = capsys.readouterr().out
+    assert "[1/1] exit 3" in out and "its log could not be read: No such file" in out, out
+    assert job.returncode == 3
