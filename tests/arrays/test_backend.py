@@ -331,12 +331,14 @@ def five_steps(algorithm, backend_name, nudge=False):
 
 
 def relative_differences(first, second):
-    """|a - b|_F / |b|_F per array."""
-    return [numpy.linalg.norm(a - b) / numpy.linalg.norm(b) for a, b in zip(first, second)]
+    """|a - b|_F / |b|_F per array (|a - b|_F where b is all zeros: DTP's c and its moments
+    under the difference loss stay at their zero start)."""
+    return [numpy.linalg.norm(a - b) / (numpy.linalg.norm(b) or 1.0)
+            for a, b in zip(first, second)]
 
 
 @gpu
-@pytest.mark.parametrize("algorithm", ["BP", "GAIT", "TP"])
+@pytest.mark.parametrize("algorithm", ["BP", "GAIT", "TP", "FA", "DFA"])
 def test_cupy_steps_equal_numpy(algorithm, restore_backend):
     """Five training steps (regulariser on) on CuPy and on NumPy give the same weights, to
     rounding. The tolerance is measured: NumPy itself, started from weights moved by one
@@ -427,44 +429,87 @@ def test_cupy_queued_graph_steps_equal_checked_steps(algorithm, restore_backend)
         assert difference <= 10 * spread
 
 
+# GAIT and TP at the paper's lambda and learning rate, DTP at its defaults (a small output
+# step, noise as an input of the graph, the difference loss).
+SETTINGS = {"GAIT": training_step.StepSettings("GAIT", 1e-4, 0.1),
+           "TP": training_step.StepSettings("TP", 1e-5, 1000.0),
+           "DTP": training_step.StepSettings("DTP", 1e-4, 0.1, inv_learning_rate=1e-3,
+                                             inv_noise=0.1, inv_loss="difference",
+                                             options=(("target_step", 0.01),))}
+
+
+def trained_states(settings, steps, runs, learned=True, lu_only=False):
+    """For each (label, backend, deferred, input scale) of `runs`: host copies of every array
+    (W, b, V, c, moments) after `steps` steps of a 4-hidden-layer net (learned inverses from
+    a drawn start, or exact ones; `lu_only`: as a run resumed after its switch to LU solves),
+    and the runner."""
+    generator = numpy.random.RandomState(0)
+    host_images = generator.rand(60 * steps, 784)
+    host_labels = one_hot(generator.randint(0, 10, 60 * steps))
+    results = {}
+    for label, name, deferred, scale in runs:
+        backend.select(name, dtype="float64")
+        images, labels = backend.to_device(host_images * scale), backend.to_device(host_labels)
+        net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True, learn_inverses=learned,
+                           exact_start=not learned)
+        runner = PackOfOne(net, settings, deferred=deferred, lu_only=lu_only)
+        statistics = training.Statistics()
+        for step in range(steps):
+            rows = slice(60 * step, 60 * (step + 1))
+            runner.step(images[rows], labels[rows], statistics, 0, step)
+        runner.settle(statistics)
+        results[label] = ({key: backend.to_host(value)
+                           for key, value in runner.net.state().items()}, runner)
+    return results
+
+
+# CuPy's queued steps, NumPy's checked steps, and NumPy's from inputs one ulp away
+ONE_ULP_RUNS = (("queued", "cupy", True, 1.0), ("numpy", "numpy", False, 1.0),
+                ("nudged", "numpy", False, 1 + 2.0 ** -52))
+
+
+def queued_against_checked(results):
+    """(largest relative difference of the queued run's arrays from NumPy's checked ones, the
+    same for NumPy's run from inputs moved by one unit in the last place)."""
+    names = sorted(results["numpy"][0])
+    return tuple(max(relative_differences([results[label][0][k] for k in names],
+                                          [results["numpy"][0][k] for k in names]))
+                 for label in ("queued", "nudged"))
+
+
 @gpu
-@pytest.mark.parametrize("algorithm", ["GAIT", "TP"])
+@pytest.mark.parametrize("algorithm", sorted(SETTINGS))
 def test_cupy_learned_inverse_steps_equal_numpys_and_replay_from_a_graph(algorithm,
                                                                          restore_backend):
     """Learned inverses (drawn start), 60 steps on CuPy queued with CUDA graphs, against the
     same steps checked on NumPy: no kept inverse and no redone step, the graph's replay equal
-    to the step, every array (W, b, V, c, moments) within what a one-ulp change of the
-    inputs makes NumPy's steps differ (BLAS sums in another order)."""
-    generator = numpy.random.RandomState(0)
-    host_images = generator.rand(60 * 60, 784)
-    host_labels = one_hot(generator.randint(0, 10, 60 * 60))
-    lambdas = {"GAIT": (0.1, 1e-4), "TP": (1000.0, 1e-5)}
-    settings = training_step.StepSettings(algorithm, lambdas[algorithm][1], lambdas[algorithm][0])
-    states = {}
-    for label, name, deferred, scale in (("queued", "cupy", True, 1.0),
-                                         ("numpy", "numpy", False, 1.0),
-                                         ("nudged", "numpy", False, 1 + 2.0 ** -52)):
-        backend.select(name, dtype="float64")
-        images, labels = backend.to_device(host_images * scale), backend.to_device(host_labels)
-        net = SquareInvNet(784, 4, start_seed=1, orthogonal_init=True, learn_inverses=True,
-                           exact_start=False)
-        runner = PackOfOne(net, settings, deferred=deferred)
-        statistics = training.Statistics()
-        for step in range(60):
-            rows = slice(60 * step, 60 * (step + 1))
-            runner.step(images[rows], labels[rows], statistics, 0, step)
-        runner.settle(statistics)
-        states[label] = {key: backend.to_host(value)
-                         for key, value in runner.net.state().items()}
-        if deferred:
-            assert runner.inverses.kept == [] and runner.redone == 0
-            assert runner.replay.graph is not None and runner.replay.difference == 0.0
-    names = sorted(states["numpy"])
-    difference = max(relative_differences([states["queued"][k] for k in names],
-                                          [states["numpy"][k] for k in names]))
-    spread = max(relative_differences([states["nudged"][k] for k in names],
-                                      [states["numpy"][k] for k in names]))
+    to the step (DTP's noise copied into the graph's input each step), every array (W, b, V,
+    c, moments) within what a one-ulp change of the inputs makes NumPy's steps differ (BLAS
+    sums in another order)."""
+    results = trained_states(SETTINGS[algorithm], 60, ONE_ULP_RUNS)
+    runner = results["queued"][1]
+    assert runner.inverses.kept == [] and runner.redone == 0
+    assert runner.replay.graph is not None and runner.replay.difference == 0.0
+    difference, spread = queued_against_checked(results)
     print(f"{algorithm} learned inverses: cupy vs numpy {difference:.1e}, one-ulp spread "
+          f"{spread:.1e}")
+    assert difference <= 10 * spread + 1e-13
+
+
+@gpu
+@pytest.mark.parametrize("algorithm", ["GAIT", "TP"])
+def test_cupy_a_run_resumed_after_its_switch_to_lu_queues_without_graphs(algorithm,
+                                                                         restore_backend):
+    """A run whose checkpoint says it had switched to LU solves (lu_only) resumes on CuPy
+    with queued steps, LU solves and no CUDA graph nor kept inverse, and trains as NumPy's
+    checked steps do, within ten times a one-ulp nudge's spread."""
+    results = trained_states(SETTINGS[algorithm], 30, ONE_ULP_RUNS, learned=False,
+                             lu_only=True)
+    runner = results["queued"][1]
+    assert runner.deferred and runner.inverses.lu_only and runner.inverses.kept == []
+    assert runner.replay.graph is None and not runner.replay.enabled
+    difference, spread = queued_against_checked(results)
+    print(f"{algorithm} resumed on LU: cupy vs numpy {difference:.1e}, one-ulp spread "
           f"{spread:.1e}")
     assert difference <= 10 * spread + 1e-13
 
