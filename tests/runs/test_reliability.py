@@ -890,6 +890,9 @@ class KillSequence:
         if alive:
             watched.process.send_signal(signum)
         status = watched.finish()
+        # a SIGKILL cannot be caught: a clean exit means the process ended between poll()
+        # and the signal (the last epoch's final writes are that short), so none was delivered
+        alive = alive and not (signum == signal.SIGKILL and status == 0)
         attempt = dict(phase=phase, signal=signal.Signals(signum).name, delay=delay, at=at,
                        reached=reached, sent=alive, status=status, output=watched.output,
                        before=before, after=folder_state(self.folder),
