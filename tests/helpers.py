@@ -338,20 +338,29 @@ def assert_packs_equal_single_runs(algorithm, network="square", steps=25):
         assert len(statistics[position].alignment) == 3
 
 
-def assert_resumes_exactly(tmp_path, algorithm):
-    """A run of `algorithm` checkpointed after 4 steps and restored into a fresh network of
-    the same seed goes on bit for bit as the uninterrupted run (what the rule keeps beside
-    the parameters is made again from the seeds)."""
+def one_ulp_runs(unit):
+    """(label, backend, deferred, input scale) of the three runs a GPU test compares: CuPy's
+    queued steps, NumPy's checked steps, and NumPy's from inputs scaled by 1 + `unit` (one
+    unit in the last place: 2**-52 in float64, 2**-23 in float32), whose difference from
+    NumPy's measures the rounding spread the CuPy run may differ by."""
+    return (("queued", "cupy", True, 1.0), ("numpy", "numpy", False, 1.0),
+            ("nudged", "numpy", False, 1 + unit))
+
+
+def assert_resumes_halfway_exactly(directory, settings, make):
+    """Eight steps of a network `make()` (48 units, 2 hidden layers) under `settings`, and
+    the same run checkpointed after 4 steps into `directory` (checkpoint.npz and the
+    statistics' files) and restored into a fresh `make()`, which goes on bit for bit as the
+    uninterrupted run, its alignment rows too. Returns (the checkpoint's arrays, the
+    statistics of the first 4 steps, of the resumed run and of the uninterrupted one) for
+    further checks."""
     import numpy
 
-    from gaitprop.engine import step as training_step
     from gaitprop.engine import training
     from gaitprop.model.functions import one_hot
-    from gaitprop.model.net import SquareInvNet
     from gaitprop.runs import checkpoint
     generator = numpy.random.RandomState(0)
     data = [(generator.rand(60, 48), one_hot(generator.randint(0, 10, 60))) for _ in range(8)]
-    settings = training_step.StepSettings(algorithm, 1e-3, 0.0, log_alignment=2)
 
     def steps(net, statistics, indices):
         runner = PackOfOne(net, settings)
@@ -360,17 +369,31 @@ def assert_resumes_exactly(tmp_path, algorithm):
         return runner.net
 
     whole_statistics = training.Statistics()
-    whole = steps(SquareInvNet(48, 2, 5, True), whole_statistics, range(8))
+    whole = steps(make(), whole_statistics, range(8))
     first_statistics = training.Statistics()
-    first = steps(SquareInvNet(48, 2, 5, True), first_statistics, range(4))
-    checkpoint.save_checkpoint(str(tmp_path), first, first_statistics, 0, {"seed": 5})
-    _, arrays = checkpoint.read_checkpoint(str(tmp_path))
-    resumed = SquareInvNet(48, 2, 5, True)
+    first = steps(make(), first_statistics, range(4))
+    checkpoint.save_checkpoint(directory, first, first_statistics, 0, {"seed": 5})
+    checkpoint.save_statistics(directory, first_statistics)
+    _, arrays = checkpoint.read_checkpoint(directory)
+    resumed = make()
     resumed_statistics = checkpoint.restore_checkpoint(resumed, arrays)
     resumed = steps(resumed, resumed_statistics, range(4, 8))
     for name, array in whole.state().items():
         numpy.testing.assert_array_equal(resumed.state()[name], array, err_msg=name)
     assert resumed_statistics.alignment == whole_statistics.alignment
+    return arrays, first_statistics, resumed_statistics, whole_statistics
+
+
+def assert_resumes_exactly(tmp_path, algorithm):
+    """A run of `algorithm` checkpointed after 4 steps and restored into a fresh network of
+    the same seed goes on bit for bit as the uninterrupted run (what the rule keeps beside
+    the parameters is made again from the seeds)."""
+    from gaitprop.engine import step as training_step
+    from gaitprop.model.net import SquareInvNet
+    assert_resumes_halfway_exactly(str(tmp_path),
+                                   training_step.StepSettings(algorithm, 1e-3, 0.0,
+                                                              log_alignment=2),
+                                   lambda: SquareInvNet(48, 2, 5, True))
 
 
 def forward_and_targets(net, rows=12, seed=0):

@@ -13,7 +13,7 @@ from gaitprop.arrays import cublas
 from gaitprop.engine import training
 from gaitprop.engine import faults
 from gaitprop.engine import step as training_step
-from helpers import REPO, PackOfOne, assert_clean, cli, split
+from helpers import REPO, PackOfOne, assert_clean, cli, one_ulp_runs, split
 from gaitprop.model.net import SquareInvNet, output_targets
 from gaitprop.model.functions import one_hot
 
@@ -463,9 +463,7 @@ def trained_states(settings, steps, runs, learned=True, lu_only=False):
     return results
 
 
-# CuPy's queued steps, NumPy's checked steps, and NumPy's from inputs one ulp away
-ONE_ULP_RUNS = (("queued", "cupy", True, 1.0), ("numpy", "numpy", False, 1.0),
-                ("nudged", "numpy", False, 1 + 2.0 ** -52))
+ONE_ULP_RUNS = one_ulp_runs(2.0 ** -52)  # CuPy queued, NumPy checked, NumPy one ulp away
 
 
 def queued_against_checked(results):

@@ -17,7 +17,7 @@ from gaitprop.engine import step_runner
 from gaitprop.engine import training
 from gaitprop.model.functions import evaluate, one_hot
 from gaitprop.model.net import InvNet, SquareInvNet, TowerInvNet
-from helpers import PAPER, PackOfOne, batches, trained
+from helpers import PAPER, PackOfOne, batches, one_ulp_runs, trained
 
 
 def relative_difference(first, second):
@@ -346,9 +346,7 @@ def test_cupy_float32_queued_steps_keep_their_graph_and_agree_with_numpy_float32
     held_out = batches(10, seed=1, units=256)
     results = {}
     try:
-        for label, name, deferred, scale in (("queued", "cupy", True, 1.0),
-                                             ("numpy", "numpy", False, 1.0),
-                                             ("nudged", "numpy", False, 1 + 2.0 ** -23)):
+        for label, name, deferred, scale in one_ulp_runs(2.0 ** -23):
             runner, _ = train_on(name, "float32", make, settings, data, deferred, scale)
             images = backend.to_device(numpy.concatenate([x for x, _ in held_out]))
             labels = backend.xp().asarray(numpy.concatenate([y for _, y in held_out]).argmax(1))
@@ -399,9 +397,7 @@ def test_cupy_tower_trains_as_on_numpy_and_logs_alignment_and_inverse_quality(al
     data = batches(30)
     results = {}
     try:
-        for label, name, deferred, scale in (("queued", "cupy", True, 1.0),
-                                             ("numpy", "numpy", False, 1.0),
-                                             ("nudged", "numpy", False, 1 + 2.0 ** -52)):
+        for label, name, deferred, scale in one_ulp_runs(2.0 ** -52):
             runner, statistics = train_on(name, "float64", make, settings, data, deferred, scale)
             results[label] = (host_state(runner), numpy.array(statistics.alignment),
                               numpy.array(statistics.inverse_quality))
